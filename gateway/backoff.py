@@ -1,0 +1,38 @@
+"""The one retry policy: capped exponential backoff with full jitter."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Delays for successive failures: `uniform(0, min(cap, base * factor**n))`.
+
+    Full jitter keeps a fleet of gateways (or thirty meters on a bus) from retrying in
+    lockstep after a shared outage. `max_out()` jumps to the cap, for failures that will not
+    heal soon (bad credentials, an address the device rejects).
+    """
+
+    base: float = 0.5
+    cap: float = 60.0
+    factor: float = 2.0
+    floor: float = 0.0
+    attempts: int = 0
+    _rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def next_delay(self) -> float:
+        """Delay before the next attempt; counts one failure."""
+        ceiling = min(self.cap, self.base * self.factor ** min(self.attempts, 64))
+        self.attempts += 1
+        return max(self.floor, self._rng.uniform(0.0, ceiling))
+
+    def max_out(self) -> float:
+        """Delay at the cap (with jitter in its upper half); counts one failure."""
+        self.attempts += 1
+        return self._rng.uniform(self.cap / 2, self.cap)
+
+    def reset(self) -> None:
+        """Forget past failures after a success."""
+        self.attempts = 0

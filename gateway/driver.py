@@ -1,0 +1,182 @@
+"""The driver contract: what a protocol plug-in implements and what the core gives it.
+
+A driver is a class registered in the entry-point group `parkgate.drivers`:
+
+    [project.entry-points."parkgate.drivers"]
+    modbus = "drivers.modbus:ModbusDriver"
+
+It declares `Options`, a pydantic model of its YAML keys (subclass of `DeviceOptions`,
+which already holds `name`, `driver`, `interval`, `timeout`), and implements either
+
+* `PollingDriver`: `open()`, `poll() -> Sequence[Reading]`, `close()`; the supervisor
+  calls `poll()` every `interval` on the monotonic clock, under `timeout`; or
+* `StreamingDriver`: `open()`, `run(emit)`, `close()`; `run` pushes readings as they come
+  (BLE adverts, a sensor that talks on its own) until it is cancelled.
+
+Errors: raise `gateway.errors.TransientError` (retried with backoff),
+`DeviceConfigError` (retried at the maximum backoff) or `ProtocolError`. Anything else is
+caught at the supervisor boundary, logged with a traceback and retried as well. A `poll()`
+may also return readings with `quality="bad"` for single points that failed while the rest
+of the device answered.
+
+Devices that share hardware (several meters on one RS-485 port, BLE sensors on one
+adapter) share it through `DriverContext.resources`, a reference-counted pool keyed by
+whatever identifies the hardware (`("serial", "/dev/ttyUSB0")`).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.model import Reading, now_ms
+from gateway.units import Duration
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+
+ENTRY_POINT_GROUP = "parkgate.drivers"
+COMMANDS_GROUP = "parkgate.commands"
+
+Emit = Callable[[Sequence[Reading]], None]
+"""Hands readings to the supervisor; cheap and never blocks (the buffer batches them)."""
+
+
+class DeviceOptions(BaseModel):
+    """Keys every device has. A driver's `Options` subclasses this and adds its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
+                      description="Unique device name; appears in topics, metrics and logs.")
+    driver: str = Field(description="Which driver reads this device.")
+    interval: Duration = Field(default=5.0, gt=0,
+                               description="Time between polls (polling drivers).")
+    timeout: Duration = Field(default=3.0, gt=0,
+                              description="Longest one poll (or connect) may take.")
+    enabled: bool = Field(default=True, description="false keeps the entry but does not run it.")
+
+
+class SharedResource(Protocol):
+    """Anything kept in the resource pool: closed when its last user releases it."""
+
+    async def aclose(self) -> None: ...
+
+
+R = TypeVar("R", bound=SharedResource)
+
+
+class ResourcePool:
+    """Reference-counted shared hardware (a serial bus, a TCP link, a BLE scanner)."""
+
+    def __init__(self) -> None:
+        self._items: dict[Hashable, tuple[SharedResource, int]] = {}
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, key: Hashable, factory: Callable[[], R | Awaitable[R]]) -> R:
+        """The resource under `key`, created by `factory` on first use."""
+        async with self._lock:
+            if key in self._items:
+                item, refs = self._items[key]
+                self._items[key] = (item, refs + 1)
+                return item  # type: ignore[return-value]
+            made = factory()
+            item = await made if isinstance(made, Awaitable) else made
+            self._items[key] = (item, 1)
+            return item
+
+    async def release(self, key: Hashable) -> None:
+        """Drop one reference; closes the resource when it was the last."""
+        async with self._lock:
+            if key not in self._items:
+                return
+            item, refs = self._items[key]
+            if refs > 1:
+                self._items[key] = (item, refs - 1)
+                return
+            del self._items[key]
+        await item.aclose()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass(frozen=True, slots=True)
+class DriverContext:
+    """What the core hands a driver: its logger, shared hardware, metrics and clock."""
+
+    device: str
+    log: structlog.stdlib.BoundLogger
+    resources: ResourcePool
+    metrics: Metrics
+    clock: Callable[[], int] = field(default=now_ms)
+    """Epoch milliseconds for `Reading.ts`."""
+
+
+class Driver(abc.ABC):
+    """Base of every driver; use `PollingDriver` or `StreamingDriver`."""
+
+    Options: ClassVar[type[DeviceOptions]] = DeviceOptions
+    """The driver's config model; the supervisor validates YAML against it."""
+
+    def __init__(self, options: Any, ctx: DriverContext) -> None:
+        self.options = options
+        self.ctx = ctx
+
+    async def open(self) -> None:  # noqa: B027 - optional hook, most drivers need it
+        """Connect or acquire shared hardware; raise `TransientError` to be retried."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what `open` took. Must not raise; called also after a failed `open`."""
+
+
+class PollingDriver(Driver):
+    """A device read on a schedule."""
+
+    @abc.abstractmethod
+    async def poll(self) -> Sequence[Reading]:
+        """Read the device once and return its readings."""
+
+
+class StreamingDriver(Driver):
+    """A device that talks on its own (adverts, pushed lines)."""
+
+    @abc.abstractmethod
+    async def run(self, emit: Emit) -> None:
+        """Push readings through `emit` until cancelled; raise to be restarted."""
+
+
+@dataclass(frozen=True, slots=True)
+class DriverInfo:
+    """A registered driver, or the reason it could not be loaded."""
+
+    name: str
+    cls: type[Driver] | None
+    error: str | None = None
+
+
+def discover_drivers() -> dict[str, DriverInfo]:
+    """All drivers in the `parkgate.drivers` entry-point group.
+
+    A driver that fails to import (a missing optional library, a broken third-party
+    plug-in) is reported with its error instead of taking the whole agent down.
+    """
+    found: dict[str, DriverInfo] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not stop the others
+            found[ep.name] = DriverInfo(ep.name, None, f"{type(exc).__name__}: {exc}")
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Driver)):
+            found[ep.name] = DriverInfo(ep.name, None, f"{ep.value} is not a Driver subclass")
+            continue
+        found[ep.name] = DriverInfo(ep.name, cls)
+    return found

@@ -1,0 +1,35 @@
+"""Data that flows through the agent: frozen, slotted, cheap to create on the hot path."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+Quality = Literal["good", "uncertain", "bad"]
+Value = float | int | str | bool | None
+
+
+def now_ms() -> int:
+    """Wall-clock Unix epoch milliseconds (UTC), the `ts` of a reading."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One measured value of one device, as it leaves a driver."""
+
+    device: str
+    metric: str
+    value: Value
+    ts: int
+    unit: str | None = None
+    quality: Quality = "good"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """A reading after the durable buffer accepted it and gave it its `seq`."""
+
+    seq: int
+    reading: Reading

@@ -1,0 +1,238 @@
+"""Real parts for tests: a private Mosquitto, an MQTT collector, a gateway subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    """Block until something accepts on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+class Mosquitto:
+    """A private mosquitto on a free port that a test may stop, pause or restart."""
+
+    def __init__(self, port: int | None = None, *, password: tuple[str, str] | None = None,
+                 extra: str = "") -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(exe).exists():
+            raise RuntimeError("mosquitto is not installed: apt-get install mosquitto")
+        self.exe = exe
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="pg-mosq-"))
+        conf = [f"listener {self.port} 127.0.0.1", "persistence false",
+                "log_dest stderr", "log_type error", "max_inflight_messages 0",
+                "max_queued_messages 0", "message_size_limit 0"]
+        if password:
+            pw = self.dir / "passwd"
+            pw.write_text("")
+            subprocess.run(["mosquitto_passwd", "-b", str(pw), *password], check=True)
+            pw.chmod(0o644)
+            conf += ["allow_anonymous false", f"password_file {pw}"]
+        else:
+            conf += ["allow_anonymous true"]
+        conf += [extra]
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text("\n".join(conf) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> Mosquitto:
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def pause(self) -> None:
+        assert self.proc
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc
+        self.proc.send_signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Collector:
+    """Subscribes to a topic filter and keeps every data payload (paho, its own thread)."""
+
+    def __init__(self, port: int, topic: str = "parkgate/#", *,
+                 auth: tuple[str, str] | None = None) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.retained: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
+                                  client_id=f"collector-{os.getpid()}-{id(self)}",
+                                  clean_session=True)
+        if auth:
+            self.client.username_pw_set(*auth)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect_async("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            doc = json.loads(msg.payload)
+        except ValueError:
+            doc = {"_raw": msg.payload.decode(errors="replace")}
+        with self._cond:
+            if msg.retain or msg.topic.endswith("/status"):
+                self.retained[msg.topic] = doc
+            if "readings" in doc:
+                self.messages.append((msg.topic, doc))
+            self._cond.notify_all()
+
+    def readings(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r for _t, m in self.messages for r in m["readings"]]
+
+    def seqs(self) -> list[int]:
+        return [r["seq"] for r in self.readings()]
+
+    def wait_for(self, predicate: Any, timeout: float = 20.0) -> bool:
+        """Wait until `predicate(self)` is true; returns whether it became true."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.2))
+        return True
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def base_config(tmp: Path, broker_port: int, devices: list[dict[str, Any]],
+                **sections: Any) -> dict[str, Any]:
+    """A complete config dict for a test gateway; override sections by keyword."""
+    cfg: dict[str, Any] = {
+        "gateway": {"id": "test-gw", "site": "test"},
+        "buffer": {"path": str(tmp / "buffer.db")},
+        "uplink": {"mqtt": {"brokers": [f"mqtt://127.0.0.1:{broker_port}"],
+                            "batch": {"max_readings": 500, "max_delay": "100ms"}}},
+        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+        "logging": {"level": "info", "format": "json"},
+        "devices": devices,
+    }
+    for key, value in sections.items():
+        cfg[key] = value
+    return cfg
+
+
+def write_config(path: Path, cfg: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+class GatewayProcess:
+    """`parkgate run -c FILE` as a real subprocess (so it can be SIGKILLed)."""
+
+    def __init__(self, config: Path, *, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = config.with_suffix(".log")
+
+    def start(self) -> GatewayProcess:
+        self._logf = self.log.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c",
+                                      str(self.config)], stdout=self._logf,
+                                     stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.proc
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return int(self.proc.returncode)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@contextlib.contextmanager
+def running(*things: Any) -> Iterator[None]:
+    """Close/stop everything given on exit, in reverse order."""
+    try:
+        yield
+    finally:
+        for t in reversed(things):
+            with contextlib.suppress(Exception):
+                (getattr(t, "close", None) or t.stop)()
