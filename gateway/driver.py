@@ -49,6 +49,12 @@ Emit = Callable[[Sequence[Reading]], None]
 """Hands readings to the supervisor; cheap and never blocks (the buffer batches them)."""
 
 
+class StrictModel(BaseModel):
+    """Base for nested option models: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class DeviceOptions(BaseModel):
     """Keys every device has. A driver's `Options` subclasses this and adds its own."""
 

@@ -1,0 +1,72 @@
+"""The `parkgate` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+
+from gateway import __version__
+from gateway.driver import COMMANDS_GROUP
+from gateway.errors import ParkgateError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                         broken: list[str]) -> None:
+    """Driver commands (`parkgate modbus read ...`) from the `parkgate.commands` group.
+
+    Each entry point is `register(subparsers) -> None`; it adds its parser and sets
+    `handler=callable(args) -> int` on it with `set_defaults`.
+    """
+    for ep in entry_points(group=COMMANDS_GROUP):
+        try:
+            register = ep.load()
+            register(sub)
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break the CLI
+            broken.append(f"{ep.name}: {type(exc).__name__}: {exc}")
+
+
+def build_parser(broken: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full argument parser, core commands first, then driver commands."""
+    parser = argparse.ArgumentParser(
+        prog="parkgate", description="Edge gateway agent for smart industrial parks.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(handler=lambda _a: print(f"parkgate {__version__}") or 0)
+
+    from gateway import commands  # noqa: PLC0415 - keeps `parkgate --help` light
+
+    commands.register(sub)
+    _add_plugin_commands(sub, broken if broken is not None else [])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    broken: list[str] = []
+    parser = build_parser(broken)
+    args = parser.parse_args(argv)
+    for line in broken if args.debug else ():
+        print(f"parkgate: warning: command plug-in failed to load: {line}", file=sys.stderr)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except ParkgateError as exc:
+        if args.debug:
+            raise
+        print(f"parkgate: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"parkgate: error: {type(exc).__name__}: {exc} (run with --debug for details)",
+              file=sys.stderr)
+        return 1
