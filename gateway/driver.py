@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-import structlog
+from structlog.typing import FilteringBoundLogger
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.model import Reading, now_ms
@@ -119,7 +119,7 @@ class DriverContext:
     """What the core hands a driver: its logger, shared hardware, metrics and clock."""
 
     device: str
-    log: structlog.stdlib.BoundLogger
+    log: FilteringBoundLogger
     resources: ResourcePool
     metrics: Metrics
     clock: Callable[[], int] = field(default=now_ms)
