@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from structlog.typing import FilteringBoundLogger
 from pydantic import BaseModel, ConfigDict, Field
+from structlog.typing import FilteringBoundLogger
 
 from gateway.model import Reading, now_ms
 from gateway.units import Duration

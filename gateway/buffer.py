@@ -1,0 +1,507 @@
+"""The durable buffer: readings accepted into SQLite, handed to the uplink, deleted on PUBACK.
+
+Layout (measured, see bench/pipeline.py): one row per *chunk*, a run of up to
+`max_readings` consecutive readings of one device, stored as the JSON text of its items.
+A row per reading costs an index entry, a Python tuple and a JSON encode per reading on
+every pass; a chunk is written once and published as is, so the uplink only joins strings.
+
+Sequence numbers are assigned when a chunk is committed: strictly increasing, never reused.
+The next `seq` lives in the database (`meta.next_seq`, committed with the chunks) and a
+reservation above it lives in a side file `<path>.seq` (fsynced before any seq beyond it is
+handed out), so a database that is deleted or found corrupt restarts above every seq ever
+issued.
+
+All SQLite work runs on one dedicated thread: a commit with `synchronous=full` waits for
+fsync, which must not stall the event loop and every device poll with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from structlog.typing import FilteringBoundLogger
+
+from gateway.config import BufferSection
+from gateway.errors import FatalError
+from gateway.metrics import Metrics
+from gateway.model import Reading, now_ms
+
+SCHEMA_VERSION = 1
+SEQ_RESERVE = 1_000_000
+"""How far above the next seq the side file reserves; one fsync per this many readings."""
+MAX_PENDING = 500_000
+"""Readings held in memory while SQLite cannot write (disk full); beyond it the oldest go."""
+
+T = TypeVar("T")
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Consecutive readings of one device, as stored: seqs `first..last`, JSON items text."""
+
+    first: int
+    last: int
+    device: str
+    accepted_ms: int
+    body: str
+
+    @property
+    def count(self) -> int:
+        """Readings in the chunk."""
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    """What `parkgate buffer stats` prints."""
+
+    readings: int
+    chunks: int
+    bytes: int
+    file_bytes: int
+    oldest_age_seconds: float | None
+    next_seq: int
+    pending: int
+
+
+def _item(seq: int, r: Reading) -> dict[str, Any]:
+    value = r.value
+    quality = r.quality
+    if isinstance(value, float) and not math.isfinite(value):
+        value, quality = None, "bad"  # JSON has no NaN/inf; the platform sees a bad reading
+    return {"seq": seq, "device": r.device, "metric": r.metric, "value": value, "unit": r.unit,
+            "ts": r.ts, "quality": quality}
+
+
+def encode_chunk(first: int, readings: Sequence[Reading]) -> str:
+    """The JSON items of a chunk, comma-separated, without brackets."""
+    items = [{"seq": s, "device": r.device, "metric": r.metric, "value": r.value,
+              "unit": r.unit, "ts": r.ts, "quality": r.quality}
+             for s, r in zip(range(first, first + len(readings)), readings, strict=True)]
+    try:
+        return _dumps(items)[1:-1]
+    except ValueError:  # a NaN or infinity somewhere: the slow path fixes only those
+        return _dumps([_item(s, r) for s, r in zip(range(first, first + len(readings)),
+                                                   readings, strict=True)])[1:-1]
+    except TypeError:  # a driver returned a value JSON cannot hold: keep it as text
+        return _dumps([{**_item(s, r), "value": None if r.value is None else str(r.value)}
+                       for s, r in zip(range(first, first + len(readings)), readings,
+                                       strict=True)])[1:-1]
+
+
+class _Store:
+    """The SQLite file and the seq side file; used only from the buffer's thread."""
+
+    def __init__(self, cfg: BufferSection, log: FilteringBoundLogger, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.path = cfg.path
+        self.seq_path = cfg.path.with_name(cfg.path.name + ".seq")
+        self.log = log
+        self.metrics = metrics
+        self.db: sqlite3.Connection | None = None
+        self.next_seq = 1
+        self.reserved = 0
+        self.readings = 0
+        self.chunks = 0
+        self.bytes = 0
+        self.oldest_ms: int | None = None
+
+    # -- open, check, recover ----------------------------------------------------------------
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FatalError(f"cannot create the buffer directory {self.path.parent}: "
+                             f"{exc.strerror}") from None
+        try:
+            self._open_checked()
+        except sqlite3.DatabaseError as exc:
+            self._move_aside(str(exc))
+            self._open_checked()
+
+    def _open_checked(self) -> None:
+        fresh = not self.path.exists()
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.cfg.synchronous.upper()}")
+            db.execute("PRAGMA busy_timeout=5000")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        self.db = db
+        row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+        db_next = int(row[0]) if row else 1
+        last = db.execute("SELECT MAX(last) FROM chunks").fetchone()[0]
+        if last is not None:
+            db_next = max(db_next, int(last) + 1)
+        side = self._read_side_file()
+        if fresh or row is None:
+            # A new (or reset) database knows nothing: start above every seq ever reserved.
+            self.next_seq = max(db_next, side)
+        else:
+            self.next_seq = db_next
+        self.reserved = side
+        self._reserve(0)
+        self.readings, self.chunks, self.bytes, oldest = db.execute(
+            "SELECT COALESCE(SUM(last-first+1),0), COUNT(*), COALESCE(SUM(LENGTH(body)),0),"
+            " MIN(accepted) FROM chunks").fetchone()
+        self.oldest_ms = oldest
+        self.log.info("buffer opened", path=str(self.path), readings=self.readings,
+                      next_seq=self.next_seq, fresh=fresh)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise FatalError(f"buffer {self.path} has schema {version}, newer than this "
+                             f"parkgate understands ({SCHEMA_VERSION}); upgrade parkgate")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if version < 1:
+                db.execute("CREATE TABLE IF NOT EXISTS chunks (first INTEGER PRIMARY KEY,"
+                           " last INTEGER NOT NULL, device TEXT NOT NULL,"
+                           " accepted INTEGER NOT NULL, body TEXT NOT NULL)")
+                db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY,"
+                           " value INTEGER NOT NULL)")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _move_aside(self, reason: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                os.replace(src, Path(str(aside) + suffix))
+        self.metrics.buffer_corruptions.inc()
+        self.log.error("buffer file is corrupt or unreadable: moved aside, starting a new one;"
+                       " readings in it are not sent", reason=reason, moved_to=str(aside))
+
+    def _read_side_file(self) -> int:
+        try:
+            return int(self.seq_path.read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            self.log.warning("seq reservation file unreadable; trusting the database",
+                             path=str(self.seq_path), error=str(exc))
+            return 0
+
+    def _reserve(self, count: int) -> None:
+        """Make sure seqs up to next_seq+count are covered by the fsynced side file."""
+        if self.next_seq + count <= self.reserved:
+            return
+        target = self.next_seq + count + SEQ_RESERVE
+        tmp = self.seq_path.with_name(self.seq_path.name + ".tmp")
+        with tmp.open("w") as f:
+            f.write(f"{target}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.seq_path)
+        dir_fd = os.open(self.seq_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self.reserved = target
+
+    def close(self) -> None:
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.db.close()
+            self.db = None
+
+    # -- write ---------------------------------------------------------------------------------
+    def commit(self, pending: list[Reading], acks: list[int], chunk_max: int
+               ) -> tuple[int, int]:
+        """Insert `pending` as chunks and delete acknowledged chunks in one transaction.
+
+        Returns (readings inserted, readings deleted by acks). Raises sqlite3 errors with
+        nothing changed (the transaction is rolled back).
+        """
+        db = self.db
+        assert db is not None
+        by_device: dict[str, list[Reading]] = defaultdict(list)
+        for r in pending:
+            by_device[r.device].append(r)
+        now = now_ms()
+        rows: list[tuple[int, int, str, int, str]] = []
+        seq = self.next_seq
+        self._reserve(len(pending))
+        added_bytes = 0
+        for device, readings in by_device.items():
+            for i in range(0, len(readings), chunk_max):
+                part = readings[i:i + chunk_max]
+                body = encode_chunk(seq, part)
+                rows.append((seq, seq + len(part) - 1, device, now, body))
+                added_bytes += len(body)
+                seq += len(part)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = deleted_bytes = deleted_chunks = 0
+            if acks:
+                deleted, deleted_bytes, deleted_chunks = self._delete(db, acks)
+            if rows:
+                db.executemany("INSERT INTO chunks VALUES (?,?,?,?,?)", rows)
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (seq,))
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        self.next_seq = seq
+        self.readings += len(pending) - deleted
+        self.chunks += len(rows) - deleted_chunks
+        self.bytes += added_bytes - deleted_bytes
+        if rows and self.oldest_ms is None:
+            self.oldest_ms = now
+        if deleted:
+            self._refresh_oldest(db)
+        return len(pending), deleted
+
+    def _delete(self, db: sqlite3.Connection, firsts: list[int]) -> tuple[int, int, int]:
+        readings = nbytes = chunks = 0
+        for i in range(0, len(firsts), 500):
+            part = firsts[i:i + 500]
+            marks = ",".join("?" * len(part))
+            n, b, c = db.execute(
+                f"SELECT COALESCE(SUM(last-first+1),0), COALESCE(SUM(LENGTH(body)),0), COUNT(*)"
+                f" FROM chunks WHERE first IN ({marks})", part).fetchone()
+            db.execute(f"DELETE FROM chunks WHERE first IN ({marks})", part)  # noqa: S608
+            readings += n
+            nbytes += b
+            chunks += c
+        return readings, nbytes, chunks
+
+    def _refresh_oldest(self, db: sqlite3.Connection) -> None:
+        self.oldest_ms = db.execute(
+            "SELECT accepted FROM chunks ORDER BY first LIMIT 1").fetchone()
+        self.oldest_ms = self.oldest_ms[0] if self.oldest_ms else None
+
+    def enforce_limits(self, max_bytes: int, max_age: float | None) -> dict[str, int]:
+        """Drop the oldest chunks beyond the size cap or age; returns readings per reason."""
+        db = self.db
+        assert db is not None
+        dropped: dict[str, int] = {}
+        if max_age is not None and self.oldest_ms is not None:
+            cutoff = now_ms() - int(max_age * 1000)
+            if self.oldest_ms < cutoff:
+                firsts = [r[0] for r in db.execute(
+                    "SELECT first FROM chunks WHERE accepted < ? ORDER BY first", (cutoff,))]
+                dropped["max_age"] = self._drop(db, firsts)
+        if self.bytes > max_bytes:
+            excess = self.bytes - int(max_bytes * 0.95)  # hysteresis: not one chunk per commit
+            firsts, total = [], 0
+            for first, size in db.execute("SELECT first, LENGTH(body) FROM chunks ORDER BY first"):
+                firsts.append(first)
+                total += size
+                if total >= excess:
+                    break
+            dropped["max_bytes"] = self._drop(db, firsts)
+        return {k: v for k, v in dropped.items() if v}
+
+    def _drop(self, db: sqlite3.Connection, firsts: list[int]) -> int:
+        if not firsts:
+            return 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            n, b, c = self._delete(db, firsts)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        self.readings -= n
+        self.bytes -= b
+        self.chunks -= c
+        self._refresh_oldest(db)
+        return int(n)
+
+    # -- read ----------------------------------------------------------------------------------
+    def fetch(self, start: int, stop: int | None, limit: int) -> list[Chunk]:
+        db = self.db
+        assert db is not None
+        if stop is None:
+            cur = db.execute("SELECT first, last, device, accepted, body FROM chunks"
+                             " WHERE first >= ? ORDER BY first LIMIT ?", (start, limit))
+        else:
+            cur = db.execute("SELECT first, last, device, accepted, body FROM chunks"
+                             " WHERE first >= ? AND first < ? ORDER BY first LIMIT ?",
+                             (start, stop, limit))
+        return [Chunk(*row) for row in cur]
+
+    def file_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += Path(str(self.path) + suffix).stat().st_size
+        return total
+
+
+class Buffer:
+    """Accepts readings from drivers, commits them durably, serves them to the uplink.
+
+    `add()` is synchronous and cheap; `run()` is the commit task. The uplink awaits
+    `changed`, reads with `fetch()` and reports PUBACKs with `ack()`.
+    """
+
+    def __init__(self, cfg: BufferSection, *, chunk_max: int, metrics: Metrics,
+                 log: FilteringBoundLogger) -> None:
+        self.cfg = cfg
+        self.chunk_max = chunk_max
+        self.metrics = metrics
+        self.log = log
+        self._store = _Store(cfg, log, metrics)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parkgate-sqlite")
+        self._pending: list[Reading] = []
+        self._acks: list[int] = []
+        self._wake = asyncio.Event()
+        self.changed = asyncio.Event()
+        """Set after every commit that added readings; the uplink clears it."""
+        self.is_open = False
+        self._write_failures = 0
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def open(self) -> None:
+        """Open (and check, or recover) the database."""
+        await self._call(self._store.open)
+        self.is_open = True
+        self._update_gauges()
+        if self._store.readings:
+            self.changed.set()  # resume sending what was not acknowledged before
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next committed reading will get."""
+        return self._store.next_seq
+
+    def add(self, readings: Sequence[Reading]) -> None:
+        """Queue readings for the next commit (called from device tasks)."""
+        self._pending.extend(readings)
+        if len(self._pending) >= self.cfg.commit_readings:
+            self._wake.set()
+        if len(self._pending) > MAX_PENDING:
+            # SQLite has not been able to write for a long time (disk full): keep the newest
+            drop = len(self._pending) - MAX_PENDING
+            del self._pending[:drop]
+            self.metrics.buffer_dropped.labels(reason="write_failed").inc(drop)
+            self.log.error("buffer cannot write; dropped readings waiting in memory",
+                           dropped=drop)
+
+    def ack(self, firsts: Sequence[int]) -> None:
+        """Chunks (by first seq) the broker acknowledged; deleted at the next commit."""
+        self._acks.extend(firsts)
+
+    async def fetch(self, start: int, stop: int | None, limit: int) -> list[Chunk]:
+        """Up to `limit` chunks with `start <= first < stop`, oldest first."""
+        return await self._call(self._store.fetch, start, stop, limit)
+
+    async def run(self) -> None:
+        """The commit loop: every `commit_interval`, or sooner when many readings wait."""
+        interval = self.cfg.commit_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+            if self._write_failures:
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(self._write_failures, 5)))
+
+    async def flush(self) -> None:
+        """Commit what is pending now (also used on shutdown)."""
+        if not self._pending and not self._acks:
+            return
+        pending, self._pending = self._pending, []
+        acks, self._acks = self._acks, []
+        started = time.perf_counter()
+        try:
+            added, _ = await self._call(self._store.commit, pending, acks, self.chunk_max)
+        except sqlite3.DatabaseError as exc:
+            # nothing was written: put it back in front of what arrived meanwhile
+            self._pending[:0] = pending
+            self._acks[:0] = acks
+            self._write_failures += 1
+            self.metrics.buffer_write_errors.inc()
+            self.log.error("buffer commit failed; keeping readings in memory and retrying",
+                           error=str(exc), pending=len(self._pending),
+                           attempt=self._write_failures)
+            if "malformed" in str(exc) or "not a database" in str(exc):
+                await self._call(self._recover, str(exc))
+            return
+        if self._write_failures:
+            self.log.info("buffer writes recovered", after_failures=self._write_failures)
+        self._write_failures = 0
+        self.metrics.buffer_commits.inc()
+        self.metrics.buffer_commit_duration.observe(time.perf_counter() - started)
+        dropped = await self._call(self._store.enforce_limits, self.cfg.max_bytes,
+                                   self.cfg.max_age)
+        for reason, n in dropped.items():
+            self.metrics.buffer_dropped.labels(reason=reason).inc(n)
+            self.log.warning("buffer over its limit: dropped the oldest readings",
+                             reason=reason, dropped=n, max_bytes=self.cfg.max_bytes)
+        if added:
+            self.changed.set()
+        self._update_gauges()
+
+    def _recover(self, reason: str) -> None:
+        self._store.close()
+        self._store._move_aside(reason)
+        self._store.open()
+
+    def _update_gauges(self) -> None:
+        s = self._store
+        m = self.metrics
+        m.buffer_readings.set(s.readings)
+        m.buffer_bytes.set(s.bytes)
+        m.buffer_pending.set(len(self._pending))
+        m.buffer_oldest_age.set(0 if s.oldest_ms is None
+                                else max(0.0, (now_ms() - s.oldest_ms) / 1000))
+
+    async def refresh_gauges(self) -> None:
+        """Update the gauges that change with time (oldest age, file size)."""
+        self._update_gauges()
+        self.metrics.buffer_file_bytes.set(await self._call(self._store.file_bytes))
+
+    async def stats(self) -> BufferStats:
+        """Current figures."""
+        s = self._store
+        return BufferStats(readings=s.readings, chunks=s.chunks, bytes=s.bytes,
+                           file_bytes=await self._call(s.file_bytes),
+                           oldest_age_seconds=None if s.oldest_ms is None
+                           else max(0.0, (now_ms() - s.oldest_ms) / 1000),
+                           next_seq=s.next_seq, pending=len(self._pending))
+
+    async def close(self) -> None:
+        """Commit what is pending, then close the database and its thread."""
+        if self.is_open:
+            await self.flush()
+            await self._call(self._store.close)
+            self.is_open = False
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,396 @@
+"""MQTT uplink: buffered chunks -> batched QoS 1 publishes, deleted from the buffer on PUBACK.
+
+Brokers are tried in order; a failure moves to the next one, and after a full round the
+uplink waits with capped, jittered backoff (at the cap at once when a broker refuses our
+credentials). Up to `window` publishes are in flight at once.
+
+Backlog policy: when a connection starts, the buffer's `next_seq` splits the data into a
+*backlog* (accepted before, oldest first) and *live* data (accepted since). While a backlog
+drains, live data may hold up to `live_share` of the window (at least one slot), so fresh
+readings reach the platform within about one round trip even behind hours of old ones.
+The platform therefore sees seqs out of order during a drain; it de-duplicates and sorts by
+(gateway, seq) and `ts` as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+from structlog.typing import FilteringBoundLogger
+
+from gateway import __version__
+from gateway.backoff import Backoff
+from gateway.buffer import Buffer, Chunk
+from gateway.config import GatewaySection, MqttSection
+from gateway.metrics import Metrics
+from gateway.model import now_ms
+
+# CONNACK codes that mean "your credentials are wrong" (3.1.1: 4, 5; MQTT 5: 0x86, 0x87).
+AUTH_CODES = {4, 5, 0x86, 0x87}
+
+
+@dataclass(frozen=True, slots=True)
+class Broker:
+    """One broker from `uplink.mqtt.brokers`."""
+
+    url: str
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> Broker:
+        """`mqtt://host[:port]` or `mqtts://host[:port]`."""
+        parts = urlsplit(url)
+        tls = parts.scheme == "mqtts"
+        return cls(url, parts.hostname or "localhost", parts.port or (8883 if tls else 1883), tls)
+
+
+@dataclass(slots=True)
+class _Stream:
+    """A cursor over buffered chunks in [start, stop)."""
+
+    start: int
+    stop: int | None
+    inflight: int = 0
+    exhausted: bool = False
+
+
+@dataclass(slots=True)
+class _Message:
+    topic: str
+    payload: bytes
+    firsts: list[int]
+    readings: int
+    stream: _Stream
+
+
+@dataclass(slots=True)
+class UplinkState:
+    """What /readyz and `STATUS=` report about the uplink."""
+
+    connected: bool = False
+    broker: str | None = None
+    last_error: str | None = None
+    connected_since: float | None = None
+    published: int = 0
+    history: list[str] = field(default_factory=list)
+
+
+def tls_context(cfg: MqttSection) -> ssl.SSLContext:
+    """The TLS context for `mqtts://` brokers: verification on unless `verify: false`."""
+    tls = cfg.tls
+    ctx = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+    if tls.cert:
+        ctx.load_cert_chain(str(tls.cert), str(tls.key) if tls.key else None)
+    if not tls.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class Uplink:
+    """Owns the MQTT connection; `run()` until cancelled, `drain()` on shutdown."""
+
+    def __init__(self, cfg: MqttSection, gateway: GatewaySection, buffer: Buffer,
+                 metrics: Metrics, log: FilteringBoundLogger) -> None:
+        self.cfg = cfg
+        self.gw = gateway
+        self.buffer = buffer
+        self.metrics = metrics
+        self.log = log.bind(component="uplink")
+        self.brokers = [Broker.parse(u) for u in cfg.brokers]
+        self.state = UplinkState()
+        self.client_id = cfg.client_id or f"parkgate-{gateway.id}"
+        self.status_topic = cfg.status_topic.format(site=gateway.site, gateway=gateway.id,
+                                                    device="status")
+        self._prefix = ('{"v":1,"gateway":' + json.dumps(gateway.id) + ',"site":'
+                        + json.dumps(gateway.site) + ',"readings":[').encode()
+        self._topics: dict[str, str] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._draining = False
+        self.on_state: Callable[[UplinkState], None] | None = None
+
+    def topic_for(self, device: str) -> str:
+        """The data topic of a device."""
+        topic = self._topics.get(device)
+        if topic is None:
+            topic = self.cfg.topic.format(site=self.gw.site, gateway=self.gw.id, device=device)
+            self._topics[device] = topic
+        return topic
+
+    # -- connection --------------------------------------------------------------------------
+    def _client(self, broker: Broker) -> aiomqtt.Client:
+        v5 = self.cfg.protocol == "5"
+        offline = json.dumps({"state": "offline", "reason": "connection lost",
+                              "gateway": self.gw.id})
+        tls = None
+        if broker.tls:
+            if self._ssl is None:
+                self._ssl = tls_context(self.cfg)
+            tls = self._ssl
+        return aiomqtt.Client(
+            broker.host, broker.port,
+            username=self.cfg.username,
+            password=self.cfg.password.get_secret_value() if self.cfg.password else None,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if v5 else True,
+            will=aiomqtt.Will(self.status_topic, offline, qos=1, retain=True),
+            keepalive=int(self.cfg.keepalive),
+            timeout=self.cfg.connect_timeout,
+            tls_context=tls,
+            tls_insecure=(not self.cfg.tls.verify) if broker.tls else None,
+            max_inflight_messages=self.cfg.window,
+            max_queued_outgoing_messages=self.cfg.window * 2,
+        )
+
+    async def run(self) -> None:
+        """Connect, publish, fail over and reconnect until cancelled."""
+        backoff = Backoff(base=0.5, cap=self.cfg.backoff_max)
+        index = 0
+        failures_this_round = 0
+        while True:
+            broker = self.brokers[index % len(self.brokers)]
+            delay: float | None = None
+            try:
+                await self._session(broker)
+            except asyncio.CancelledError:
+                raise
+            except aiomqtt.MqttCodeError as exc:
+                code = int(exc.rc) if isinstance(exc.rc, int) else int(getattr(exc.rc, "value", 0))
+                if code in AUTH_CODES:
+                    reason = "auth"
+                    self.log.error("broker refused our credentials: check uplink.mqtt.username"
+                                   " and password; readings stay in the buffer",
+                                   broker=broker.url, code=code)
+                    delay = backoff.max_out()
+                else:
+                    reason = "refused"
+                    self.log.warning("broker refused the connection", broker=broker.url,
+                                     error=str(exc))
+                self._failed(broker, reason, str(exc))
+            except (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError) as exc:
+                reason = "tls" if isinstance(exc, ssl.SSLError) else "error"
+                self.log.warning("uplink connection failed or lost", broker=broker.url,
+                                 error=str(exc) or type(exc).__name__)
+                self._failed(broker, reason, str(exc) or type(exc).__name__)
+            if self.state.connected_since is not None:
+                # the session had worked: a fresh round, no long wait
+                backoff.reset()
+                failures_this_round = 0
+            self._set_connected(None)
+            index += 1
+            failures_this_round += 1
+            self.metrics.uplink_reconnects.inc()
+            if delay is None and failures_this_round < len(self.brokers):
+                delay = 0.1  # try the next broker of the list right away
+            elif delay is None:
+                delay = backoff.next_delay()
+                failures_this_round = 0
+            await asyncio.sleep(delay)
+
+    def _failed(self, broker: Broker, reason: str, error: str) -> None:
+        self.metrics.uplink_connect_errors.labels(reason=reason).inc()
+        self.state.last_error = f"{broker.url}: {error}"
+
+    def _set_connected(self, broker: Broker | None) -> None:
+        was = self.state.broker
+        if was is not None:
+            self.metrics.uplink_broker.labels(broker=was).set(0)
+        self.state.connected = broker is not None
+        self.state.broker = broker.url if broker else None
+        self.state.connected_since = time.monotonic() if broker else None
+        self.metrics.uplink_connected.set(1 if broker else 0)
+        if broker:
+            self.metrics.uplink_broker.labels(broker=broker.url).set(1)
+        if self.on_state:
+            self.on_state(self.state)
+
+    async def _session(self, broker: Broker) -> None:
+        client = self._client(broker)
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(client)  # CONNACK refusals: MqttCodeError
+            self.log.info("uplink connected", broker=broker.url,
+                          protocol=self.cfg.protocol, tls=broker.tls)
+            self._set_connected(broker)
+            await client.publish(self.status_topic, self._status("online", broker), qos=1,
+                                 retain=True, timeout=self.cfg.publish_timeout)
+            try:
+                await self._pump(client)
+            finally:
+                if self._draining:
+                    with contextlib.suppress(Exception):
+                        await client.publish(self.status_topic,
+                                             self._status("offline", broker, "shutdown"),
+                                             qos=1, retain=True, timeout=2.0)
+
+    def _status(self, state: str, broker: Broker, reason: str | None = None) -> bytes:
+        doc: dict[str, Any] = {"state": state, "gateway": self.gw.id, "site": self.gw.site,
+                               "version": __version__, "ts": now_ms(), "broker": broker.url}
+        if reason:
+            doc["reason"] = reason
+        return json.dumps(doc).encode()
+
+    # -- publishing --------------------------------------------------------------------------
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        """Keep up to `window` publishes in flight, backlog and live as the policy says."""
+        buffer = self.buffer
+        boundary = buffer.next_seq
+        backlog = _Stream(start=0, stop=boundary)
+        live = _Stream(start=boundary, stop=None)
+        window = self.cfg.window
+        live_slots = max(1, int(window * self.cfg.live_share))
+        inflight: set[asyncio.Task[None]] = set()
+        claimed: set[int] = set()
+        failure: list[BaseException] = []
+        wake = asyncio.Event()
+
+        def done(task: asyncio.Task[None]) -> None:
+            inflight.discard(task)
+            self.metrics.uplink_inflight.set(len(inflight))
+            if not task.cancelled() and task.exception() is not None:
+                failure.append(task.exception())  # type: ignore[arg-type]
+            wake.set()
+
+        try:
+            while True:
+                if failure:
+                    raise failure[0]
+                started = False
+                wait_s = 1.0
+                while len(inflight) < window:
+                    msg = None
+                    for stream in self._order(backlog, live, live_slots):
+                        msg, ready_in = await self._next_message(stream, claimed)
+                        wait_s = min(wait_s, ready_in)
+                        if msg is not None:
+                            break
+                    if msg is None:
+                        break
+                    claimed.update(msg.firsts)
+                    msg.stream.inflight += 1
+                    task = asyncio.create_task(self._publish(client, msg, claimed),
+                                               name=f"uplink.publish[{msg.firsts[0]}]")
+                    inflight.add(task)
+                    task.add_done_callback(done)
+                    self.metrics.uplink_inflight.set(len(inflight))
+                    started = True
+                wake.clear()
+                changed = asyncio.ensure_future(buffer.changed.wait())
+                woken = asyncio.ensure_future(wake.wait())
+                try:
+                    await asyncio.wait({changed, woken},
+                                       timeout=None if started else max(0.001, wait_s),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+                    woken.cancel()
+                if buffer.changed.is_set():
+                    buffer.changed.clear()
+                    live.exhausted = False
+        finally:
+            for task in list(inflight):
+                task.cancel()
+            if inflight:
+                await asyncio.gather(*inflight, return_exceptions=True)
+            self.metrics.uplink_inflight.set(0)
+
+    @staticmethod
+    def _order(backlog: _Stream, live: _Stream, live_slots: int) -> list[_Stream]:
+        """Which stream may fill the next window slot, in order of preference."""
+        if backlog.exhausted:
+            return [live]
+        if live.inflight < live_slots:
+            return [live, backlog]
+        return [backlog]
+
+    async def _next_message(self, stream: _Stream, claimed: set[int]
+                            ) -> tuple[_Message | None, float]:
+        """The next ready message of a stream, or None and how long until one may be ready."""
+        if stream.exhausted:
+            return None, 1.0
+        max_readings = self.cfg.batch.max_readings
+        chunks = await self.buffer.fetch(stream.start, stream.stop, 256)
+        unclaimed = [c for c in chunks if c.first not in claimed]
+        if not unclaimed:
+            if len(chunks) < 256:
+                stream.exhausted = True
+            elif chunks:
+                stream.start = chunks[-1].last + 1
+                return await self._next_message(stream, claimed)
+            return None, 1.0
+        # skip past the claimed prefix so the next fetch starts at the first unclaimed chunk
+        stream.start = unclaimed[0].first
+        first = unclaimed[0]
+        picked: list[Chunk] = [first]
+        total = first.count
+        for c in unclaimed[1:]:
+            if c.device != first.device:
+                continue
+            if total + c.count > max_readings:
+                break
+            picked.append(c)
+            total += c.count
+        now = now_ms()
+        age = (now - first.accepted_ms) / 1000
+        delay = self.cfg.batch.max_delay
+        full = total >= max_readings or len(chunks) >= 256
+        if stream.stop is None and not full and age < delay and not self._draining:
+            return None, delay - age
+        return self._message(picked, stream), 0.0
+
+    def _message(self, chunks: list[Chunk], stream: _Stream) -> _Message:
+        body = ",".join(c.body for c in chunks).encode()
+        return _Message(topic=self.topic_for(chunks[0].device),
+                        payload=self._prefix + body + b"]}",
+                        firsts=[c.first for c in chunks],
+                        readings=sum(c.count for c in chunks), stream=stream)
+
+    async def _publish(self, client: aiomqtt.Client, msg: _Message, claimed: set[int]) -> None:
+        started = time.perf_counter()
+        try:
+            await client.publish(msg.topic, msg.payload, qos=1,
+                                 timeout=self.cfg.publish_timeout)
+        except aiomqtt.MqttError as exc:
+            raise aiomqtt.MqttError(f"publish not acknowledged: {exc}") from exc
+        finally:
+            msg.stream.inflight -= 1
+        # acknowledged: the buffer deletes these chunks at its next commit
+        self.buffer.ack(msg.firsts)
+        claimed.difference_update(msg.firsts)
+        self.metrics.uplink_latency.observe(time.perf_counter() - started)
+        self.metrics.uplink_published.inc(msg.readings)
+        self.metrics.uplink_messages.inc()
+        self.state.published += msg.readings
+
+    async def drain(self, grace: float) -> bool:
+        """On shutdown: keep publishing what is buffered for up to `grace` seconds.
+
+        Live data no longer waits for `max_delay`. Returns True when the buffer is empty.
+        """
+        self._draining = True
+        self.buffer.changed.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while True:
+            await self.buffer.flush()  # deletes chunks acknowledged meanwhile
+            stats = await self.buffer.stats()
+            if stats.readings == 0 and stats.pending == 0:
+                return True
+            if loop.time() >= deadline:
+                self.log.warning("shutdown grace period over; unsent readings stay buffered",
+                                 readings=stats.readings)
+                return False
+            await asyncio.sleep(0.05)
+
+
