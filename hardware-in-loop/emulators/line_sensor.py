@@ -133,6 +133,8 @@ class LineSensor:
         self.command = command
         self.terminator = terminator
         self.silent = False
+        self.prefix = b""
+        """Bytes sent once, just before the next line (noise, a partial line)."""
         self.sent = 0
         self.commands = 0
         self._rx = bytearray()
@@ -145,7 +147,10 @@ class LineSensor:
 
     def emit(self) -> None:
         """Send one line now (unless silent)."""
-        if not self.silent and self.port.write(self.line()):
+        if self.silent:
+            return
+        data, self.prefix = self.prefix + self.line(), b""
+        if self.port.write(data):
             self.sent += 1
 
     def send_raw(self, data: bytes) -> None:
