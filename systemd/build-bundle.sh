@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Build an offline install bundle: every wheel parkgate needs on the target, plus the
+# installer, the unit and the example config, in one tarball.
+#
+#   systemd/build-bundle.sh --arch aarch64            # Pi 3/4/5 with 64-bit OS
+#   systemd/build-bundle.sh --arch armv7l             # 32-bit Raspberry Pi OS
+#   systemd/build-bundle.sh --arch x86_64 --python-version 3.13 --out dist/
+#
+# Wheels come from PyPI only (`pip download --platform ... --only-binary=:all:`). A
+# dependency with no wheel for the target is built here from its sdist; if that build is
+# pure Python (no compiled extension, e.g. dbus-fast with SKIP_CYTHON=1) it is retagged
+# py3-none-any and shipped, otherwise the build fails and says which package is missing.
+# On the target: tar xzf parkgate-*.tar.gz && sudo ./parkgate-*/install.sh
+set -euo pipefail
+
+PROG=build-bundle.sh
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SOURCE=$(cd "$HERE/.." && pwd)
+ARCH=
+PYVER=3.11
+OUT=$SOURCE/dist
+PYTHON=${PYTHON:-python3}
+
+die() { echo "$PROG: error: $*" >&2; exit 1; }
+say() { echo "$PROG: $*" >&2; }
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --arch) ARCH=${2:?--arch needs a value}; shift 2 ;;
+        --arch=*) ARCH=${1#*=}; shift ;;
+        --python-version) PYVER=${2:?}; shift 2 ;;
+        --out) OUT=${2:?}; shift 2 ;;
+        --python) PYTHON=${2:?}; shift 2 ;;
+        --source) SOURCE=${2:?}; shift 2 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument: $1 (see --help)" ;;
+    esac
+done
+case $ARCH in
+    aarch64|armv7l|x86_64) ;;
+    "") die "--arch aarch64|armv7l|x86_64 is required" ;;
+    *) die "unsupported --arch $ARCH (aarch64, armv7l or x86_64)" ;;
+esac
+case $PYVER in 3.1[1-9]) ;; *) die "--python-version must be 3.11 or newer, got $PYVER" ;; esac
+PYTAG=cp${PYVER/./}
+
+# Every glibc a Debian/Pi OS release might have (bookworm 2.36, trixie 2.41): pip does not
+# expand manylinux_2_X to the older tags by itself when --platform is given.
+PLATFORMS=(--platform "linux_$ARCH" --platform "manylinux2014_$ARCH")
+for minor in $(seq 17 41); do PLATFORMS+=(--platform "manylinux_2_${minor}_$ARCH"); done
+TARGET=("${PLATFORMS[@]}" --python-version "$PYVER" --implementation cp
+        --abi "$PYTAG" --abi abi3 --abi none --only-binary=:all:)
+PIP=("$PYTHON" -m pip --disable-pip-version-check --no-input)
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+WHEELS=$WORK/wheels
+mkdir -p "$WHEELS" "$WORK/src" "$WORK/sdist" "$WORK/built"
+
+# 1. parkgate itself (pure Python), from a copy so the checkout gets no build/ litter.
+for f in pyproject.toml README.md LICENSE gateway drivers; do
+    [ -e "$SOURCE/$f" ] && cp -r "$SOURCE/$f" "$WORK/src/"
+done
+find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
+say "building the parkgate wheel"
+"${PIP[@]}" wheel -q --no-deps -w "$WHEELS" "$WORK/src" >&2
+PG_WHEEL=$(find "$WHEELS" -name 'parkgate-*.whl' | head -n1)
+VERSION=$(basename "$PG_WHEEL" | cut -d- -f2)
+
+# Retag a wheel without compiled code as py3-none-any (WHEEL tags and RECORD rewritten).
+retag_pure() {
+    "$PYTHON" - "$1" "$2" <<'EOF'
+import base64, hashlib, sys, zipfile
+from pathlib import Path
+src, outdir = Path(sys.argv[1]), Path(sys.argv[2])
+zin = zipfile.ZipFile(src)
+names = zin.namelist()
+if any(n.endswith((".so", ".pyd", ".dylib")) for n in names):
+    sys.exit(f"{src.name} contains compiled code; it cannot be shipped for another platform")
+dist, version = src.name.split("-")[:2]
+out = outdir / f"{dist}-{version}-py3-none-any.whl"
+info = f"{dist}-{version}.dist-info/"
+files = {}
+for n in names:
+    data = zin.read(n)
+    if n == info + "WHEEL":
+        lines = [l for l in data.decode().splitlines()
+                 if not l.startswith(("Tag:", "Root-Is-Purelib:"))]
+        lines += ["Root-Is-Purelib: true", "Tag: py3-none-any"]
+        data = ("\n".join(lines) + "\n").encode()
+    files[n] = data
+record = []
+for n, data in files.items():
+    if n == info + "RECORD":
+        continue
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    record.append(f"{n},sha256={digest},{len(data)}")
+record.append(f"{info}RECORD,,")
+files[info + "RECORD"] = ("\n".join(record) + "\n").encode()
+with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout:
+    for n, data in files.items():
+        zout.writestr(n, data)
+print(out)
+EOF
+}
+
+# 2. the dependency closure for the target, filling gaps with pure-Python builds.
+BUILT_PURE=()
+for attempt in 1 2 3 4 5 6; do
+    say "downloading wheels for $ARCH / $PYTAG (pass $attempt)"
+    if "${PIP[@]}" download -q "${TARGET[@]}" --find-links "$WHEELS" -d "$WHEELS" \
+            "$PG_WHEEL" 2>"$WORK/err"; then
+        break
+    fi
+    missing=$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' "$WORK/err" | head -n1)
+    if [ -z "$missing" ] || [ "$attempt" = 6 ]; then
+        cat "$WORK/err" >&2
+        die "pip download failed for $ARCH (see above)"
+    fi
+    say "no $ARCH wheel on PyPI for $missing: building it from source as pure Python"
+    rm -rf "$WORK/built"/*
+    # SKIP_CYTHON=1: dbus-fast (and its sister projects) then skip their optional Cython
+    # speed-ups and build a pure-Python wheel.
+    SKIP_CYTHON=1 "${PIP[@]}" wheel -q --no-deps --no-binary=:all: -w "$WORK/built" "$missing" >&2 \
+        || die "cannot build $missing from source"
+    for w in "$WORK/built"/*.whl; do
+        retag_pure "$w" "$WHEELS" >/dev/null || die "$missing has no $ARCH wheel and needs a compiler: build it on the target or use install.sh --allow-index"
+        BUILT_PURE+=("$(basename "$w" | cut -d- -f1,2)")
+    done
+done
+
+# 3. prove the wheelhouse alone installs parkgate for the target.
+say "checking the bundle resolves offline"
+"${PIP[@]}" install -q --dry-run --ignore-installed --no-index --find-links "$WHEELS" \
+    "${TARGET[@]}" --target "$WORK/dry" "parkgate==$VERSION" >&2 \
+    || die "the wheelhouse does not resolve offline"
+
+# 4. assemble.
+NAME=parkgate-$VERSION-$ARCH-$PYTAG
+B=$WORK/$NAME
+mkdir -p "$B"
+mv "$WHEELS" "$B/wheels"
+install -m 0755 "$HERE/install.sh" "$B/install.sh"
+install -m 0644 "$HERE/parkgate.service" "$B/parkgate.service"
+[ -f "$HERE/README.md" ] && install -m 0644 "$HERE/README.md" "$B/README.md"
+"$HERE/install.sh" --source "$SOURCE" --print-example-config > "$B/parkgate.yaml.example"
+{
+    echo "version=$VERSION"
+    echo "arch=$ARCH"
+    echo "python=$PYTAG"
+    echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "built_pure=${BUILT_PURE[*]:-}"
+    echo "# sha256 of every wheel"
+    (cd "$B/wheels" && sha256sum -- *.whl)
+} > "$B/MANIFEST.txt"
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+tar -C "$WORK" -czf "$OUT/$NAME.tar.gz" "$NAME"
+say "wrote $OUT/$NAME.tar.gz ($(find "$B/wheels" -name '*.whl' | wc -l) wheels${BUILT_PURE:+; built pure: ${BUILT_PURE[*]}})"
+echo "$OUT/$NAME.tar.gz"
