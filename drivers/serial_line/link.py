@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import termios
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ def open_error(settings: PortSettings, exc: BaseException) -> TransientError | D
     code = getattr(exc, "errno", None)
     if isinstance(exc, ValueError):
         return DeviceConfigError(f"{port}: {exc}", kind="config", address=port)
+    if isinstance(exc, termios.error):
+        return DeviceConfigError(f"{port} refused the settings (baud rate, parity, stop bits): "
+                                 f"{exc}", kind="config", address=port)
     if code == errno.ENOENT:
         return TransientError(f"{port} does not exist (adapter unplugged?)", kind="unplugged",
                               address=port)
@@ -65,6 +69,30 @@ def open_error(settings: PortSettings, exc: BaseException) -> TransientError | D
     if code in (errno.EAGAIN, errno.EBUSY):
         return TransientError(f"{port} is in use by another program", kind="busy", address=port)
     return TransientError(f"{port}: {exc}", kind="open", address=port)
+
+
+async def open_serial(settings: PortSettings,
+                      protocol: Callable[[], asyncio.Protocol]) -> asyncio.Transport:
+    """Open a port (in an executor) as an asyncio transport; parkgate errors on failure.
+
+    Cancelled (by a timeout) while the executor is still opening, the port is closed as
+    soon as the open finishes instead of leaking.
+    """
+    loop = asyncio.get_running_loop()
+    opening = loop.run_in_executor(None, settings.open)
+    try:
+        ser = await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(close_when_opened)
+        raise
+    except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+        raise open_error(settings, exc) from exc
+    try:
+        transport, _ = await serial_asyncio_fast.connection_for_serial(loop, protocol, ser)
+    except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+        ser.close()
+        raise open_error(settings, exc) from exc
+    return transport
 
 
 class _Protocol(asyncio.Protocol):
@@ -145,21 +173,11 @@ class SerialLink:
         async with self._open_lock:
             if self._transport is not None:
                 return False
-            loop = asyncio.get_running_loop()
-            opening = loop.run_in_executor(None, self.settings.open)
-            try:
-                ser = await asyncio.shield(opening)
-            except asyncio.CancelledError:
-                opening.add_done_callback(_close_when_opened)
-                raise
-            except (serial.SerialException, OSError, ValueError) as exc:
-                raise open_error(self.settings, exc) from exc
             self._framer = self.framer_factory()
             self._queue.clear()
             self._lost = None
+            transport = await open_serial(self.settings, lambda: _Protocol(self))
             self._closed.clear()
-            transport, _ = await serial_asyncio_fast.connection_for_serial(
-                loop, lambda: _Protocol(self), ser)
             self._transport = transport
             self.opens += 1
             return True
@@ -231,7 +249,7 @@ class SerialLink:
         self._transport = None
 
 
-def _close_when_opened(fut: asyncio.Future[serial.Serial]) -> None:
+def close_when_opened(fut: asyncio.Future[serial.Serial]) -> None:
     """An open that finished after we gave up on it: close the port again."""
     if not fut.cancelled() and fut.exception() is None:
         with contextlib.suppress(Exception):
