@@ -230,8 +230,7 @@ class Bus:
                 self._metrics.link_up.set(0)
             why = reason or ("refused, unreachable or port busy" if s.kind != "rtu"
                              else "cannot open the port (busy or no permission?)")
-            raise TransientError(f"cannot open {s.describe()}: {why}; retrying in "
-                                 f"{delay:.1f}s", kind="disconnected")
+            raise TransientError(f"cannot open {s.describe()}: {why}", kind="disconnected")
         self._backoff.reset()
         self._retry_at = 0.0
         self._unanswered = 0
@@ -322,7 +321,10 @@ class Bus:
                 async with asyncio.timeout(reply_timeout):
                     reply = await call(address, count=count, device_id=unit)
             except TimeoutError:
-                if self._rx_in_request:
+                if not self._client.connected:
+                    failure = TransientError(f"{self.settings.label} closed during a request "
+                                             f"to unit {unit}", kind="disconnected")
+                elif self._rx_in_request:
                     failure = ProtocolError(
                         f"unit {unit}: garbled answer for {where} (CRC error or noise; "
                         "check baud rate, parity, wiring and termination)", kind="crc")

@@ -79,9 +79,9 @@ def encode(value: Value, point: Point) -> list[int]:
         if point.order in ("BADC", "DCBA"):
             words = [((w & 0xFF) << 8) | (w >> 8) for w in words]
         return words
-    if point.type == "bit":
+    if point.type in ("bit", "bool"):
         return [(1 << (point.bit or 0)) if value else 0]
-    raw: float | int = float(value)
+    raw: float | int = value if isinstance(value, int) else float(value)
     if point.scale is not None or point.offset is not None:
         raw = (raw - (point.offset or 0.0)) / (point.scale or 1.0)
     if point.type in _LIMITS:
@@ -158,6 +158,8 @@ class MeterEmulator:
         self.faults: dict[tuple[str, int], int] = dict(faults or {})
         """(table, address) -> exception code answered for any read covering it."""
         self.requests: list[Request] = []
+        self.corrupt_next = 0
+        """Flip a bit in the middle of this many next replies (a CRC error on RTU)."""
         self.refresh = refresh
         self.strict_gaps = strict_gaps
         """True: unmapped registers between mapped ones answer exception 2 (some meters do);
@@ -223,18 +225,18 @@ class MeterEmulator:
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
         self.requests.append(Request(unit, table, address, count))
+        span = count * 16 if table in BIT_TABLES else count
         for (f_table, f_addr), code in self.faults.items():
-            if f_table == table and address <= f_addr < address + count:
+            if f_table == table and address <= f_addr < address + span:
                 return ExcCodes(code)
         words = self._words(unit, table)
         if table in BIT_TABLES:
+            # pymodbus passes bit tables as 16-bit words and `count` in words: set them all
             for p, w in words.items():
-                if address <= p.address < address + count:
-                    i, bit = p.address // 16 - start, p.address % 16
-                    if w[0]:
-                        registers[i] |= 1 << bit
-                    else:
-                        registers[i] &= ~(1 << bit)
+                i, bit = p.address // 16 - start, p.address % 16
+                if 0 <= i < len(registers):
+                    registers[i] = (registers[i] | (1 << bit)) if w[0] else \
+                        (registers[i] & ~(1 << bit))
             return None
         end = address + count
         for p, w in words.items():
@@ -248,6 +250,10 @@ class MeterEmulator:
             unit = data[0] if rtu else (data[6] if len(data) > 6 else 0)
             if unit not in self.answering:
                 return b""
+            if self.corrupt_next > 0:
+                self.corrupt_next -= 1
+                mid = len(data) // 2
+                data = data[:mid] + bytes([data[mid] ^ 0x10]) + data[mid + 1:]
         return data
 
     # -- serving ------------------------------------------------------------------------------
@@ -309,7 +315,8 @@ def load_points(profile: str, profile_dirs: Sequence[str] = ()) -> tuple[Point, 
 def points_of(specs: Sequence[Mapping[str, Any]], order: str | None = None) -> tuple[Point, ...]:
     """Points from register dicts as written in YAML (for tests)."""
     defaults = RegisterDefaults(order=order) if order else RegisterDefaults()  # type: ignore[arg-type]
-    return resolve([RegisterSpec.model_validate(s) for s in specs], defaults, 1.0)
+    plain = [{k: v for k, v in s.items() if k != "interval"} for s in specs]  # poll concern
+    return resolve([RegisterSpec.model_validate(s) for s in plain], defaults, 1.0)
 
 
 # --- a serial line made of pseudo-terminals ------------------------------------------------

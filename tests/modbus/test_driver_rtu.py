@@ -1,0 +1,179 @@
+"""The driver on an RTU bus: a pty null-modem line to the emulator's serial server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from emulators.modbus_meter import MeterEmulator, SerialLine
+
+from gateway.errors import TransientError
+
+from .conftest import Rig
+
+
+@pytest.fixture
+async def line(tmp_path: Path) -> AsyncIterator[SerialLine]:
+    ln = SerialLine(tmp_path / "by-id")
+    yield ln
+    ln.close()
+
+
+def rtu(line: SerialLine, **extra: Any) -> dict[str, Any]:
+    return {"type": "rtu", "port": line.device_path, "baudrate": 9600, "parity": "N",
+            "delay": "5ms", **extra}
+
+
+async def serve(line: SerialLine, units: list[int], **kw: Any) -> MeterEmulator:
+    emu = MeterEmulator("eastron-sdm120", units, **kw)
+    await emu.start_rtu(line.server_path)
+    return emu
+
+
+async def test_meters_on_one_serial_bus_share_one_port(rig: Rig, line: SerialLine) -> None:
+    emu = await serve(line, [1, 2], values={"voltage": 229.5, "frequency": 49.98})
+    try:
+        ds = [await rig.driver(f"m{u}", transport=rtu(line), unit=u, profile="eastron-sdm120")
+              for u in (1, 2)]
+        assert len(rig.pool) == 1
+        for rs in await asyncio.gather(*(d.poll() for d in ds)):
+            got = {r.metric: r.value for r in rs}
+            assert (got["voltage"], got["frequency"]) == (229.5, 49.98)
+            assert len(got) == 14
+        assert rig.sample("parkgate_modbus_link_up", bus=f"rtu:{line.device_path}") == 1
+    finally:
+        await emu.stop()
+
+
+async def poll_loop(d: Any, interval: float, until: float, results: list[bool]) -> None:
+    """Like the supervisor: ticks on the monotonic clock, overruns skip ticks."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time()
+    while loop.time() < until:
+        try:
+            await d.poll()
+            results.append(True)
+        except TransientError:
+            results.append(False)
+        deadline += interval
+        now = loop.time()
+        if now > deadline:
+            deadline += ((now - deadline) // interval + 1) * interval
+        await asyncio.sleep(deadline - now)
+
+
+async def test_a_dead_meter_costs_the_bus_only_its_timeout(rig: Rig, line: SerialLine) -> None:
+    emu = await serve(line, [1, 2])  # unit 3 is wired but dead
+    try:
+        common = {"transport": rtu(line), "profile": "eastron-sdm120", "only": ["voltage",
+                  "current", "power"], "request_timeout": "150ms", "retries": 0}
+        ds = {u: await rig.driver(f"m{u}", unit=u, **common) for u in (1, 2, 3)}
+        loop = asyncio.get_running_loop()
+        interval, window = 0.3, 2.4
+        until = loop.time() + window
+        results: dict[int, list[bool]] = {u: [] for u in ds}
+        await asyncio.gather(*(poll_loop(d, interval, until, results[u])
+                               for u, d in ds.items()))
+        ticks = round(window / interval)
+        assert not any(results[3])
+        for u in (1, 2):  # the live meters keep their rate and never fail
+            assert all(results[u]) and len(results[u]) >= ticks - 1, results
+        assert rig.sample("parkgate_modbus_request_errors_total", device="m3",
+                          kind="timeout") == len(results[3])
+    finally:
+        await emu.stop()
+
+
+async def test_garbage_on_the_line_is_survived_and_counted(rig: Rig, line: SerialLine) -> None:
+    emu = await serve(line, [1], values={"voltage": 230.0})
+    bus = f"rtu:{line.device_path}"
+    try:
+        d = await rig.driver(transport=rtu(line), profile="eastron-sdm120",
+                             request_timeout="200ms", retries=1)
+        assert {r.metric: r.value for r in await d.poll()}["voltage"] == 230.0
+        rng = __import__("random").Random(7)
+        ok = 0
+        for _ in range(8):
+            line.inject(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))))
+            await asyncio.sleep(0.02)
+            try:
+                got = {r.metric: r.value for r in await d.poll()}
+                assert got["voltage"] == 230.0  # never a corrupted value
+                ok += 1
+            except TransientError as exc:
+                assert exc.kind in ("crc", "timeout", "protocol")
+        assert ok >= 4
+        assert rig.sample("parkgate_modbus_garbage_total", bus=bus) >= 1
+        # and once the noise stops, every poll is clean again
+        await asyncio.sleep(0.3)
+        for _ in range(3):
+            assert {r.metric: r.value for r in await d.poll()}["voltage"] == 230.0
+    finally:
+        await emu.stop()
+
+
+async def test_crc_errors_are_retried_then_reported(rig: Rig, line: SerialLine) -> None:
+    emu = await serve(line, [1], values={"voltage": 230.0})
+    try:
+        d = await rig.driver(transport=rtu(line), profile="eastron-sdm120",
+                             request_timeout="200ms", retries=1)
+        emu.corrupt_next = 1
+        assert {r.metric: r.value for r in await d.poll()}["voltage"] == 230.0
+        assert rig.sample("parkgate_modbus_request_errors_total", device="m1",
+                          kind="crc") == 1
+        emu.corrupt_next = 2
+        with pytest.raises(TransientError, match="garbled answer for input 0..37") as info:
+            await d.poll()
+        assert info.value.kind == "crc"
+        assert rig.sample("parkgate_modbus_request_errors_total", device="m1",
+                          kind="crc") == 3
+        assert {r.metric: r.value for r in await d.poll()}["voltage"] == 230.0
+    finally:
+        await emu.stop()
+
+
+async def test_noise_towards_the_meters_too(rig: Rig, line: SerialLine) -> None:
+    emu = await serve(line, [1], values={"voltage": 230.0})
+    try:
+        d = await rig.driver(transport=rtu(line), profile="eastron-sdm120",
+                             request_timeout="200ms", retries=2)
+        line.inject(os.urandom(64), to="both")
+        await asyncio.sleep(0.3)
+        for _ in range(3):
+            assert {r.metric: r.value for r in await d.poll()}["voltage"] == 230.0
+    finally:
+        await emu.stop()
+
+
+async def test_usb_adapter_unplugged_and_plugged_back(rig: Rig, line: SerialLine) -> None:
+    emu = await serve(line, [1], values={"voltage": 230.0})
+    bus = f"rtu:{line.device_path}"
+    try:
+        d = await rig.driver(transport=rtu(line, reconnect_max="300ms"),
+                             profile="eastron-sdm120", request_timeout="200ms", retries=0)
+        assert {r.metric: r.value for r in await d.poll()}["voltage"] == 230.0
+        line.unplug()
+        await asyncio.sleep(0.05)
+        for _ in range(3):
+            with pytest.raises(TransientError) as info:
+                await d.poll()
+            assert info.value.kind == "disconnected"
+            await asyncio.sleep(0.1)
+        assert rig.sample("parkgate_modbus_link_up", bus=bus) == 0
+        line.replug()
+        for _ in range(30):
+            try:
+                got = {r.metric: r.value for r in await d.poll()}
+                break
+            except TransientError:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("never reopened the port")
+        assert got["voltage"] == 230.0
+        assert rig.sample("parkgate_modbus_reconnects_total", bus=bus) == 1
+    finally:
+        await emu.stop()
