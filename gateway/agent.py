@@ -52,7 +52,8 @@ class Agent:
                              metrics=self.metrics, log=self.log.bind(component="buffer"))
         self.uplink = Uplink(cfg.uplink.mqtt, cfg.gateway, self.buffer, self.metrics, self.log)
         self.supervisor = Supervisor(self.drivers, self.buffer.add, self.metrics,
-                                     self.log.bind(component="supervisor"))
+                                     self.log.bind(component="supervisor"),
+                                     room=self.buffer.wait_for_room)
         self.heartbeat = Heartbeat(self.metrics)
         self.http: HttpServer | None = None
         self.notifier = SystemdNotifier.from_env()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from structlog.typing import FilteringBoundLogger
@@ -25,6 +25,7 @@ from gateway.metrics import Metrics
 from gateway.model import Reading
 
 Sink = Callable[[Sequence[Reading]], None]
+Room = Callable[[], Awaitable[None]]
 CLOSE_TIMEOUT = 5.0
 
 
@@ -51,9 +52,11 @@ class Supervisor:
     """Owns the device tasks; `apply()` starts, stops and restarts them to match a config."""
 
     def __init__(self, drivers: dict[str, DriverInfo], sink: Sink, metrics: Metrics,
-                 log: FilteringBoundLogger, resources: ResourcePool | None = None) -> None:
+                 log: FilteringBoundLogger, resources: ResourcePool | None = None,
+                 room: Room | None = None) -> None:
         self.drivers = drivers
         self.sink = sink
+        self.room = room
         self.metrics = metrics
         self.log = log
         self.resources = resources or ResourcePool()
@@ -179,7 +182,10 @@ class Supervisor:
         duration = self.metrics.poll_duration.labels(device=opts.name)
         overruns = self.metrics.poll_overruns.labels(device=opts.name)
         deadline = loop.time()
+        room = self.room
         while True:
+            if room is not None:
+                await room()  # the buffer is behind: this poll waits (and may overrun)
             started = loop.time()
             async with asyncio.timeout(opts.timeout):
                 readings = await driver.poll()

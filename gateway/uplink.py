@@ -55,14 +55,29 @@ class Broker:
         return cls(url, parts.hostname or "localhost", parts.port or (8883 if tls else 1883), tls)
 
 
+MIN_FETCH = 16
+"""Chunks read from SQLite at once: twice the window, at least this many. Chunks can hold
+`max_readings` readings each (~65 KB at 500), so this bounds the uplink's memory."""
+
+
 @dataclass(slots=True)
 class _Stream:
-    """A cursor over buffered chunks in [start, stop)."""
+    """A monotonic cursor over buffered chunks in [cursor, stop), with a fetched queue.
 
-    start: int
+    Within one connection a chunk is fetched once and sent once; after a reconnect new
+    streams start again from the oldest unacknowledged chunk.
+    """
+
+    cursor: int
     stop: int | None
+    pending: list[Chunk] = field(default_factory=list)
     inflight: int = 0
-    exhausted: bool = False
+    at_end: bool = False
+    """The last fetch found nothing more (live: until the buffer signals new data)."""
+
+    @property
+    def exhausted(self) -> bool:
+        return self.at_end and not self.pending
 
 
 @dataclass(slots=True)
@@ -130,6 +145,12 @@ class Uplink:
 
     # -- connection --------------------------------------------------------------------------
     def _client(self, broker: Broker) -> aiomqtt.Client:
+        client = self._make_client(broker)
+        # a full window of publishes awaiting PUBACK is normal here, not worth a warning
+        client.pending_calls_threshold = self.cfg.window * 2 + 10
+        return client
+
+    def _make_client(self, broker: Broker) -> aiomqtt.Client:
         v5 = self.cfg.protocol == "5"
         offline = json.dumps({"state": "offline", "reason": "connection lost",
                               "gateway": self.gw.id})
@@ -246,12 +267,12 @@ class Uplink:
         """Keep up to `window` publishes in flight, backlog and live as the policy says."""
         buffer = self.buffer
         boundary = buffer.next_seq
-        backlog = _Stream(start=0, stop=boundary)
-        live = _Stream(start=boundary, stop=None)
+        await buffer.flush()  # apply acks of the last connection before reading again
+        backlog = _Stream(cursor=0, stop=boundary)
+        live = _Stream(cursor=boundary, stop=None)
         window = self.cfg.window
         live_slots = max(1, int(window * self.cfg.live_share))
         inflight: set[asyncio.Task[None]] = set()
-        claimed: set[int] = set()
         failure: list[BaseException] = []
         wake = asyncio.Event()
 
@@ -271,15 +292,14 @@ class Uplink:
                 while len(inflight) < window:
                     msg = None
                     for stream in self._order(backlog, live, live_slots):
-                        msg, ready_in = await self._next_message(stream, claimed)
+                        msg, ready_in = await self._next_message(stream)
                         wait_s = min(wait_s, ready_in)
                         if msg is not None:
                             break
                     if msg is None:
                         break
-                    claimed.update(msg.firsts)
                     msg.stream.inflight += 1
-                    task = asyncio.create_task(self._publish(client, msg, claimed),
+                    task = asyncio.create_task(self._publish(client, msg),
                                                name=f"uplink.publish[{msg.firsts[0]}]")
                     inflight.add(task)
                     task.add_done_callback(done)
@@ -297,7 +317,7 @@ class Uplink:
                     woken.cancel()
                 if buffer.changed.is_set():
                     buffer.changed.clear()
-                    live.exhausted = False
+                    live.at_end = False
         finally:
             for task in list(inflight):
                 task.cancel()
@@ -314,39 +334,41 @@ class Uplink:
             return [live, backlog]
         return [backlog]
 
-    async def _next_message(self, stream: _Stream, claimed: set[int]
-                            ) -> tuple[_Message | None, float]:
+    async def _next_message(self, stream: _Stream) -> tuple[_Message | None, float]:
         """The next ready message of a stream, or None and how long until one may be ready."""
-        if stream.exhausted:
+        fetch = max(MIN_FETCH, 2 * self.cfg.window)
+        if len(stream.pending) < fetch // 2 and not stream.at_end:
+            chunks = await self.buffer.fetch(stream.cursor, stream.stop, fetch)
+            if chunks:
+                stream.pending.extend(chunks)
+                stream.cursor = chunks[-1].last + 1
+            stream.at_end = len(chunks) < fetch
+        pending = stream.pending
+        if not pending:
             return None, 1.0
         max_readings = self.cfg.batch.max_readings
-        chunks = await self.buffer.fetch(stream.start, stream.stop, 256)
-        unclaimed = [c for c in chunks if c.first not in claimed]
-        if not unclaimed:
-            if len(chunks) < 256:
-                stream.exhausted = True
-            elif chunks:
-                stream.start = chunks[-1].last + 1
-                return await self._next_message(stream, claimed)
-            return None, 1.0
-        # skip past the claimed prefix so the next fetch starts at the first unclaimed chunk
-        stream.start = unclaimed[0].first
-        first = unclaimed[0]
-        picked: list[Chunk] = [first]
+        first = pending[0]
+        taken = [0]
         total = first.count
-        for c in unclaimed[1:]:
+        for i in range(1, len(pending)):
+            c = pending[i]
             if c.device != first.device:
                 continue
             if total + c.count > max_readings:
                 break
-            picked.append(c)
+            taken.append(i)
             total += c.count
-        now = now_ms()
-        age = (now - first.accepted_ms) / 1000
-        delay = self.cfg.batch.max_delay
-        full = total >= max_readings or len(chunks) >= 256
-        if stream.stop is None and not full and age < delay and not self._draining:
-            return None, delay - age
+        if stream.stop is None and total < max_readings and not self._draining:
+            age = (now_ms() - first.accepted_ms) / 1000
+            if age < self.cfg.batch.max_delay:
+                return None, self.cfg.batch.max_delay - age
+        if len(taken) == len(pending) or taken[-1] == len(taken) - 1:
+            picked = pending[:len(taken)]
+            del pending[:len(taken)]
+        else:
+            chosen = set(taken)
+            picked = [pending[i] for i in taken]
+            stream.pending = [c for i, c in enumerate(pending) if i not in chosen]
         return self._message(picked, stream), 0.0
 
     def _message(self, chunks: list[Chunk], stream: _Stream) -> _Message:
@@ -356,7 +378,7 @@ class Uplink:
                         firsts=[c.first for c in chunks],
                         readings=sum(c.count for c in chunks), stream=stream)
 
-    async def _publish(self, client: aiomqtt.Client, msg: _Message, claimed: set[int]) -> None:
+    async def _publish(self, client: aiomqtt.Client, msg: _Message) -> None:
         started = time.perf_counter()
         try:
             await client.publish(msg.topic, msg.payload, qos=1,
@@ -367,7 +389,6 @@ class Uplink:
             msg.stream.inflight -= 1
         # acknowledged: the buffer deletes these chunks at its next commit
         self.buffer.ack(msg.firsts)
-        claimed.difference_update(msg.firsts)
         self.metrics.uplink_latency.observe(time.perf_counter() - started)
         self.metrics.uplink_published.inc(msg.readings)
         self.metrics.uplink_messages.inc()
