@@ -351,6 +351,10 @@ def _load_yaml(path: Path, text: str) -> tuple[Any, dict[Loc, tuple[int, int]]]:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         what = " ".join(p for p in (exc.context, exc.problem) if p)
+        lines = text.splitlines()
+        if mark and mark.line < len(lines) and "${" in lines[mark.line]:
+            what += (" (inside {...} or [...], put quotes around a value that uses "
+                     '${...}, as in "${NAME}")')
         raise ConfigProblems([Problem(str(path), line, col, "(yaml)",
                                       f"YAML syntax error: {what}")]) from None
     except Exception as exc:  # noqa: BLE001 - ruamel raises a wide variety; report, don't crash
