@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 QUEUE_SIZE = 32
 DISCONNECT_TIMEOUT = 5.0
+CONNECT_BACKOFF_BASE = 1.0
 
 
 class Throttle:
@@ -270,7 +271,7 @@ class BleDriver(StreamingDriver):
         """A connected client, after up to `attempts` tries with backoff; else TransientError."""
         o = self.o
         assert o.gatt is not None
-        backoff = Backoff(base=1.0, cap=10.0)
+        backoff = Backoff(base=CONNECT_BACKOFF_BASE, cap=10.0)
         last = ("error", "")
         for attempt in range(1, o.gatt.attempts + 1):
             client = self._client(disconnected)

@@ -210,8 +210,9 @@ class SharedScanner:
                     mode = "active"
                     continue
                 delay = self._backoff.next_delay()
-                self.log.error("ble scanner failed to start",  # noqa: TRY400 - one clear line reason=reason, error=msg,
-                               retry_in=round(delay, 1), mode=mode)
+                # a known failure: one clear line, no traceback
+                self.log.error("ble scanner failed to start",  # noqa: TRY400
+                               reason=reason, error=msg, retry_in=round(delay, 1), mode=mode)
                 await asyncio.sleep(delay)
                 continue
             self._up.set(1)

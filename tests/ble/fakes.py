@@ -227,3 +227,18 @@ class FakeGattClient(BaseBleakClient):
 
     async def stop_notify(self, characteristic: BleakGATTCharacteristic) -> None:
         return None
+
+
+class NoAdapterScanner(BaseBleakScanner):
+    """An adapter that is never there: every start fails as BlueZ reports it."""
+
+    def __init__(self, detection_callback: Any, service_uuids: Any, *_a: Any,
+                 **_kw: Any) -> None:
+        super().__init__(detection_callback, service_uuids)
+
+    async def start(self) -> None:
+        """Fail like bleak does on a box without a Bluetooth adapter."""
+        raise _failure("no_adapter")
+
+    async def stop(self) -> None:
+        """Nothing was started."""

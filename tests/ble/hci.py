@@ -35,7 +35,8 @@ def parse_ad(data: bytes) -> dict[str, Any]:
 def parse_hci(hex_event: str) -> dict[str, Any]:
     """One HCI LE Meta event (legacy 0x02 or extended 0x0D advertising report)."""
     ev = bytes.fromhex(hex_event)
-    assert ev[0] == 0x04 and ev[1] == 0x3E, "not an HCI LE meta event"
+    if ev[:2] != b"\x04\x3e":
+        raise ValueError("not an HCI LE meta event")
     sub = ev[3]
     if sub == 0x02:  # legacy: num, type, addr type, addr[6], len, data, rssi
         addr = ev[7:13]
