@@ -7,8 +7,11 @@ returned. The command's echo is dropped when the modem has echo on (ATE1).
 
 A command that timed out leaves an orphan: its reply may still come. A final result code
 that arrives while an orphan is live, before the current command printed any line of its
-own, is the orphan's; so a slow reply cannot shift every later reply by one. Orphans expire
-after a grace period (a modem may drop a command altogether).
+own, is the orphan's; orphans expire after a grace period (a modem may drop a command
+altogether). And a command that always prints a line (`body=True`, implied by `prefix`)
+ignores a bare `OK`: it is a late reply to something else (say, from before the port was
+reopened). So one slow reply cannot shift every later reply by one. Should the modem
+really answer such a command with a bare `OK`, that answer stands when the timeout ends.
 
 When the port goes away (USB modem reset, unplug), the pending command fails with a
 `TransientError(kind="disconnected")`; `ensure_open()` reopens it with capped, jittered
@@ -18,6 +21,7 @@ backoff so a missing port is not hammered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +38,14 @@ _MAX_LINE = 4096
 _FINAL_ERRORS = ("ERROR", "+CME ERROR:", "+CMS ERROR:")
 _URC_WORDS = frozenset({"RING", "RDY", "NO CARRIER", "POWERED DOWN", "NORMAL POWER DOWN",
                         "UNDER_VOLTAGE POWER DOWN", "OVER_VOLTAGE POWER DOWN"})
+
+
+def _reason(exc: BaseException) -> str:
+    """`No such file or directory` rather than pyserial's nested restatement of the path."""
+    for e in (exc.__context__, exc):
+        if isinstance(e, OSError) and e.strerror and not isinstance(e, serial.SerialException):
+            return e.strerror
+    return str(exc) or type(exc).__name__
 
 
 class AtCommandError(DeviceError):
@@ -59,9 +71,11 @@ class _Pending:
     command: str
     prefix: str | None
     done: asyncio.Future[str]
+    body: bool = False
     lines: list[str] = field(default_factory=list)
     echo_seen: bool = False
     own_line_seen: bool = False
+    bare_ok_seen: bool = False
 
 
 class _LineProtocol(asyncio.Protocol):
@@ -152,40 +166,49 @@ class AtEngine:
                 transport, _ = await create_serial_connection(
                     loop, lambda: proto, url=self.port, baudrate=self.baudrate)
         except (OSError, serial.SerialException, TimeoutError) as exc:
-            raise TransientError(f"cannot open AT port {self.port}: {exc}",
+            raise TransientError(f"cannot open AT port {self.port}: {_reason(exc)}",
                                  kind="disconnected") from exc
         self._transport, self._proto = transport, proto
+        port = getattr(transport, "serial", None)
+        if port is not None:  # what the OS kept from before is stale
+            with contextlib.suppress(OSError, serial.SerialException):
+                port.reset_input_buffer()
         self._orphans.clear()
         self._synced.set()
         self.opens += 1
         self.log.info("modem.at_port_opened", port=self.port, baudrate=self.baudrate)
 
     async def command(self, command: str, *, prefix: str | None = None,
-                      limit: float | None = None) -> list[str]:
+                      body: bool | None = None, limit: float | None = None) -> list[str]:
         """Send `command`, return its response lines (no echo, no URCs, no final code).
 
         `prefix` (such as `+CSQ:`) names the command's own lines; without it, every line
-        that does not look like a URC belongs to the command (ATI, AT+CGMM).
+        that does not look like a URC belongs to the command (ATI, AT+CGMM). `body` says the
+        command always prints a line before OK (default: when it has a prefix).
         `limit` overrides the engine's timeout for this command. Raises `AtCommandError` on
         ERROR, `TransientError` on timeout or disconnection.
         """
         async with self._lock:
             if self._transport is None:
                 raise TransientError(f"AT port {self.port} is not open", kind="disconnected")
-            return await self._command(command, prefix, limit or self.timeout)
+            return await self._command(command, prefix, limit or self.timeout,
+                                       prefix is not None if body is None else body)
 
-    async def _command(self, command: str, prefix: str | None, limit: float) -> list[str]:
+    async def _command(self, command: str, prefix: str | None, limit: float,
+                       body: bool = False) -> list[str]:
         await self._settle_orphans(limit)
         transport = self._transport
         if not isinstance(transport, asyncio.WriteTransport):
             raise TransientError(f"AT port {self.port} is not open", kind="disconnected")
-        pending = _Pending(command, prefix, asyncio.get_running_loop().create_future())
+        pending = _Pending(command, prefix, asyncio.get_running_loop().create_future(), body)
         self._pending = pending
         try:
             transport.write(command.encode("ascii", "replace") + b"\r")
             async with asyncio.timeout(limit):
                 final = await pending.done
         except TimeoutError:
+            if pending.bare_ok_seen:  # the modem did mean a bare OK
+                return pending.lines
             self._orphan(limit)
             raise TransientError(f"{command}: no reply within {limit:g}s from {self.port}",
                                  kind="timeout") from None
@@ -234,11 +257,16 @@ class AtEngine:
             p.echo_seen = True
             return
         if is_final(line):
-            if p.prefix is not None and not p.own_line_seen and self._live_orphans():
-                self.log.debug("modem.at_late_reply", port=self.port, result=line)
-                self._orphans.pop(0)
-                self._live_orphans()
-                return
+            if p.body and not p.own_line_seen:
+                if self._live_orphans():
+                    self.log.debug("modem.at_late_reply", port=self.port, result=line)
+                    self._orphans.pop(0)
+                    self._live_orphans()
+                    return
+                if line == "OK":
+                    self.log.debug("modem.at_stray_ok", port=self.port, command=p.command)
+                    p.bare_ok_seen = True
+                    return
             p.done.set_result(line)
             return
         if p.prefix is not None:
@@ -250,6 +278,7 @@ class AtEngine:
         elif line.startswith("+") or line in _URC_WORDS:
             self._urc(line)
         else:
+            p.own_line_seen = True
             p.lines.append(line)
 
     def _urc(self, line: str) -> None:

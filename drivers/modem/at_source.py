@@ -49,7 +49,7 @@ class AtSource:
         await engine.ensure_open()
         if self._model_for_open != engine.opens:  # after a replug it may be another module
             try:
-                self.model = at_parse.parse_model(await engine.command("AT+CGMM"))
+                self.model = at_parse.parse_model(await engine.command("AT+CGMM", body=True))
             except AtCommandError:
                 self.model = None
             self._model_for_open = engine.opens

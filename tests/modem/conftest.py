@@ -6,7 +6,7 @@ import os
 import shutil
 import stat
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from emulators.quectel_modem import QuectelModem
 from drivers.modem import ModemDriver, ModemOptions
 from gateway.driver import DriverContext, ResourcePool
 from gateway.metrics import Metrics
+from tests.support import Collector, Mosquitto
 
 RECORDED = Path(__file__).parent / "mmcli"
 
@@ -113,3 +114,23 @@ def fake_mmcli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeMmcli:
     return fake
 
 
+
+
+@pytest.fixture
+def modem_broker() -> Iterator[Mosquitto]:
+    """A private broker; unlike the shared `broker` fixture it closes mosquitto's stderr pipe
+    (left open it is a ResourceWarning, an error under filterwarnings=error)."""
+    b = Mosquitto().start()
+    pipe = b.proc.stderr if b.proc else None
+    yield b
+    b.close()
+    if pipe is not None:
+        pipe.close()
+
+
+@pytest.fixture
+def modem_collector(modem_broker: Mosquitto) -> Iterator[Collector]:
+    """An MQTT collector on `modem_broker`."""
+    c = Collector(modem_broker.port)
+    yield c
+    c.close()
