@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +23,7 @@ from gateway.metrics import Metrics
 from gateway.model import Reading
 from tests.ble import fakes
 from tests.ble.conftest import by_id
+from tests.support import ROOT
 
 SCANNER = "tests.ble.fakes:ReplayScanner"
 CLIENT = "tests.ble.fakes:FakeGattClient"
@@ -324,3 +327,13 @@ def test_options_reject_what_cannot_work() -> None:
         BleOptions.model_validate({**base, "address": "A4:C1:38"})
     ok = BleOptions.model_validate({**base, "address": "a4-c1-38-00-00-01"})
     assert ok.address == "A4:C1:38:00:00:01"
+
+
+def test_bleak_is_not_imported_until_a_ble_device_runs() -> None:
+    code = ("import sys; from pathlib import Path; from gateway.config import load_config; "
+            "import drivers.ble; load_config(Path('drivers/ble/sample.yaml')); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('bleak', 'dbus_fast', 'cryptography')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
