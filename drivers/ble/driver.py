@@ -57,7 +57,8 @@ def _error_kind(message: str) -> str:
                          ("cryptography", "no_crypto"), ("MAC address", "no_address"),
                          ("truncated", "truncated"), ("too short", "truncated"),
                          ("unknown object", "unknown_object"), ("unsupported", "unsupported"),
-                         ("expected", "truncated"), ("not ", "wrong_format")):
+                         ("expected", "truncated"), ("data in the advert", "no_data"),
+                         ("format, not", "wrong_format")):
         if needle in message:
             return kind
     return "other"
