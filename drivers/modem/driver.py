@@ -14,7 +14,7 @@ from drivers.modem.at_source import AtSource
 from drivers.modem.mmcli import MmcliSource
 from drivers.modem.model import SA, ModemStatus
 from gateway.driver import DeviceOptions, DriverContext, PollingDriver
-from gateway.errors import DeviceError
+from gateway.errors import DeviceConfigError, DeviceError
 from gateway.metrics import Metrics
 from gateway.model import Reading
 from gateway.units import Duration
@@ -131,6 +131,7 @@ class ModemDriver(PollingDriver):
             "modem_at_errors", "AT commands the modem answered with ERROR", ["device", "command"])
         self._key = ("serial", options.port)
         self._at: AtSource | None = None
+        self._acquired = False
         self._mm: MmcliSource | None = None
 
     async def open(self) -> None:
@@ -142,8 +143,16 @@ class ModemDriver(PollingDriver):
             return
         assert o.port is not None
         port, baudrate, timeout, log = o.port, o.baudrate, o.command_timeout, self.ctx.log
-        engine = await self.ctx.resources.acquire(
+        engine: object = await self.ctx.resources.acquire(
             self._key, lambda: AtEngine(port, baudrate=baudrate, timeout=timeout, log=log))
+        self._acquired = True
+        if not isinstance(engine, AtEngine):  # the same key as the serial driver's ports
+            raise DeviceConfigError(f"{port} is already used by a device of another driver; "
+                                    "an AT port cannot be shared with it", kind="config")
+        if engine.baudrate != baudrate:
+            raise DeviceConfigError(f"{port} is shared with another modem device at "
+                                    f"{engine.baudrate} baud, this one asks for {baudrate}",
+                                    kind="config")
         self._at = AtSource(engine, lte_sinr=o.lte_sinr)
         await engine.ensure_open()
 
@@ -172,7 +181,8 @@ class ModemDriver(PollingDriver):
     async def close(self) -> None:
         """Give the AT port back; drop this device's gauges."""
         self._gauges.clear()
-        if self._at is not None:
-            self._at = None
+        self._at = None
+        if self._acquired:
+            self._acquired = False
             await self.ctx.resources.release(self._key)
         self._mm = None

@@ -13,7 +13,7 @@ from emulators.quectel_modem import QuectelModem
 from drivers.modem import ModemDriver, ModemOptions
 from gateway.backoff import Backoff
 from gateway.driver import ResourcePool
-from gateway.errors import TransientError
+from gateway.errors import DeviceConfigError, TransientError
 from gateway.metrics import Metrics
 from gateway.model import Reading
 from tests.modem.conftest import build_driver, make_ctx, sample
@@ -355,3 +355,28 @@ def test_options_validation() -> None:
     o = ModemOptions.model_validate({"name": "m", "driver": "modem"})
     assert (o.source, o.interval, o.timeout, o.signal_refresh) == ("modemmanager", 30.0,
                                                                    15.0, 10.0)
+
+
+async def test_port_taken_by_another_driver_or_baudrate(modem: QuectelModem) -> None:
+    class Other:
+        async def aclose(self) -> None:
+            pass
+
+    pool = ResourcePool()
+    await pool.acquire(("serial", modem.path), Other)
+    driver = build_driver({"source": "at", "port": modem.path}, make_ctx("modem", pool))
+    with pytest.raises(DeviceConfigError, match="already used by a device of another driver"):
+        await driver.open()
+    await driver.close()
+    assert len(pool) == 1  # only the other driver's reference is left
+    await pool.release(("serial", modem.path))
+
+    first = build_driver({"source": "at", "port": modem.path}, make_ctx("modem-a", pool))
+    second = build_driver({"source": "at", "port": modem.path, "baudrate": 9600},
+                          make_ctx("modem-b", pool))
+    await first.open()
+    with pytest.raises(DeviceConfigError, match="at 115200 baud, this one asks for 9600"):
+        await second.open()
+    await second.close()
+    await first.close()
+    assert len(pool) == 0
