@@ -53,7 +53,7 @@ class Throttle:
 
 def _error_kind(message: str) -> str:
     """A low-cardinality metric label for a decoder's error text."""
-    for needle, kind in (("bindkey", "no_bindkey"), ("decryption failed", "decrypt_failed"),
+    for needle, kind in (("decryption failed", "decrypt_failed"), ("bindkey", "no_bindkey"),
                          ("cryptography", "no_crypto"), ("MAC address", "no_address"),
                          ("truncated", "truncated"), ("too short", "truncated"),
                          ("unknown object", "unknown_object"), ("unsupported", "unsupported"),

@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 from drivers.ble import driver as driver_module
-from drivers.ble.driver import BleDriver, Throttle
+from drivers.ble.driver import BleDriver, Throttle, _error_kind
 from drivers.ble.options import BleOptions
 from drivers.ble.scanner import SharedScanner, classify
 from gateway.backoff import Backoff
@@ -337,3 +337,10 @@ def test_bleak_is_not_imported_until_a_ble_device_runs() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_decode_error_labels() -> None:
+    assert _error_kind("decryption failed: wrong bindkey or address") == "decrypt_failed"
+    assert _error_kind("encrypted advert: configure the device's bindkey") == "no_bindkey"
+    assert _error_kind("no pvvx data in the advert") == "no_data"
+    assert _error_kind("advert is in atc format, not pvvx") == "wrong_format"
