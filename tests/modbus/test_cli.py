@@ -84,7 +84,8 @@ def test_read_errors_are_one_clear_line(meter: Any, capsys: pytest.CaptureFixtur
                                         argv: list[str], message: str) -> None:
     _emu, port = meter
     code, doc, err = run(capsys, "read", "--tcp", f"127.0.0.1:{port}", *argv)
-    assert code == 1 and doc is None
+    assert code == 1
+    assert doc is None
     assert err.strip() == f"parkgate: error: {message}"
 
 
@@ -131,4 +132,6 @@ def test_scan_an_rtu_line(tmp_path: Path, loop_thread: LoopThread,
 def test_the_console_script_has_the_commands() -> None:
     out = subprocess.run([sys.executable, "-m", "gateway", "modbus", "scan", "--help"],
                          capture_output=True, text=True, check=True).stdout
-    assert "--units RANGES" in out and "--rtu DEV" in out and "--tcp HOST[:PORT]" in out
+    assert "--units RANGES" in out
+    assert "--rtu DEV" in out
+    assert "--tcp HOST[:PORT]" in out

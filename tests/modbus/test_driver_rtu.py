@@ -81,7 +81,8 @@ async def test_a_dead_meter_costs_the_bus_only_its_timeout(rig: Rig, line: Seria
         ticks = round(window / interval)
         assert not any(results[3])
         for u in (1, 2):  # the live meters keep their rate and never fail
-            assert all(results[u]) and len(results[u]) >= ticks - 1, results
+            assert all(results[u]), results
+            assert len(results[u]) >= ticks - 1, results
         assert rig.sample("parkgate_modbus_request_errors_total", device="m3",
                           kind="timeout") == len(results[3])
     finally:
@@ -96,22 +97,11 @@ async def test_garbage_on_the_line_is_survived_and_counted(rig: Rig, line: Seria
                              request_timeout="200ms", retries=1)
         assert {r.metric: r.value for r in await d.poll()}["voltage"] == 230.0
         rng = __import__("random").Random(7)
-        ok = 0
-        for _ in range(8):
+        for _ in range(8):  # noise between polls: counted, then cleared by the next request
             line.inject(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))))
             await asyncio.sleep(0.02)
-            try:
-                got = {r.metric: r.value for r in await d.poll()}
-                assert got["voltage"] == 230.0  # never a corrupted value
-                ok += 1
-            except TransientError as exc:
-                assert exc.kind in ("crc", "timeout", "protocol")
-        assert ok >= 4
-        assert rig.sample("parkgate_modbus_garbage_total", bus=bus) >= 1
-        # and once the noise stops, every poll is clean again
-        await asyncio.sleep(0.3)
-        for _ in range(3):
             assert {r.metric: r.value for r in await d.poll()}["voltage"] == 230.0
+        assert rig.sample("parkgate_modbus_garbage_total", bus=bus) >= 8
     finally:
         await emu.stop()
 
@@ -126,7 +116,7 @@ async def test_crc_errors_are_retried_then_reported(rig: Rig, line: SerialLine) 
         assert rig.sample("parkgate_modbus_request_errors_total", device="m1",
                           kind="crc") == 1
         emu.corrupt_next = 2
-        with pytest.raises(TransientError, match="garbled answer for input 0..37") as info:
+        with pytest.raises(TransientError, match=r"garbled answer for input 0\.\.37") as info:
             await d.poll()
         assert info.value.kind == "crc"
         assert rig.sample("parkgate_modbus_request_errors_total", device="m1",

@@ -107,7 +107,8 @@ async def test_rejected_register_is_isolated_and_the_split_remembered(rig: Rig) 
     try:
         d = await rig.driver(transport=tcp(port), registers=regs)
         readings = {r.metric: r for r in await d.poll()}
-        assert readings["r14"].quality == "bad" and readings["r14"].value is None
+        assert readings["r14"].quality == "bad"
+        assert readings["r14"].value is None
         assert all(r.quality == "good" and r.value == float(r.metric[1:])
                    for name, r in readings.items() if name != "r14")
         assert len(readings) == 20
@@ -128,7 +129,8 @@ async def test_rejected_register_is_isolated_and_the_split_remembered(rig: Rig) 
         # the meter is fixed (firmware update): the register reads again, and is merged back
         emu.faults.clear()
         readings3 = {r.metric: r for r in await d.poll()}
-        assert readings3["r14"].value == 14.0 and readings3["r14"].quality == "good"
+        assert readings3["r14"].value == 14.0
+        assert readings3["r14"].quality == "good"
         assert rig.sample("parkgate_modbus_bad_registers", device="m1") == 0
         assert [r.describe() for r in d.plan_now()] == ["input 0..39"]
     finally:
@@ -197,7 +199,7 @@ async def test_devices_behind_one_gateway_share_one_connection(rig: Rig) -> None
 
 async def test_devices_disagreeing_about_a_shared_link_are_told(rig: Rig) -> None:
     await rig.driver("a", transport=tcp(1502), registers=[{"name": "v", "ref": 40001}])
-    with pytest.raises(DeviceConfigError, match="delay: 0.0 vs 0.05"):
+    with pytest.raises(DeviceConfigError, match=r"delay: 0\.0 vs 0\.05"):
         await rig.driver("b", transport=tcp(1502, delay="50ms"),
                          registers=[{"name": "v", "ref": 40001}])
 
@@ -258,7 +260,7 @@ async def test_a_silent_unit_costs_its_timeout_and_raises(rig: Rig) -> None:
                              request_timeout="200ms", retries=1)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        with pytest.raises(TransientError, match="unit 9 did not answer input 0..37") as info:
+        with pytest.raises(TransientError, match=r"unit 9 did not answer input 0\.\.37") as info:
             await d.poll()
         assert info.value.kind == "timeout"
         assert 0.35 < loop.time() - started < 1.0  # two attempts of the first read only

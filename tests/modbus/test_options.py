@@ -105,7 +105,8 @@ def test_bundled_profiles_all_load_and_cite_their_source() -> None:
         assert names[expected].parent == BUNDLED_DIR
     for name, path in names.items():
         text = path.read_text()
-        assert "# Source:" in text and "verified" in text, name
+        assert "# Source:" in text, name
+        assert "verified" in text, name
         o = opts(profile=name)
         assert len(o.points()) >= 10
 
@@ -150,7 +151,8 @@ def test_profile_errors_are_clear(tmp_path: Path) -> None:
     assert "`only` and `exclude` pick registers of a profile" in error(
         only=["a"], registers=[{"name": "v", "ref": 40001}])
     bad = tmp_path / "broken.yaml"
-    bad.write_text("profile: broken\nmanufacturer: X\nmodel: Y\nregisters:\n  - {name: a, ref: 40001\n")
+    bad.write_text("profile: broken\nmanufacturer: X\nmodel: Y\nregisters:\n"
+                   "  - {name: a, ref: 40001\n")
     assert "YAML error at line" in error(profile=str(bad))
     bad.write_text("profile: broken\nmanufacturer: X\nmodel: Y\nregisters:\n"
                    "  - {name: a, ref: 40001, tpye: float32}\n")
@@ -173,3 +175,18 @@ def test_profile_dirs_come_first_and_edits_are_seen(tmp_path: Path) -> None:
         "a", "b"]
     with pytest.raises(ProfileError, match="does not exist"):
         load(str(tmp_path / "missing.yaml"))
+
+
+def test_the_sample_config_is_valid() -> None:
+    from gateway.config import load_config  # noqa: PLC0415
+
+    loaded = load_config(Path(__file__).resolve().parents[2] / "drivers/modbus/sample.yaml")
+    devices = {d.name: d for d in loaded.config.devices}
+    assert set(devices) == {"main-meter", "pv-meter", "hall-b-meter", "chiller-meter",
+                            "boiler-plc"}
+    plc = devices["boiler-plc"]
+    assert isinstance(plc, ModbusOptions)
+    by = {p.name: p for p in plc.points()}
+    assert (by["return_temp"].table, by["return_temp"].address) == ("holding", 17)
+    assert (by["low_water"].table, by["low_water"].address) == ("discrete", 2)
+    assert plc.limits() == (60, 4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +17,7 @@ def pt(address: int, width: int = 2, table: str = "holding", name: str | None = 
                  bit=None, scale=None, offset=None, decimals=None, unit=None, every=1)
 
 
-def spans(reads):  # noqa: ANN001, ANN201 - test helper
+def spans(reads):
     return [(r.table, r.start, r.count) for r in reads]
 
 
@@ -96,9 +98,10 @@ def test_plan_properties(addresses: list[int], widths: list[int], max_registers:
     for r in reads:
         assert r.count <= max_registers
         for p in r.points:
-            assert r.start <= p.address and p.end <= r.start + r.count
+            assert r.start <= p.address
+            assert p.end <= r.start + r.count
         ordered = sorted(r.points, key=lambda p: p.address)
-        for a, b in zip(ordered, ordered[1:], strict=False):
+        for a, b in itertools.pairwise(ordered):
             assert b.address - max(q.end for q in ordered if q.address <= a.address) <= max_gap
     # optimal: the fewest contiguous runs of points that fit (dynamic programming)
     pts = sorted(points, key=lambda p: p.address)
