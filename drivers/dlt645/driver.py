@@ -115,22 +115,30 @@ class Dlt645Driver(PollingDriver):
 
     async def request(self, bus: Dlt645Bus, di: int) -> Frame:
         """Send read-data for `di` and return the checked reply frame."""
-        address = self.o.address
-
-        def mine(frame: Frame) -> bool:
-            return frame.function == READ_DATA and address in (WILDCARD, frame.address)
-
         self.m_requests.inc()
         started = time.perf_counter()
-        reply, took = await bus.transact(read_data(address, di, preamble=self.o.wakeup), mine,
-                                         self.o.response_timeout)
+        reply, took = await read_item(bus, self.o.address, di, self.o.response_timeout,
+                                      wakeup=self.o.wakeup)
         self.m_wait.labels(bus.name).observe(max(0.0, time.perf_counter() - started - took))
         self.m_duration.observe(took)
-        if reply.is_exception:
-            code = reply.data[0] if reply.data else 0
-            raise MeterException(code, address=reply.address, di=di)
-        if len(reply.data) < 4 or int.from_bytes(reply.data[:4], "little") != di:
-            raise ProtocolError(f"reply is for {reply.data[:4][::-1].hex().upper() or 'nothing'}"
-                                f", asked for {di_text(di)}", kind="mismatch",
-                                address=reply.address)
         return reply
+
+
+async def read_item(bus: Dlt645Bus, address: str, di: int, response_timeout: float, *,
+                    wakeup: bool = True) -> tuple[Frame, float]:
+    """Read data item `di` from the meter at `address`: the reply and the seconds it took.
+
+    Raises `MeterException` for an exception reply, `ProtocolError(kind="mismatch")` for a
+    reply about another DI, `FrameError` for a garbled reply, `TransientError` for none.
+    """
+    def mine(frame: Frame) -> bool:
+        return frame.function == READ_DATA and address in (WILDCARD, frame.address)
+
+    reply, took = await bus.transact(read_data(address, di, preamble=wakeup), mine,
+                                     response_timeout)
+    if reply.is_exception:
+        raise MeterException(reply.data[0] if reply.data else 0, address=reply.address, di=di)
+    if len(reply.data) < 4 or int.from_bytes(reply.data[:4], "little") != di:
+        raise ProtocolError(f"reply is for {reply.data[:4][::-1].hex().upper() or 'nothing'}, "
+                            f"asked for {di_text(di)}", kind="mismatch", address=reply.address)
+    return reply, took

@@ -51,6 +51,13 @@ TransportOptions = Annotated[SerialTransportOptions | TcpTransportOptions,
                              Field(discriminator="type")]
 
 
+def _di_from_int(value: object) -> object:
+    """An unquoted all-decimal DI (02010100) that YAML read as a number, back as 8 digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**8:
+        return f"{value:08d}"
+    return value
+
+
 class ItemOptions(StrictModel):
     """A data item with its own metric name, unit or scale (e.g. a CT ratio)."""
 
@@ -64,11 +71,8 @@ class ItemOptions(StrictModel):
 
     @field_validator("item", mode="before")
     @classmethod
-    def _quoted(cls, value: object) -> object:
-        if isinstance(value, int):
-            raise ValueError(  # noqa: TRY004 - pydantic reports only ValueError nicely
-                "write a DI in quotes, such as '02010100' (unquoted, YAML reads it as a number)")
-        return value
+    def _unquoted(cls, value: object) -> object:
+        return _di_from_int(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,21 +102,19 @@ class Dlt645Options(DeviceOptions):
     @field_validator("address", mode="before")
     @classmethod
     def _address(cls, value: object) -> str:
-        if isinstance(value, int):
-            raise ValueError(  # noqa: TRY004 - pydantic reports only ValueError nicely
-                "write the address in quotes, such as '000012345678'")
+        # unquoted, YAML 1.2 reads 000012345678 as the number 12345678: the address is
+        # always 12 digits, so padding gives it back
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**12:
+            value = f"{value:012d}"
         if not isinstance(value, str):
-            raise ValueError(  # noqa: TRY004 - same
-                "the address is a string of up to 12 digits")
+            raise ValueError(  # noqa: TRY004 - pydantic reports only ValueError nicely
+                "the address is up to 12 digits, such as '000012345678'")
         return normalize_address(value)
 
     @field_validator("items", mode="before")
     @classmethod
-    def _no_bare_numbers(cls, value: object) -> object:
-        if isinstance(value, list) and any(isinstance(v, int) for v in value):
-            raise ValueError("write DIs in quotes, such as '02010100' (unquoted, YAML reads "
-                             "them as numbers)")
-        return value
+    def _unquoted(cls, value: object) -> object:
+        return [_di_from_int(v) for v in value] if isinstance(value, list) else value
 
     @field_validator("items")
     @classmethod

@@ -172,12 +172,16 @@ def test_options_validation() -> None:
     assert [(p.metric, p.unit, p.scale) for p in o.points()] == [
         ("voltage_a", "V", 1.0), ("frequency", "Hz", 1.0), ("ia", "A", 40),
         ("run_minutes", "min", 1.0)]
-    bad_items: list[object] = [["voltage_x"], [2010100], [], ["voltage_a", "02010100"],
-                               [{"item": 2010100}]]
+    unquoted = Dlt645Options.model_validate({**base, "address": 12345678,
+                                             "items": [2010100, {"item": 10000, "metric": "e"}]})
+    assert unquoted.address == "000012345678"
+    assert [p.item.di for p in unquoted.points()] == [0x02010100, 0x00010000]
+    bad_items: list[object] = [["voltage_x"], [-1], [], ["voltage_a", "02010100"],
+                               [{"item": 10**9}], [1.5]]
     for items in bad_items:
         with pytest.raises(ValidationError):
             Dlt645Options.model_validate({**base, "items": items})
-    for extra in ({"address": 12345678}, {"address": "12x"},
+    for extra in ({"address": 10**12}, {"address": "12x"}, {"address": 1.5},
                   {"transport": {"type": "tcp", "host": "h"}},
                   {"transport": {"type": "serial", "port": "/dev/x", "parity": "X"}}):
         with pytest.raises(ValidationError):
