@@ -91,6 +91,12 @@ class Metrics:
                                               "SIGHUP reloads rejected as invalid", registry=r)
         self.config_reloads = Counter(f"{PREFIX}config_reloads", "Successful config reloads",
                                       registry=r)
+        # Known label values exist from the start at 0, so rate() and alerts see a series
+        # before the first drop or failure.
+        for reason in ("max_bytes", "max_age", "write_failed"):
+            self.buffer_dropped.labels(reason=reason)
+        for reason in ("auth", "refused", "tls", "error"):
+            self.uplink_connect_errors.labels(reason=reason)
         self.loop_lag = Gauge(f"{PREFIX}event_loop_lag_seconds",
                               "How late the event loop ran a 1 s heartbeat", registry=r)
 

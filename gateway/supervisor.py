@@ -110,7 +110,8 @@ class Supervisor:
         await asyncio.gather(*(self._stop(n) for n in names))
 
     # -- one device ----------------------------------------------------------------------------
-    def _emit(self, name: str) -> Callable[[Sequence[Reading]], None]:
+    def _emit(self, name: str, on_success: Callable[[], None] | None = None
+              ) -> Callable[[Sequence[Reading]], None]:
         counter = self.metrics.readings.labels(device=name)
         up = self.metrics.device_up.labels(device=name)
         last = self.metrics.device_last_success.labels(device=name)
@@ -122,6 +123,8 @@ class Supervisor:
                 counter.inc(len(readings))
             up.set(1)
             last.set(time.time())
+            if on_success is not None:
+                on_success()
 
         return emit
 
@@ -131,11 +134,12 @@ class Supervisor:
         log = self.log.bind(device=opts.name, driver=opts.driver)
         ctx = DriverContext(device=opts.name, log=log, resources=self.resources,
                             metrics=self.metrics)
-        emit = self._emit(opts.name)
+        backoff = Backoff(base=min(1.0, max(0.05, opts.interval)), cap=max(60.0, opts.interval))
+        # a streaming device that delivers again has recovered: next failure starts small
+        emit = self._emit(opts.name, backoff.reset)
         up = self.metrics.device_up.labels(device=opts.name)
         up.set(0)
         errors = self.metrics.poll_errors
-        backoff = Backoff(base=min(1.0, max(0.05, opts.interval)), cap=max(60.0, opts.interval))
         while True:
             driver: Driver = info.cls(opts, ctx)
             failed: BaseException | None = None

@@ -86,6 +86,8 @@ class Mosquitto:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
         self.proc = None
 
     def pause(self) -> None:
@@ -112,7 +114,8 @@ class Collector:
                  auth: tuple[str, str] | None = None) -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
         self.retained: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
+        # re-entrant: wait_for() holds it while predicates call readings()
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
                                   client_id=f"collector-{os.getpid()}-{id(self)}",
@@ -206,6 +209,12 @@ class GatewayProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        logf = getattr(self, "_logf", None)
+        if logf is not None and not logf.closed:
+            logf.close()
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM and wait; returns the exit code."""
@@ -217,7 +226,9 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                self._close_log()
                 raise
+        self._close_log()
         return int(self.proc.returncode)
 
     def output(self) -> str:

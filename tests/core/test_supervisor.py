@@ -1,0 +1,175 @@
+"""Supervisor: one bad device never stalls or kills the others; polls keep their rate."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Literal
+
+import pytest
+
+from drivers.sim import SimDriver, SimOptions
+from gateway import logs
+from gateway.driver import DeviceOptions, DriverInfo, PollingDriver, StreamingDriver
+from gateway.errors import DeviceConfigError
+from gateway.metrics import Metrics
+from gateway.model import Reading
+from gateway.supervisor import Supervisor
+
+
+class HangOptions(DeviceOptions):
+    driver: Literal["hang"] = "hang"
+
+
+class HangDriver(PollingDriver):
+    """A device that never answers."""
+
+    Options = HangOptions
+
+    async def poll(self) -> Sequence[Reading]:
+        await asyncio.Event().wait()
+        return []
+
+
+class BoomOptions(DeviceOptions):
+    driver: Literal["boom"] = "boom"
+
+
+class BoomDriver(PollingDriver):
+    """A driver with a bug: raises something unexpected on every poll."""
+
+    Options = BoomOptions
+
+    async def poll(self) -> Sequence[Reading]:
+        raise ZeroDivisionError("driver bug")
+
+
+class BadOpenOptions(DeviceOptions):
+    driver: Literal["badopen"] = "badopen"
+
+
+class BadOpenDriver(PollingDriver):
+    Options = BadOpenOptions
+    closed = 0
+
+    async def open(self) -> None:
+        raise DeviceConfigError("illegal address", kind="config")
+
+    async def close(self) -> None:
+        BadOpenDriver.closed += 1
+
+    async def poll(self) -> Sequence[Reading]:
+        raise AssertionError("never polled")
+
+
+class StreamOptions(DeviceOptions):
+    driver: Literal["stream"] = "stream"
+
+
+class TickStream(StreamingDriver):
+    Options = StreamOptions
+
+    async def run(self, emit) -> None:  # type: ignore[no-untyped-def]
+        n = 0
+        while True:
+            n += 1
+            emit([Reading(self.options.name, "n", n, self.ctx.clock())])
+            await asyncio.sleep(0.01)
+
+
+DRIVERS = {name: DriverInfo(name, cls) for name, cls in
+           (("sim", SimDriver), ("hang", HangDriver), ("boom", BoomDriver),
+            ("badopen", BadOpenDriver), ("stream", TickStream))}
+
+
+def sample(m: Metrics, name: str, **labels: str) -> float:
+    return m.registry.get_sample_value(name, labels) or 0.0
+
+
+async def run_for(devices: list[DeviceOptions], seconds: float
+                  ) -> tuple[list[Reading], Metrics, Supervisor]:
+    got: list[Reading] = []
+    metrics = Metrics()
+    sup = Supervisor(DRIVERS, got.extend, metrics, logs.get_logger())
+    async with asyncio.TaskGroup() as tg:
+        sup.bind(tg)
+        await sup.apply(devices)
+        await asyncio.sleep(seconds)
+        await sup.stop_all()
+    return got, metrics, sup
+
+
+async def test_bad_devices_do_not_disturb_a_good_one() -> None:
+    devices: list[DeviceOptions] = [
+        SimOptions(name="good", interval=0.05, points=2),
+        HangOptions(name="hung", interval=0.05, timeout=0.2),
+        BoomOptions(name="buggy", interval=0.05),
+        BadOpenOptions(name="wrong-address", interval=0.05),
+        StreamOptions(name="stream"),
+    ]
+    got, m, _ = await run_for(devices, 2.0)
+    good = [r for r in got if r.device == "good"]
+    polls = len(good) // 2
+    assert 34 <= polls <= 41, polls  # 2.0 s / 50 ms = 40 ticks, none lost to the others
+    assert [r.value for r in good[::2]] == list(range(1, polls + 1))
+    assert sample(m, "parkgate_poll_errors_total", device="hung", kind="timeout") >= 2
+    assert sample(m, "parkgate_poll_errors_total", device="buggy", kind="internal") >= 2
+    # a device the config is wrong for retries at the maximum backoff: once in 2 s
+    assert sample(m, "parkgate_poll_errors_total", device="wrong-address", kind="config") == 1
+    assert BadOpenDriver.closed >= 1  # close() is called after a failed open()
+    assert sample(m, "parkgate_device_up", device="good") == 0  # stopped at the end
+    assert sample(m, "parkgate_readings_total", device="good") == len(good)
+    assert len([r for r in got if r.device == "stream"]) > 50
+
+
+async def test_schedule_has_no_drift_and_counts_overruns() -> None:
+    # 10 ms interval with a poll that sometimes takes 35 ms: ticks are skipped and counted,
+    # never queued, and the schedule stays on the 10 ms grid.
+    class SlowSim(SimDriver):
+        async def poll(self) -> Sequence[Reading]:
+            out = await super().poll()
+            if self._n % 10 == 0:
+                await asyncio.sleep(0.035)
+            return out
+
+    drivers = {"sim": DriverInfo("sim", SlowSim)}
+    got: list[Reading] = []
+    m = Metrics()
+    sup = Supervisor(drivers, got.extend, m, logs.get_logger())
+    async with asyncio.TaskGroup() as tg:
+        sup.bind(tg)
+        await sup.apply([SimOptions(name="s", interval=0.01)])
+        await asyncio.sleep(1.0)
+        await sup.stop_all()
+    overruns = sample(m, "parkgate_poll_overruns_total", device="s")
+    assert overruns >= 15  # ~10 slow polls, each skipping 3 ticks
+    assert 60 <= len(got) + overruns <= 105
+
+
+async def test_apply_restarts_only_changed_devices() -> None:
+    got: list[Reading] = []
+    sup = Supervisor(DRIVERS, got.extend, Metrics(), logs.get_logger())
+    async with asyncio.TaskGroup() as tg:
+        sup.bind(tg)
+        first = await sup.apply([SimOptions(name="a", interval=0.02),
+                                 SimOptions(name="b", interval=0.02)])
+        assert first == {"started": ["a", "b"], "stopped": [], "restarted": []}
+        await asyncio.sleep(0.2)
+        second = await sup.apply([SimOptions(name="a", interval=0.02),
+                                  SimOptions(name="b", interval=0.02, points=2),
+                                  SimOptions(name="c", interval=0.02)])
+        assert second == {"started": ["c"], "stopped": [], "restarted": ["b"]}
+        await asyncio.sleep(0.2)
+        third = await sup.apply([SimOptions(name="c", interval=0.02)])
+        assert third == {"started": [], "stopped": ["a", "b"], "restarted": []}
+        await sup.stop_all()
+    a = [r.value for r in got if r.device == "a"]
+    assert a == list(range(1, len(a) + 1))  # never restarted: one counter from 1
+    b = [r.value for r in got if r.device == "b"]
+    assert b.count(1) >= 2  # restarted: the counter began again
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_disabled_devices_do_not_run(enabled: bool) -> None:
+    got, _, sup = await run_for([SimOptions(name="x", interval=0.02, enabled=enabled)], 0.1)
+    assert bool(got) is enabled
