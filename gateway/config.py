@@ -165,7 +165,7 @@ class Config(_Section):
 
 
 class _RawConfig(Config):
-    devices: tuple[Any, ...] = ()  # type: ignore[assignment]
+    devices: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,8 +252,8 @@ def _substitute(node: Any, loc: Loc, problems: list[tuple[Loc, str]], secrets: s
         else:
             name, _, default = expr.partition(":-")
             if not _ENV_NAME.match(name):
-                problems.append((loc, f"${{{expr}}} is not ${{NAME}}, ${{NAME:-default}} "
-                                      "or ${file:/path}"))
+                message = f"${{{expr}}} is not ${{NAME}}, ${{NAME:-default}} or ${{file:/path}}"
+                problems.append((loc, message))
                 return ""
             env = os.environ.get(name)
             if env is None and ":-" not in expr:

@@ -126,7 +126,7 @@ class DriverContext:
     """Epoch milliseconds for `Reading.ts`."""
 
 
-class Driver(abc.ABC):
+class Driver(abc.ABC):  # noqa: B024 - abstract through PollingDriver/StreamingDriver
     """Base of every driver; use `PollingDriver` or `StreamingDriver`."""
 
     Options: ClassVar[type[DeviceOptions]] = DeviceOptions

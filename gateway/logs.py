@@ -28,10 +28,11 @@ class Redactor:
             if key in SECRET_KEYS and value is not None:
                 event[key] = "***"
             elif self.secrets and isinstance(value, str):
+                text = value
                 for secret in self.secrets:
-                    if secret in value:
-                        value = value.replace(secret, "***")
-                event[key] = value
+                    if secret in text:
+                        text = text.replace(secret, "***")
+                event[key] = text
         return event
 
 

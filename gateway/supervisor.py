@@ -52,7 +52,7 @@ class Supervisor:
     """Owns the device tasks; `apply()` starts, stops and restarts them to match a config."""
 
     def __init__(self, drivers: dict[str, DriverInfo], sink: Sink, metrics: Metrics,
-                 log: FilteringBoundLogger, resources: ResourcePool | None = None,
+                 log: FilteringBoundLogger, *, resources: ResourcePool | None = None,
                  room: Room | None = None) -> None:
         self.drivers = drivers
         self.sink = sink

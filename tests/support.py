@@ -175,8 +175,7 @@ def base_config(tmp: Path, broker_port: int, devices: list[dict[str, Any]],
         "logging": {"level": "info", "format": "json"},
         "devices": devices,
     }
-    for key, value in sections.items():
-        cfg[key] = value
+    cfg.update(sections)
     return cfg
 
 

@@ -36,7 +36,7 @@ class SimDriver(PollingDriver):
         super().__init__(options, ctx)
         self.o = options
         self._n = 0
-        self._rng = random.Random(options.name)
+        self._rng = random.Random(options.name)  # noqa: S311 - repeatable test data
         self._metrics = [f"p{i}" for i in range(options.points)]
 
     async def poll(self) -> Sequence[Reading]:

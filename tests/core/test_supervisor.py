@@ -171,5 +171,5 @@ async def test_apply_restarts_only_changed_devices() -> None:
 
 @pytest.mark.parametrize("enabled", [True, False])
 async def test_disabled_devices_do_not_run(enabled: bool) -> None:
-    got, _, sup = await run_for([SimOptions(name="x", interval=0.02, enabled=enabled)], 0.1)
+    got, _, _sup = await run_for([SimOptions(name="x", interval=0.02, enabled=enabled)], 0.1)
     assert bool(got) is enabled
