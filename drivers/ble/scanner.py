@@ -211,7 +211,7 @@ class SharedScanner:
                     continue
                 delay = self._backoff.next_delay()
                 # a known failure: one clear line, no traceback
-                self.log.error("ble scanner failed to start",  # noqa: TRY400
+                self.log.error("ble scanner failed to start",
                                reason=reason, error=msg, retry_in=round(delay, 1), mode=mode)
                 await asyncio.sleep(delay)
                 continue

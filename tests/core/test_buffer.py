@@ -154,15 +154,15 @@ async def test_disk_full_keeps_readings_and_recovers(tmp_path: Path) -> None:
     await buf.open()
     buf.add(readings(10))
     await buf.flush()
-    store = buf._store  # noqa: SLF001 - fault injection at the SQLite boundary
-    pages = await buf._call(lambda: store.db.execute("PRAGMA page_count").fetchone()[0])  # type: ignore[union-attr]  # noqa: SLF001
-    await buf._call(lambda: store.db.execute(f"PRAGMA max_page_count={pages}"))  # type: ignore[union-attr]  # noqa: SLF001
+    store = buf._store
+    pages = await buf._call(lambda: store.db.execute("PRAGMA page_count").fetchone()[0])  # type: ignore[union-attr]
+    await buf._call(lambda: store.db.execute(f"PRAGMA max_page_count={pages}"))  # type: ignore[union-attr]
     buf.add(readings(5000, start=10))
     await buf.flush()
     assert sample(buf, "parkgate_buffer_write_errors_total") >= 1
     assert (await buf.stats()).pending == 5000  # kept in memory, not lost
     assert (await buf.stats()).readings == 10
-    await buf._call(lambda: store.db.execute("PRAGMA max_page_count=1000000"))  # type: ignore[union-attr]  # noqa: SLF001
+    await buf._call(lambda: store.db.execute("PRAGMA max_page_count=1000000"))  # type: ignore[union-attr]
     await buf.flush()
     items = await all_items(buf)
     assert [i["value"] for i in items] == list(range(5010))
