@@ -184,12 +184,16 @@ class Agent:
         old = self.config
         ignored = [section for section in ("gateway", "buffer", "uplink", "metrics", "agent")
                    if getattr(new.config, section) != getattr(old, section)]
+        if new.config.logging != old.logging:
+            logs.configure(new.config.logging.level, new.config.logging.format,
+                           self.loaded.secrets | new.secrets)
         if ignored:
             self.log.warning("config reload: these sections changed and need a restart "
                              "(systemctl restart parkgate); keeping their running values",
                              sections=ignored)
         changes = await self.supervisor.apply(new.config.devices)
-        self.config = old.model_copy(update={"devices": new.config.devices})
+        self.config = old.model_copy(update={"devices": new.config.devices,
+                                             "logging": new.config.logging})
         self.loaded = LoadedConfig(self.config, path, self.loaded.secrets | new.secrets)
         self.metrics.config_reloads.inc()
         self.log.info("config reloaded", **changes)

@@ -360,7 +360,8 @@ class Uplink:
             total += c.count
         if stream.stop is None and total < max_readings and not self._draining:
             age = (now_ms() - first.accepted_ms) / 1000
-            if age < self.cfg.batch.max_delay:
+            # a negative age means the wall clock stepped back: send rather than wait on it
+            if 0 <= age < self.cfg.batch.max_delay:
                 return None, self.cfg.batch.max_delay - age
         if len(taken) == len(pending) or taken[-1] == len(taken) - 1:
             picked = pending[:len(taken)]
