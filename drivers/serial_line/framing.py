@@ -35,6 +35,7 @@ class LineFramer:
         if start and any(b in terminator for b in start):
             raise ValueError("start bytes and terminator must not overlap")
         self.terminator = terminator
+        self.start = start
         self.max_length = max_length
         self._start = re.compile(b"[" + re.escape(start) + b"]") if start else None
         self._buf = bytearray()

@@ -153,8 +153,8 @@ class SerialLink:
     def check(self, settings: PortSettings, framer: LineFramer, device: str) -> None:
         """Fail if `device` wants the shared port with other settings than its first user."""
         mine = self._framer
-        if settings != self.settings or (framer.terminator, framer.max_length) != (
-                mine.terminator, mine.max_length):
+        if settings != self.settings or (framer.terminator, framer.start, framer.max_length) != (
+                mine.terminator, mine.start, mine.max_length):
             raise DeviceConfigError(
                 f"{self.settings.port} is shared with {', '.join(sorted(self.users))} "
                 "but configured differently (baud rate, parity, framing must match)",

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 try:
     from emulators.line_sensor import PtyPort
 except ImportError:  # run as a script from this directory
-    from line_sensor import PtyPort  # type: ignore[no-redef]
+    from line_sensor import PtyPort  # type: ignore[no-redef,import-not-found]
 
 # DI -> (bytes, decimals, signed), from the standard's appendix A
 FORMATS: dict[int, tuple[int, int, bool]] = {

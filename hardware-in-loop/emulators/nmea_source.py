@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 try:
     from emulators.line_sensor import LineSensor, PtyPort
 except ImportError:  # run as a script from this directory
-    from line_sensor import LineSensor, PtyPort  # type: ignore[no-redef]
+    from line_sensor import LineSensor, PtyPort  # type: ignore[no-redef,import-not-found]
 
 
 def checksum(body: str) -> int:
