@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 
 from drivers.dlt645.bus import Dlt645Bus, bus_name
-from drivers.dlt645.frame import READ_DATA, WILDCARD, Frame, MeterException, di_text, read_data
+from drivers.dlt645.frame import READ_DATA, WILDCARD, Frame, MeterException, read_data
 from drivers.dlt645.options import Dlt645Options, Point
 from gateway.driver import DriverContext, PollingDriver
 from gateway.errors import ProtocolError, TransientError
@@ -36,7 +36,7 @@ class Dlt645Driver(PollingDriver):
                                     ["device"]).labels(dev)
         self.m_errors = m.counter("dlt645_errors",
                                   "Failed requests by kind (timeout, checksum, exception, bcd, "
-                                  "length, mismatch, disconnected, ...)", ["device", "kind"])
+                                  "length, disconnected, unplugged, connect)", ["device", "kind"])
         self.m_exceptions = m.counter("dlt645_exception_replies",
                                       "Exception replies by error bit (no_data, "
                                       "unauthorised, ...)", ["device", "error"])
@@ -128,17 +128,18 @@ async def read_item(bus: Dlt645Bus, address: str, di: int, response_timeout: flo
                     wakeup: bool = True) -> tuple[Frame, float]:
     """Read data item `di` from the meter at `address`: the reply and the seconds it took.
 
-    Raises `MeterException` for an exception reply, `ProtocolError(kind="mismatch")` for a
-    reply about another DI, `FrameError` for a garbled reply, `TransientError` for none.
+    Raises `MeterException` for an exception reply, `FrameError` for a garbled reply,
+    `TransientError` for none.
     """
+    echo = di.to_bytes(4, "little")
+
     def mine(frame: Frame) -> bool:
-        return frame.function == READ_DATA and address in (WILDCARD, frame.address)
+        # a late reply about another DI (after a cancelled poll) is skipped, not an error
+        return (frame.function == READ_DATA and address in (WILDCARD, frame.address)
+                and (frame.is_exception or frame.data[:4] == echo))
 
     reply, took = await bus.transact(read_data(address, di, preamble=wakeup), mine,
                                      response_timeout)
     if reply.is_exception:
         raise MeterException(reply.data[0] if reply.data else 0, address=reply.address, di=di)
-    if len(reply.data) < 4 or int.from_bytes(reply.data[:4], "little") != di:
-        raise ProtocolError(f"reply is for {reply.data[:4][::-1].hex().upper() or 'nothing'}, "
-                            f"asked for {di_text(di)}", kind="mismatch", address=reply.address)
     return reply, took

@@ -107,7 +107,7 @@ class Dlt645Options(DeviceOptions):
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**12:
             value = f"{value:012d}"
         if not isinstance(value, str):
-            raise ValueError(  # noqa: TRY004 - pydantic reports only ValueError nicely
+            raise ValueError(
                 "the address is up to 12 digits, such as '000012345678'")
         return normalize_address(value)
 

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from emulators.dlt645_meter import Meter, MeterBus
+from emulators.dlt645_meter import Meter, MeterBus, frame
 from emulators.line_sensor import PtyPort
 
 from drivers.dlt645.frame import FrameError
@@ -167,11 +167,13 @@ async def test_inter_request_delay_is_kept(port: PtyPort, make_driver: Any) -> N
     assert min(gaps) >= 0.08
 
 
-@pytest.mark.parametrize("fault", ["noise", "split", "echo"])
+@pytest.mark.parametrize("fault", ["noise", "split", "echo", "late"])
 async def test_noise_split_replies_and_echo_are_handled(port: PtyPort, bus: MeterBus,
                                                         make_driver: Any, fault: str) -> None:
     if fault == "noise":
         bus.noise = b"\x00\x68\x13\xff\xfe"
+    elif fault == "late":  # a reply to an earlier, abandoned request arrives first
+        bus.noise = frame(A1, 0x91, bytes.fromhex("00 00 80 02") + b"\x00\x99")
     elif fault == "split":
         bus.split = True
     else:
