@@ -163,14 +163,15 @@ class ModbusDriver(PollingDriver):
                 self.ctx.log.warning("read rejected; its registers are reported bad",
                                      error=str(exc), registers=[p.name for p in read.points])
             return self._bad_readings(read.points, ts), False
-        locations = {p.key for p in read.points}
-        if self._bad and locations & self._bad.keys():
-            for loc in locations & self._bad.keys():
-                del self._bad[loc]
-            self._changed()
-            self.ctx.log.info("register reads again", registers=[p.name for p in read.points],
-                              location=read.describe())
-        return self._readings(item.codec, data, ts), True
+        if self._bad:
+            recovered = {p.key for p in read.points} & self._bad.keys()
+            if recovered:
+                for loc in recovered:
+                    del self._bad[loc]
+                self._changed()
+                self.ctx.log.info("register reads again", location=read.describe(),
+                                  registers=[p.name for p in read.points])
+        return item.codec.readings(data, self.o.name, ts), True  # type: ignore[arg-type]
 
     async def _isolate(self, bus: Bus, points: list[Point], exc: ExceptionReply, *, ts: int,
                        tally: Tally, codes: set[int]) -> tuple[list[Reading], bool]:
@@ -211,7 +212,7 @@ class ModbusDriver(PollingDriver):
                 out.extend(got)
                 any_good = any_good or ok
                 continue
-            out.extend(self._readings(_Planned(read).codec, data, ts))
+            out.extend(_Planned(read).codec.readings(data, self.o.name, ts))  # type: ignore[arg-type]
             any_good = True
         if clean:
             # both halves read fine alone: the hole bridged between them is what was rejected
@@ -228,12 +229,6 @@ class ModbusDriver(PollingDriver):
         self._m_bad.set(len(self._bad))
 
     # -- readings ------------------------------------------------------------------------------
-    def _readings(self, codec: RegisterBlock | BitBlock, data: Sequence[int] | Sequence[bool],
-                  ts: int) -> list[Reading]:
-        dev = self.o.name
-        return [Reading(dev, p.name, v, ts, p.unit, "good" if v is not None else "bad")
-                for p, v in codec.decode(data)]  # type: ignore[arg-type]
-
     def _bad_readings(self, points: Sequence[Point], ts: int) -> list[Reading]:
         dev = self.o.name
         return [Reading(dev, p.name, None, ts, p.unit, "bad") for p in points]

@@ -26,7 +26,7 @@ def point(dtype: str, order: str = "ABCD", width: int | None = None, **kw: objec
 
 
 def decode(words: list[int], p: Point) -> object:
-    return RegisterBlock(0, len(words), [p]).decode(words)[0][1]
+    return RegisterBlock(0, len(words), [p]).decode(words)[0]
 
 
 # float32 230.5 = 0x43668000: bytes A=43 B=66 C=80 D=00
@@ -72,8 +72,33 @@ def test_bits_strings_scale_and_invalid_floats() -> None:
     assert decode([2304], point("uint16", scale=0.1, decimals=1)) == 230.4
     assert decode([2304], point("int16", scale=0.1, offset=-30.0, decimals=1)) == 200.4
     assert decode([0x4366, 0x6666], point("float32")) == 230.4  # not 230.39999389648438
+    assert decode([2304], point("uint16", scale=0.1)) == 230.4  # not 230.40000000000003
+    assert decode([0xFFFE], point("int16", scale=0.1)) == -0.2
+    assert decode([0x0009], point("uint16", "BADC", scale=0.01)) == 23.04
+    assert decode([0x4510, 0x0000], point("float32", scale=0.1)) == 230.4  # 2304.0 / 10
+    assert decode([0x4510, 0x0000], point("float32", scale=0.5, offset=1.0)) == 1153.0
+    assert decode([7], point("uint16", scale=10.0)) == 70.0
     assert decode([0x7FC0, 0x0000], point("float32")) is None  # NaN: no value
     assert decode([0x7F80, 0x0000], point("float32")) is None  # +inf
+
+
+@given(raw=st.integers(-(2**15), 2**15 - 1), k=st.integers(1, 4),
+       order=st.sampled_from(ORDERS))
+def test_scaled_16_bit_values_are_the_decimal(raw: int, k: int, order: str) -> None:
+    p = point("int16", order, scale=10.0 ** -k)
+    assert decode(encode(raw * 10.0 ** -k, p), p) == float(f"{raw}e-{k}")
+
+
+def test_many_points_in_one_block() -> None:
+    pts = [point("uint16", address=0, name="a"), point("float32", "CDAB", address=1, name="b"),
+           point("int16", "DCBA", address=3, name="c"), point("bit", address=4, bit=0, name="d")]
+    block = RegisterBlock(0, 5, pts)
+    words = [7, 0x8000, 0x4366, 0xFEFF, 1]
+    assert block.decode(words) == [7, 230.5, -2, True]
+    readings = block.readings(words, "dev", 123)
+    assert [(r.metric, r.value, r.ts, r.quality) for r in readings] == [
+        ("a", 7, 123, "good"), ("b", 230.5, 123, "good"), ("c", -2, 123, "good"),
+        ("d", True, 123, "good")]
 
 
 def test_decode_values_for_the_cli() -> None:

@@ -178,7 +178,7 @@ def test_profile_dirs_come_first_and_edits_are_seen(tmp_path: Path) -> None:
 
 
 def test_the_sample_config_is_valid() -> None:
-    from gateway.config import load_config  # noqa: PLC0415
+    from gateway.config import load_config
 
     loaded = load_config(Path(__file__).resolve().parents[2] / "drivers/modbus/sample.yaml")
     devices = {d.name: d for d in loaded.config.devices}

@@ -1,0 +1,200 @@
+"""Benchmark: many emulated Modbus meters polled through a real `parkgate run` agent.
+
+    python bench/modbus.py                      # 100 meters x 100 registers at 1 s, 30 s
+    python bench/modbus.py --devices 20 --window 10
+
+The emulator runs in its own process (ten TCP "gateways" of ten meters each by default),
+the agent in another, publishing to a private Mosquitto. After a warm-up the script
+samples the agent's CPU time from /proc/PID/stat and its /metrics over the window, then
+prints: CPU % of one core, requests per poll, polls late or skipped
+(parkgate_poll_overruns_total), poll durations, readings per second in and out.
+Target (issue 3): agent under 12 % of one core with no skipped polls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from tests.support import (  # noqa: E402
+    GatewayProcess,
+    Mosquitto,
+    base_config,
+    free_port,
+    write_config,
+)
+
+EMULATOR = ROOT / "hardware-in-loop" / "emulators" / "modbus_meter.py"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def write_profile(path: Path, registers: int) -> None:
+    """A meter with `registers` one-register values (mixed types, scaled) from address 0."""
+    lines = ["profile: bench-meter", "manufacturer: parkgate", "model: bench",
+             "defaults: {table: holding}", "registers:"]
+    units = ["V", "A", "W", "Hz", "kWh", "%"]
+    for i in range(registers):
+        dtype = "int16" if i % 2 else "uint16"
+        lines.append(f"  - {{name: r{i:03d}, address: {i}, type: {dtype}, scale: 0.1, "
+                     f"unit: '{units[i % len(units)]}'}}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def scrape(listen: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the agent's /metrics, keyed by (name, sorted labels)."""
+    text = urllib.request.urlopen(f"http://{listen}/metrics", timeout=5).read().decode()
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    return sum(v for (n, _), v in m.items() if n == name)
+
+
+def values(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> list[float]:
+    return [v for (n, _), v in m.items() if n == name]
+
+
+def wait_until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"bench: timed out waiting for {what}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", type=int, default=100)
+    p.add_argument("--registers", type=int, default=100)
+    p.add_argument("--per-port", type=int, default=10, help="meters behind one TCP port")
+    p.add_argument("--interval", default="1s")
+    p.add_argument("--warmup", type=float, default=8.0)
+    p.add_argument("--window", type=float, default=30.0)
+    p.add_argument("--baseline", action="store_true",
+                   help="the same number of readings from the sim driver, no Modbus: what "
+                        "the rest of the agent (buffer, uplink) costs")
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="pg-bench-modbus-"))
+    profile = tmp / "bench-meter.yaml"
+    write_profile(profile, args.registers)
+    ports = (args.devices + args.per_port - 1) // args.per_port
+    base = free_port()
+    while any(_busy(base + i) for i in range(ports)):
+        base = free_port()
+    emu_log = (tmp / "emulator.log").open("wb")
+    emu = subprocess.Popen(
+        [sys.executable, str(EMULATOR), "--profile", str(profile), "--tcp",
+         f"127.0.0.1:{base}-{base + ports - 1}", "--units", f"1-{args.per_port}"],
+        stdout=emu_log, stderr=subprocess.STDOUT, cwd=ROOT)
+    broker = Mosquitto().start()
+    devices: list[dict[str, Any]] = [
+        {"name": f"meter-{i:03d}", "driver": "modbus",
+         "transport": {"type": "tcp", "host": "127.0.0.1", "port": base + i // args.per_port},
+         "unit": i % args.per_port + 1, "profile": str(profile),
+         "interval": args.interval, "timeout": "2s"}
+        for i in range(args.devices)]
+    if args.baseline:
+        devices = [{"name": f"sim-{i:03d}", "driver": "sim", "interval": args.interval,
+                    "points": args.registers, "pattern": "random"}
+                   for i in range(args.devices)]
+    cfg = base_config(tmp, broker.port, devices,
+                      logging={"level": "warning", "format": "json"})
+    gw = GatewayProcess(write_config(tmp / "bench.yaml", cfg))
+    try:
+        def emulator_ready() -> bool:
+            if emu.poll() is not None:
+                raise SystemExit("bench: the emulator died:\n"
+                                 + (tmp / "emulator.log").read_text()[-2000:])
+            return "serving" in (tmp / "emulator.log").read_text()
+
+        wait_until(emulator_ready, 20, "the emulator")
+        gw.start()
+        assert gw.proc is not None
+        listen = cfg["metrics"]["listen"]
+        wait_until(lambda: total(scrape(listen), "parkgate_readings_total") > 0, 30,
+                   "the first readings")
+        time.sleep(args.warmup)
+        m0, c0, e0, t0 = scrape(listen), cpu_seconds(gw.proc.pid), cpu_seconds(emu.pid), \
+            time.monotonic()
+        time.sleep(args.window)
+        m1, c1, e1, t1 = scrape(listen), cpu_seconds(gw.proc.pid), cpu_seconds(emu.pid), \
+            time.monotonic()
+        wall = t1 - t0
+
+        def delta(name: str) -> float:
+            return total(m1, name) - total(m0, name)
+
+        polls = delta("parkgate_poll_duration_seconds_count")
+        per_poll = values(m1, "parkgate_modbus_requests_per_poll")
+        result = {
+            "driver": "sim (baseline)" if args.baseline else "modbus",
+            "devices": args.devices, "registers_per_device": args.registers,
+            "interval": args.interval, "window_s": round(wall, 1),
+            "agent_cpu_percent_of_one_core": round(100 * (c1 - c0) / wall, 1),
+            "emulator_cpu_percent": round(100 * (e1 - e0) / wall, 1),
+            "polls_per_s": round(polls / wall, 1),
+            "requests_per_poll_mean": round(delta("parkgate_modbus_requests_total") / polls, 2)
+            if polls else None,
+            "requests_per_poll_max": max(per_poll) if per_poll else None,
+            "polls_late_or_skipped": int(delta("parkgate_poll_overruns_total")),
+            "poll_errors": int(delta("parkgate_poll_errors_total")),
+            "poll_duration_mean_ms": round(1000 * delta("parkgate_poll_duration_seconds_sum")
+                                           / polls, 2) if polls else None,
+            "readings_per_s": round(delta("parkgate_readings_total") / wall),
+            "published_per_s": round(delta("parkgate_uplink_published_readings_total") / wall),
+            "event_loop_lag_s": max(values(m1, "parkgate_event_loop_lag_seconds") or [0.0]),
+        }
+        print(json.dumps(result, indent=2))
+        ok = result["agent_cpu_percent_of_one_core"] < 12 and \
+            result["polls_late_or_skipped"] == 0
+        print(f"target (<12% of one core, no skipped polls): {'met' if ok else 'NOT met'}")
+        return 0
+    finally:
+        if gw.proc is not None:
+            gw.stop()
+            logf = getattr(gw, "_logf", None)
+            if logf is not None:
+                logf.close()
+        emu.terminate()
+        emu.wait(10)
+        emu_log.close()
+        broker.close()
+
+
+def _busy(port: int) -> bool:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
