@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway.driver import DriverContext, PollingDriver
@@ -22,6 +23,14 @@ SPLIT_CODES = frozenset({2, 3, 4})
 """Exceptions that may concern one register of a read: isolate it by splitting the read."""
 CONFIG_CODES = frozenset({1, 2, 3})
 """Exceptions that mean the map does not fit the device (when nothing at all reads)."""
+
+
+@dataclass(slots=True)
+class _PollState:
+    """What one poll learnt: exception codes seen, and whether a device went quiet."""
+
+    codes: set[int] = field(default_factory=set)
+    interrupted: bool = False
 
 
 class _Planned:
@@ -117,11 +126,11 @@ class ModbusDriver(PollingDriver):
         tally = Tally()
         out: list[Reading] = []
         answered = good = False
-        exception_codes: set[int] = set()
+        state = _PollState()
         try:
             for i, item in enumerate(planned):
                 try:
-                    got, ok = await self._read(bus, item, ts, tally, exception_codes)
+                    got, ok = await self._read(bus, item, ts, tally, state)
                 except TransientError as exc:
                     if not answered:
                         raise
@@ -130,21 +139,22 @@ class ModbusDriver(PollingDriver):
                                          error=str(exc), kind=exc.kind)
                     for rest in planned[i:]:
                         out.extend(self._bad_readings(rest.read.points, ts))
+                    state.interrupted = True
                     break
                 answered = True
                 good = good or ok
                 out.extend(got)
         finally:
             self._account(tally)
-        if not good and exception_codes and exception_codes <= CONFIG_CODES:
-            codes = ", ".join(str(c) for c in sorted(exception_codes))
+        if not good and not state.interrupted and state.codes and state.codes <= CONFIG_CODES:
+            codes = ", ".join(str(c) for c in sorted(state.codes))
             raise DeviceConfigError(
                 f"unit {self.o.unit} rejects every register of this map (exception {codes}): "
                 "wrong profile, unit id or register table?", kind="exception")
         return out
 
     async def _read(self, bus: Bus, item: _Planned, ts: int, tally: Tally,
-                    codes: set[int]) -> tuple[list[Reading], bool]:
+                    state: _PollState) -> tuple[list[Reading], bool]:
         """Readings of one planned read and whether any was good; isolates bad registers."""
         read = item.read
         try:
@@ -152,11 +162,11 @@ class ModbusDriver(PollingDriver):
                                   reply_timeout=self.o.request_timeout, retries=self.o.retries,
                                   tally=tally)
         except ExceptionReply as exc:
-            codes.add(exc.code)
+            state.codes.add(exc.code)
             self._m_exceptions.labels(device=self.o.name, code=str(exc.code)).inc()
             if exc.code in SPLIT_CODES:
                 return await self._isolate(bus, list(read.points), exc, ts=ts, tally=tally,
-                                           codes=codes)
+                                           state=state)
             key = (read.table, exc.code)
             if key not in self._warned:
                 self._warned.add(key)
@@ -174,7 +184,7 @@ class ModbusDriver(PollingDriver):
         return item.codec.readings(data, self.o.name, ts), True  # type: ignore[arg-type]
 
     async def _isolate(self, bus: Bus, points: list[Point], exc: ExceptionReply, *, ts: int,
-                       tally: Tally, codes: set[int]) -> tuple[list[Reading], bool]:
+                       tally: Tally, state: _PollState) -> tuple[list[Reading], bool]:
         """Split a rejected read until the rejected registers are found; remember them."""
         locations = sorted({p.key for p in points})
         if len(locations) == 1:
@@ -194,19 +204,27 @@ class ModbusDriver(PollingDriver):
         out: list[Reading] = []
         any_good = False
         clean = True
-        for part in halves:
+        for n, part in enumerate(halves):
             read = covering(part)
             try:
                 data = await bus.read(self.o.unit, read.table, read.start, read.count,
                                       reply_timeout=self.o.request_timeout, retries=self.o.retries,
                                       tally=tally)
+            except TransientError as lost:
+                # the device answered the whole read, then went quiet: give up isolating
+                self.ctx.log.warning("device stopped answering while a rejected read was "
+                                     "split", error=str(lost), kind=lost.kind)
+                for rest in halves[n:]:
+                    out.extend(self._bad_readings(rest, ts))
+                state.interrupted = True
+                return out, any_good
             except ExceptionReply as sub:
-                codes.add(sub.code)
+                state.codes.add(sub.code)
                 self._m_exceptions.labels(device=self.o.name, code=str(sub.code)).inc()
                 clean = False
                 if sub.code in SPLIT_CODES:
                     got, ok = await self._isolate(bus, part, sub, ts=ts, tally=tally,
-                                                  codes=codes)
+                                                  state=state)
                 else:
                     got, ok = self._bad_readings(part, ts), False
                 out.extend(got)

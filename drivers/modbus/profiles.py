@@ -6,7 +6,8 @@ first match wins:
 1. the device's `profile_dirs` (relative paths are relative to the working directory),
 2. `$PARKGATE_PROFILE_PATH` (directories separated by `:`),
 3. `/etc/parkgate/profiles`,
-4. the bundled `config/profiles` of this checkout or installation.
+4. the bundled `config/profiles` of this checkout, then `<prefix>/share/parkgate/profiles`
+   of an installation.
 
 `profile:` may also be a path to a file (anything with a `/` or ending in `.yaml`).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,6 +33,7 @@ from .registermap import RegisterDefaults, RegisterSpec
 ENV_PATH = "PARKGATE_PROFILE_PATH"
 SYSTEM_DIR = Path("/etc/parkgate/profiles")
 BUNDLED_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
+INSTALLED_DIR = Path(sys.prefix) / "share" / "parkgate" / "profiles"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 
 
@@ -65,7 +68,7 @@ def search_dirs(extra: Sequence[str] = ()) -> list[Path]:
     """Where profiles are looked up, in order."""
     dirs = [Path(d).expanduser() for d in extra]
     dirs += [Path(d).expanduser() for d in os.environ.get(ENV_PATH, "").split(os.pathsep) if d]
-    dirs += [SYSTEM_DIR, BUNDLED_DIR]
+    dirs += [SYSTEM_DIR, BUNDLED_DIR, INSTALLED_DIR]
     return dirs
 
 

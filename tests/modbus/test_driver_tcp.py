@@ -268,3 +268,32 @@ async def test_a_silent_unit_costs_its_timeout_and_raises(rig: Rig) -> None:
                           kind="timeout") == 2
     finally:
         await emu.stop()
+
+
+class FallsSilentAfterAnException(MeterEmulator):
+    """Answers the first rejected read, then never again (a meter that crashes)."""
+
+    async def _action(self, unit: int, fc: int, start: int, address: int, count: int,
+                      registers: list[int], set_values: Any) -> Any:
+        code = await super()._action(unit, fc, start, address, count, registers, set_values)
+        if code is not None:  # after this reply has gone out
+            asyncio.get_running_loop().call_soon(self.answering.discard, unit)
+        return code
+
+
+async def test_meter_going_silent_while_a_read_is_split(rig: Rig) -> None:
+    regs = [{"name": f"r{a}", "table": "input", "address": a, "type": "uint16"}
+            for a in range(8)]
+    emu = FallsSilentAfterAnException(points_of(regs), [1], faults={("input", 5): 2})
+    port = await emu.start_tcp()
+    try:
+        d = await rig.driver(transport=tcp(port), registers=regs, request_timeout="100ms",
+                             retries=0)
+        readings = await d.poll()  # the device answered (exception 2), then fell silent
+        assert len(readings) == 8
+        assert {r.quality for r in readings} == {"bad"}
+        assert rig.sample("parkgate_modbus_bad_registers", device="m1") == 0  # nothing learnt
+        with pytest.raises(TransientError):
+            await d.poll()
+    finally:
+        await emu.stop()
