@@ -98,12 +98,12 @@ class LinkSettings:
                    connect_timeout=t.connect_timeout, reconnect_max=t.reconnect_max)
 
     @property
-    def key(self) -> tuple[str, ...]:
+    def key(self) -> tuple[str | int, ...]:
         """Resource-pool key: one bus per serial port, one per TCP endpoint and framing."""
         if self.kind == "rtu":
             return ("modbus-serial", self.target)
         framer = "rtu" if self.kind == "rtu-over-tcp" else "socket"
-        return ("modbus-tcp", self.target, str(self.port), framer)
+        return ("modbus-tcp", self.target, self.port, framer)
 
     @property
     def label(self) -> str:
