@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-
 from emulators.modbus_meter import MeterEmulator
-from tests.support import ROOT, GatewayProcess, Mosquitto, base_config, free_port, write_config
 
+from tests.support import ROOT, GatewayProcess, Mosquitto, base_config, free_port, write_config
 
 # --- the subscriber ---------------------------------------------------------------------------
 
@@ -146,9 +145,13 @@ class Broker(Mosquitto):
 
     def __init__(self) -> None:
         super().__init__()
+        store = self.dir / "store"
+        store.mkdir()
+        store.chmod(0o777)  # mosquitto started as root writes as user mosquitto
+        self.dir.chmod(0o755)
         self.conf.write_text(self.conf.read_text().replace("persistence false",
                                                            "persistence true")
-                             + f"persistence_location {self.dir}/\n")
+                             + f"persistence_location {store}/\n")
 
     def stop(self) -> None:
         proc = self.proc
