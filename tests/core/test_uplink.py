@@ -1,0 +1,453 @@
+"""The MQTT uplink against real brokers: outages, stalls, bad credentials, failover, protocol
+versions, the retained status and the backlog policy."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+
+from tests.support import (
+    ROOT,
+    Collector,
+    GatewayProcess,
+    Mosquitto,
+    base_config,
+    free_port,
+    write_config,
+)
+
+FLOW = [{"name": f"sim-{i}", "driver": "sim", "interval": "20ms", "points": 20,
+         "pattern": "counter"} for i in (1, 2)]
+"""A steady flow of 2000 readings/s."""
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _seqs(c: Collector) -> list[int]:
+    """Seqs seen so far; safe inside `wait_for` predicates (which hold the collector lock)."""
+    return [r["seq"] for _t, m in c.messages for r in m["readings"]]
+
+
+def closed(gw: GatewayProcess) -> None:
+    """Close the log file GatewayProcess leaves open (a ResourceWarning is an error here)."""
+    logf = getattr(gw, "_logf", None)
+    if logf is not None:
+        logf.close()
+
+
+def scrape(listen: str) -> dict[str, float]:
+    """The agent's /metrics as {'name{labels}': value}."""
+    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def wait_metric(listen: str, key: str, pred: Callable[[float], bool],
+                timeout: float = 20.0) -> float:
+    """Poll /metrics until `pred(value of key)`; returns the value."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            value = scrape(listen).get(key)
+            if value is not None and pred(value):
+                return value
+        time.sleep(0.1)
+    raise AssertionError(f"{key} = {value} after {timeout}s")
+
+
+def buffer_stats(cfg: Path) -> dict[str, Any]:
+    """`parkgate buffer stats -c FILE` as JSON."""
+    out = subprocess.run([sys.executable, "-m", "gateway", "buffer", "stats", "-c", str(cfg)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=30, check=True)
+    doc: dict[str, Any] = json.loads(out.stdout)
+    return doc
+
+
+def wait_subscribed(c: Collector, port: int, auth: tuple[str, str] | None = None) -> None:
+    """Publish probes until the collector's subscription demonstrably works."""
+    pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"probe-{id(c)}")
+    if auth:
+        pub.username_pw_set(*auth)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    try:
+        for _ in range(100):
+            pub.publish("parkgate/probe/probe/status", b'{"probe": 1}', qos=1)
+            if c.wait_for(lambda c: "parkgate/probe/probe/status" in c.retained, 0.2):
+                return
+        raise AssertionError("the collector never received a probe")
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+
+
+def assert_complete(c: Collector, last: int, timeout: float = 30.0,
+                    *others: Collector) -> list[int]:
+    """Every seq 1..last arrived (at `c` or one of `others`); returns all seqs seen."""
+    want = set(range(1, last + 1))
+
+    def seen() -> set[int]:
+        got = set(c.seqs())
+        for o in others:
+            got |= set(o.seqs())
+        return got
+
+    deadline = time.monotonic() + timeout
+    while not want <= seen() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    missing = sorted(want - seen())
+    assert not missing, f"{len(missing)} of {last} seqs missing, first {missing[:10]}"
+    seqs = c.seqs() + [s for o in others for s in o.seqs()]
+    assert max(seqs) == last, (max(seqs), last)
+    return seqs
+
+
+def stop_and_check(gw: GatewayProcess, cfg: Path, c: Collector, *others: Collector) -> int:
+    """SIGTERM, then: exit 0, buffer empty, every seq 1..last at the subscriber(s)."""
+    assert gw.stop() == 0, gw.output()[-3000:]
+    closed(gw)
+    stats = buffer_stats(cfg)
+    assert stats["rows"] == 0, stats
+    last = int(stats["next_seq"]) - 1
+    assert last > 0
+    seqs = assert_complete(c, last, 30.0, *others)
+    print(f"{last} seqs delivered, {len(seqs) - len(set(seqs))} duplicates")
+    return last
+
+
+def persistent_broker() -> Mosquitto:
+    """A broker that keeps sessions and queued messages across its own restart."""
+    store = Path(tempfile.mkdtemp(prefix="pg-mosq-store-"))
+    store.chmod(0o777)  # mosquitto running as root drops to its own user
+    return Mosquitto(extra=f"persistence true\npersistence_location {store}/\n"
+                           "autosave_interval 0")
+
+
+class DurableCollector(Collector):
+    """A Collector with a persistent session: nothing published while it reconnects after a
+    broker restart is lost to it (the broker queues it, with `persistent_broker`)."""
+
+    def __init__(self, port: int, topic: str = "parkgate/#") -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.retained: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
+                                  client_id=f"durable-{os.getpid()}-{id(self)}",
+                                  clean_session=False)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect_async("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+
+
+@pytest.fixture
+def pbroker() -> Iterator[Mosquitto]:
+    b = persistent_broker().start()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def dcollector(pbroker: Mosquitto) -> Iterator[DurableCollector]:
+    c = DurableCollector(pbroker.port)
+    wait_subscribed(c, pbroker.port)
+    yield c
+    c.close()
+
+
+class Agents:
+    """Starts agents for a test and makes sure none outlives it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[GatewayProcess] = []
+
+    def start(self, path: Path) -> GatewayProcess:
+        gw = GatewayProcess(path).start()
+        self.procs.append(gw)
+        return gw
+
+    def run(self, port: int, devices: list[dict[str, Any]] | None = None,
+            **sections: Any) -> tuple[GatewayProcess, Path, str]:
+        """Write a config and start an agent: it, the config path and the metrics address."""
+        cfg = base_config(self.tmp, port, FLOW if devices is None else devices, **sections)
+        path = write_config(self.tmp / "gw.yaml", cfg)
+        return self.start(path), path, cfg["metrics"]["listen"]
+
+    def close(self) -> None:
+        for gw in self.procs:
+            gw.kill()
+            closed(gw)
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Agents]:
+    a = Agents(tmp_path)
+    yield a
+    a.close()
+
+
+def mqtt(port: int | list[int], **over: Any) -> dict[str, Any]:
+    """An `uplink:` section for broker port(s), with overrides."""
+    ports = port if isinstance(port, list) else [port]
+    return {"mqtt": {"brokers": [f"mqtt://127.0.0.1:{p}" for p in ports],
+                     "batch": {"max_readings": 500, "max_delay": "100ms"}, **over}}
+
+
+# -- (a) broker outage ---------------------------------------------------------------------------
+def test_broker_outage_then_back_no_gap(agents: Agents, pbroker: Mosquitto,
+                                        dcollector: DurableCollector) -> None:
+    """Broker down for 4.5 s mid-flow: buffered, reconnected, then every seq delivered."""
+    gw, cfg, listen = agents.run(pbroker.port, uplink=mqtt(pbroker.port, backoff_max="2s"))
+    assert dcollector.wait_for(lambda c: len(c.messages) >= 5, 20), gw.output()[-2000:]
+    wait_metric(listen, "parkgate_uplink_connected", lambda v: v == 1)
+    pbroker.stop()
+    wait_metric(listen, "parkgate_uplink_connected", lambda v: v == 0, 10)
+    time.sleep(4.5)
+    buffered = scrape(listen)["parkgate_buffer_readings"]
+    assert buffered >= 4000, buffered  # the flow went on into the buffer
+    pbroker.start()
+    wait_metric(listen, "parkgate_uplink_connected", lambda v: v == 1, 15)
+    assert scrape(listen)["parkgate_uplink_reconnects_total"] > 0
+    seen = len(dcollector.messages)
+    assert dcollector.wait_for(lambda c: len(c.messages) > seen + 10, 20)
+    stop_and_check(gw, cfg, dcollector)
+
+
+# -- (b) broker stalled ---------------------------------------------------------------------------
+def test_broker_paused_then_resumed_no_gap(agents: Agents, broker: Mosquitto,
+                                           collector: Collector) -> None:
+    """SIGSTOP the broker for 4 s (TCP stays up, PUBACKs stall), SIGCONT: no gap."""
+    wait_subscribed(collector, broker.port)
+    gw, cfg, listen = agents.run(broker.port)
+    assert collector.wait_for(lambda c: len(c.messages) >= 5, 20), gw.output()[-2000:]
+    broker.pause()
+    try:
+        time.sleep(4.0)
+        stalled = scrape(listen)
+        assert stalled["parkgate_buffer_readings"] >= 4000, stalled
+    finally:
+        broker.resume()
+    wait_metric(listen, "parkgate_buffer_readings", lambda v: v < 2000, 20)
+    stop_and_check(gw, cfg, collector)
+
+
+# -- (c) bad credentials ------------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_wrong_password_keeps_data_until_fixed(agents: Agents, tmp_path: Path,
+                                               protocol: str) -> None:
+    """A broker refusing our password: agent up, clear error, data kept; fixed -> all sent."""
+    user, good, bad = "gw01", "right-horse-battery", "wrong-staple-9137"
+    broker = Mosquitto(password=(user, good))
+    broker.dir.chmod(0o755)  # mosquitto started as root reads the password file as its user
+    broker.start()
+    c = Collector(broker.port, auth=(user, good))
+    try:
+        wait_subscribed(c, broker.port, auth=(user, good))
+        section = {"agent": {"shutdown_grace": "1s"}}
+        gw, cfg, listen = agents.run(broker.port, uplink=mqtt(
+            broker.port, username=user, password=bad, protocol=protocol), **section)
+        auth = 'parkgate_uplink_connect_errors_total{reason="auth"}'
+        wait_metric(listen, auth, lambda v: v >= 1)
+        first = wait_metric(listen, "parkgate_buffer_readings", lambda v: v > 0)
+        wait_metric(listen, "parkgate_buffer_readings", lambda v: v > first + 2000)
+        assert scrape(listen)["parkgate_uplink_connected"] == 0
+        assert gw.alive()
+        out = gw.output()
+        assert re.search(r"credentials.*username.*password", out), out[-3000:]
+        assert bad not in out, "the password leaked into the log"
+        assert c.messages == []
+        assert gw.stop() == 0
+        closed(gw)
+        kept = buffer_stats(cfg)["rows"]
+        assert kept > 2000
+
+        write_config(cfg, base_config(tmp_path, broker.port, FLOW, uplink=mqtt(
+            broker.port, username=user, password=good, protocol=protocol), **section))
+        gw = agents.start(cfg)
+        assert c.wait_for(lambda c: len(set(_seqs(c))) >= kept, 30), gw.output()[-3000:]
+        last = stop_and_check(gw, cfg, c)
+        assert last > kept
+        assert good not in gw.output()
+    finally:
+        c.close()
+        broker.close()
+
+
+# -- (d) failover --------------------------------------------------------------------------------
+def test_failover_skips_a_dead_broker(agents: Agents, broker: Mosquitto,
+                                      collector: Collector) -> None:
+    """brokers: [nothing listening, live]: readings reach the live one."""
+    wait_subscribed(collector, broker.port)
+    gw, cfg, listen = agents.run(broker.port, uplink=mqtt([free_port(), broker.port]))
+    assert collector.wait_for(lambda c: len(c.messages) >= 5, 20), gw.output()[-3000:]
+    metrics = scrape(listen)
+    assert metrics[f'parkgate_uplink_broker_info{{broker="{broker.url}"}}'] == 1
+    assert metrics['parkgate_uplink_connect_errors_total{reason="error"}'] >= 1
+    stop_and_check(gw, cfg, collector)
+
+
+def test_failover_to_second_broker_no_gap(agents: Agents) -> None:
+    """Two live brokers; the first one stops mid-flow: readings go on at the second."""
+    first, second = persistent_broker().start(), Mosquitto().start()
+    c1, c2 = DurableCollector(first.port), Collector(second.port)
+    try:
+        wait_subscribed(c1, first.port)
+        wait_subscribed(c2, second.port)
+        gw, cfg, listen = agents.run(first.port, uplink=mqtt([first.port, second.port]))
+        assert c1.wait_for(lambda c: len(c.messages) >= 5, 20), gw.output()[-3000:]
+        assert c2.messages == []
+        first.stop()
+        assert c2.wait_for(lambda c: len(c.messages) >= 10, 20), gw.output()[-3000:]
+        assert scrape(listen)[f'parkgate_uplink_broker_info{{broker="{second.url}"}}'] == 1
+        # back on its port, the first broker hands c1 what it had queued for it
+        first.start()
+        stop_and_check(gw, cfg, c1, c2)
+        assert c2.seqs() and min(c2.seqs()) > 1
+    finally:
+        c1.close()
+        c2.close()
+        first.close()
+        second.close()
+
+
+# -- (e) MQTT 3.1.1 and (f) the retained status ---------------------------------------------------
+def status(port: int) -> dict[str, Any]:
+    """The retained status as a fresh subscriber sees it."""
+    c = Collector(port, "parkgate/+/+/status")
+    try:
+        assert c.wait_for(lambda c: "parkgate/test/test-gw/status" in c.retained, 10)
+        return c.retained["parkgate/test/test-gw/status"]
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_protocol_versions_and_retained_status(agents: Agents, broker: Mosquitto,
+                                               collector: Collector, protocol: str) -> None:
+    """Both protocol versions deliver; status is `online`, then `offline` after SIGTERM."""
+    wait_subscribed(collector, broker.port)
+    gw, cfg, _listen = agents.run(broker.port, uplink=mqtt(broker.port, protocol=protocol))
+    assert collector.wait_for(lambda c: len(c.messages) >= 10, 20), gw.output()[-3000:]
+    assert 'protocol": "' + protocol in gw.output()
+    online = status(broker.port)
+    assert online["state"] == "online"
+    assert online["gateway"] == "test-gw"
+    assert online["site"] == "test"
+    topics = {t for t, _m in collector.messages}
+    assert topics == {"parkgate/test/test-gw/sim-1", "parkgate/test/test-gw/sim-2"}
+    _t, doc = collector.messages[0]
+    assert doc["v"] == 1
+    assert doc["gateway"] == "test-gw"
+    assert doc["site"] == "test"
+    assert set(doc["readings"][0]) == {"seq", "device", "metric", "value", "unit", "ts",
+                                       "quality"}
+    stop_and_check(gw, cfg, collector)
+    offline = status(broker.port)
+    assert offline["state"] == "offline"
+    assert offline.get("reason") == "shutdown"
+
+
+def test_will_published_after_kill9(agents: Agents, broker: Mosquitto) -> None:
+    """kill -9: the broker publishes the will, a retained `offline`."""
+    gw, _cfg, listen = agents.run(broker.port, uplink=mqtt(broker.port, keepalive="5s"))
+    try:
+        wait_metric(listen, "parkgate_uplink_connected", lambda v: v == 1)
+        assert status(broker.port)["state"] == "online"
+    finally:
+        gw.kill()
+        closed(gw)
+    deadline = time.monotonic() + 12
+    state = None
+    while time.monotonic() < deadline:
+        state = status(broker.port)
+        if state["state"] == "offline":
+            break
+        time.sleep(0.5)
+    assert state is not None
+    assert state["state"] == "offline", state
+    assert state["gateway"] == "test-gw"
+
+
+# -- (g) backlog policy ------------------------------------------------------------------------
+BULK = [{"name": "bulk", "driver": "sim", "interval": "20ms", "points": 1000,
+         "pattern": "counter"}]
+LIVE = [{"name": "live", "driver": "sim", "interval": "100ms", "points": 1,
+         "pattern": "counter"}]
+
+
+def _log_time(out: str, event: str) -> float:
+    """Unix time of the last log line with this event."""
+    stamps = [json.loads(line)["timestamp"] for line in out.splitlines()
+              if line.startswith("{") and f'"event": "{event}"' in line]
+    assert stamps, f"no {event!r} in the log"
+    return datetime.fromisoformat(stamps[-1].replace("Z", "+00:00")).timestamp()
+
+
+def test_backlog_does_not_hold_back_live_readings(agents: Agents, tmp_path: Path,
+                                                  pbroker: Mosquitto,
+                                                  dcollector: DurableCollector) -> None:
+    """Live readings overtake a 200k backlog.
+
+    The policy (gateway/uplink.py): when a connection starts, the buffer's `next_seq` splits
+    the data into a *backlog* (accepted before, oldest first) and *live* data (accepted
+    since). While the backlog drains, live data may hold up to `live_share` of the publish
+    window (at least one slot), so fresh readings reach the platform within about one round
+    trip even behind hours of old ones; the platform sees seqs out of order meanwhile.
+    """
+    # 100 readings per message: ~2000 messages of backlog, so the drain takes a while
+    uplink = mqtt(pbroker.port, backoff_max="1s", batch={"max_readings": 100,
+                                                         "max_delay": "100ms"})
+    gw, cfg, listen = agents.run(pbroker.port, BULK + LIVE, uplink=uplink)
+    assert dcollector.wait_for(lambda c: len(c.messages) >= 2, 20), gw.output()[-3000:]
+    pbroker.stop()
+    wait_metric(listen, "parkgate_uplink_connected", lambda v: v == 0, 10)
+    wait_metric(listen, "parkgate_buffer_readings", lambda v: v >= 200_000, 30)
+    # slower now: the bulk device goes away, the live one stays (SIGHUP reload)
+    write_config(cfg, base_config(tmp_path, pbroker.port, LIVE, uplink=uplink,
+                                  metrics={"listen": listen}))
+    gw.signal(1)  # SIGHUP
+    wait_metric(listen, "parkgate_config_reloads_total", lambda v: v == 1, 10)
+    backlog = scrape(listen)["parkgate_buffer_readings"]
+    assert backlog >= 200_000
+    pbroker.start()
+    wait_metric(listen, "parkgate_uplink_connected", lambda v: v == 1, 15)
+    connected = _log_time(gw.output(), "uplink connected")
+    wait_metric(listen, "parkgate_buffer_readings", lambda v: v < 100, 60)
+    time.sleep(0.5)
+    stop_and_check(gw, cfg, dcollector)
+
+    # arrival order at the subscriber
+    msgs = list(dcollector.messages)
+    last_bulk = max(i for i, (_t, m) in enumerate(msgs)
+                    if m["readings"][0]["device"] == "bulk")
+    fresh = [i for i, (_t, m) in enumerate(msgs)
+             if m["readings"][0]["device"] == "live"
+             and m["readings"][0]["ts"] / 1000 > connected + 0.2]
+    assert fresh, "no live reading accepted after the reconnect arrived"
+    bulk_after = sum(1 for _t, m in msgs[fresh[0]:] if m["readings"][0]["device"] == "bulk")
+    print(f"backlog {backlog:.0f} readings in {last_bulk} messages; first fresh live "
+          f"message at #{fresh[0]}, {bulk_after} backlog messages after it")
+    assert fresh[0] < last_bulk, "live readings waited for the whole backlog"
