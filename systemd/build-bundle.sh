@@ -6,11 +6,13 @@
 #   systemd/build-bundle.sh --arch armv7l             # 32-bit Raspberry Pi OS
 #   systemd/build-bundle.sh --arch x86_64 --python-version 3.13 --out dist/
 #
-# Wheels come from PyPI only (`pip download --platform ... --only-binary=:all:`). A
-# dependency with no wheel for the target is built here from its sdist; if that build is
-# pure Python (no compiled extension, e.g. dbus-fast with SKIP_CYTHON=1) it is retagged
-# py3-none-any and shipped, otherwise the build fails and says which package is missing.
-# On the target: tar xzf parkgate-*.tar.gz && sudo ./parkgate-*/install.sh
+# Wheels come from PyPI only (`pip download --platform ... --only-binary=:all:`), at the
+# versions one resolution pins for every architecture. A dependency with no wheel for the
+# target is built here from its sdist: if that build is pure Python (no compiled code,
+# e.g. dbus-fast with SKIP_CYTHON=1) it is retagged py3-none-any and shipped; otherwise
+# the sdist and its build requirements are shipped and install.sh compiles it on the
+# gateway (cffi on armv7l: needs gcc, python3-dev, libffi-dev there). MANIFEST.txt lists
+# both kinds. On the target: tar xzf parkgate-*.tar.gz && sudo ./parkgate-*/install.sh
 set -euo pipefail
 
 PROG=build-bundle.sh
@@ -20,6 +22,7 @@ ARCH=
 PYVER=3.11
 OUT=$SOURCE/dist
 PYTHON=${PYTHON:-python3}
+FORCE_SDIST=   # space-separated names to ship as sdist even if a wheel exists (testing)
 
 die() { echo "$PROG: error: $*" >&2; exit 1; }
 say() { echo "$PROG: $*" >&2; }
@@ -31,6 +34,7 @@ while [ $# -gt 0 ]; do
         --python-version) PYVER=${2:?}; shift 2 ;;
         --out) OUT=${2:?}; shift 2 ;;
         --python) PYTHON=${2:?}; shift 2 ;;
+        --force-sdist) FORCE_SDIST="$FORCE_SDIST ${2:?}"; shift 2 ;;
         --source) SOURCE=${2:?}; shift 2 ;;
         -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
@@ -104,36 +108,88 @@ print(out)
 EOF
 }
 
-# 2. the dependency closure for the target, filling gaps with pure-Python builds.
+# 2. the dependency closure, pinned: resolved once for manylinux x86_64, where every
+#    dependency has wheels, so every architecture gets the same versions.
+say "resolving dependencies for Python $PYVER"
+REF=(--platform manylinux2014_x86_64 --platform linux_x86_64)
+for minor in $(seq 17 41); do REF+=(--platform "manylinux_2_${minor}_x86_64"); done
+"${PIP[@]}" install -q --dry-run --ignore-installed --report "$WORK/closure.json" \
+    "${REF[@]}" --python-version "$PYVER" --implementation cp --abi "$PYTAG" --abi abi3 \
+    --abi none --only-binary=:all: --target "$WORK/ref" "$PG_WHEEL" >&2 \
+    || die "cannot resolve parkgate's dependencies"
+mapfile -t PINS < <("$PYTHON" -c '
+import json, sys
+for item in json.load(open(sys.argv[1]))["install"]:
+    m = item["metadata"]
+    if m["name"].lower() != "parkgate":
+        print(m["name"] + "==" + m["version"])' "$WORK/closure.json")
+
+# 3. a wheel for the target for each; where PyPI has none, a pure-Python build of the sdist
+#    (e.g. dbus-fast with SKIP_CYTHON=1), else the sdist itself plus what builds it, to be
+#    compiled on the gateway (install.sh checks for the compiler first).
 BUILT_PURE=()
-for attempt in 1 2 3 4 5 6; do
-    say "downloading wheels for $ARCH / $PYTAG (pass $attempt)"
-    if "${PIP[@]}" download -q "${TARGET[@]}" --find-links "$WHEELS" -d "$WHEELS" \
-            "$PG_WHEEL" 2>"$WORK/err"; then
-        break
+NEEDS_BUILD=()
+# One pip call for the common case (every wheel exists), one per package otherwise.
+ALL_THERE=no
+if [ -z "${FORCE_SDIST// /}" ] && \
+    "${PIP[@]}" download -q --no-deps "${TARGET[@]}" -d "$WHEELS" "${PINS[@]}" 2>/dev/null; then
+    ALL_THERE=yes
+fi
+for pin in "${PINS[@]}"; do
+    [ "$ALL_THERE" = yes ] && break
+    name=${pin%%==*}
+    if [[ " $FORCE_SDIST " != *" $name "* ]] && \
+        "${PIP[@]}" download -q --no-deps "${TARGET[@]}" -d "$WHEELS" "$pin" 2>/dev/null; then
+        continue
     fi
-    missing=$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' "$WORK/err" | head -n1)
-    if [ -z "$missing" ] || [ "$attempt" = 6 ]; then
-        cat "$WORK/err" >&2
-        die "pip download failed for $ARCH (see above)"
-    fi
-    say "no $ARCH wheel on PyPI for $missing: building it from source as pure Python"
-    rm -rf "$WORK/built"/*
+    say "no $ARCH wheel on PyPI for $pin: building it from source"
+    rm -rf "${WORK:?}/built" "${WORK:?}/sdist" && mkdir -p "$WORK/built" "$WORK/sdist"
+    "${PIP[@]}" download -q --no-deps --no-binary=:all: -d "$WORK/sdist" "$pin" >&2 \
+        || die "$pin has neither an $ARCH wheel nor an sdist on PyPI"
+    sdist=$(find "$WORK/sdist" -type f | head -n1)
     # SKIP_CYTHON=1: dbus-fast (and its sister projects) then skip their optional Cython
     # speed-ups and build a pure-Python wheel.
-    SKIP_CYTHON=1 "${PIP[@]}" wheel -q --no-deps --no-binary=:all: -w "$WORK/built" "$missing" >&2 \
-        || die "cannot build $missing from source"
-    for w in "$WORK/built"/*.whl; do
-        retag_pure "$w" "$WHEELS" >/dev/null || die "$missing has no $ARCH wheel and needs a compiler: build it on the target or use install.sh --allow-index"
-        BUILT_PURE+=("$(basename "$w" | cut -d- -f1,2)")
-    done
+    # Hand-written C, C++ or Rust in the sdist: it cannot be built pure, do not try.
+    compiled=$(tar tzf "$sdist" 2>/dev/null | grep -cE '\.(c|cc|cpp|rs)$|/Cargo\.toml$' || true)
+    if [[ " $FORCE_SDIST " != *" $name "* ]] && [ "$compiled" = 0 ] && \
+        SKIP_CYTHON=1 "${PIP[@]}" wheel -q --no-deps -w "$WORK/built" "$sdist" >&2 && \
+        retag_pure "$(find "$WORK/built" -name '*.whl' | head -n1)" "$WHEELS" >/dev/null 2>&1; then
+        BUILT_PURE+=("$pin")
+        continue
+    fi
+    say "$pin has compiled code: shipping its sdist, built on the gateway"
+    cp "$sdist" "$WHEELS/"
+    NEEDS_BUILD+=("$pin")
+    # its build requirements, as wheels for the target (setuptools and friends are pure)
+    mapfile -t BREQ < <("$PYTHON" - "$sdist" <<'PY'
+import sys, tarfile, tomllib
+with tarfile.open(sys.argv[1]) as tf:
+    member = next(m for m in tf.getmembers() if m.name.count("/") == 1
+                  and m.name.endswith("/pyproject.toml"))
+    doc = tomllib.load(tf.extractfile(member))
+for req in doc.get("build-system", {}).get("requires", ["setuptools", "wheel"]):
+    print(req)
+PY
+)
+    if [ "${#BREQ[@]}" -gt 0 ]; then
+        "${PIP[@]}" download -q "${TARGET[@]}" -d "$WHEELS" "${BREQ[@]}" >&2 \
+            || die "cannot fetch the build requirements of $pin: ${BREQ[*]}"
+    fi
 done
 
-# 3. prove the wheelhouse alone installs parkgate for the target.
 say "checking the bundle resolves offline"
-"${PIP[@]}" install -q --dry-run --ignore-installed --no-index --find-links "$WHEELS" \
-    "${TARGET[@]}" --target "$WORK/dry" "parkgate==$VERSION" >&2 \
-    || die "the wheelhouse does not resolve offline"
+if [ "${#NEEDS_BUILD[@]}" -eq 0 ]; then
+    "${PIP[@]}" install -q --dry-run --ignore-installed --no-index --find-links "$WHEELS" \
+        "${TARGET[@]}" --target "$WORK/dry" "parkgate==$VERSION" >&2 \
+        || die "the wheelhouse does not resolve offline"
+else
+    # pip resolves for another platform from wheels only; check each pin is there instead.
+    for pin in "${PINS[@]}"; do
+        [[ " ${NEEDS_BUILD[*]} " == *" $pin "* ]] && continue
+        "${PIP[@]}" download -q --no-deps --no-index --find-links "$WHEELS" "${TARGET[@]}" \
+            -d "$WORK/dry" "$pin" >&2 || die "$pin is missing from the wheelhouse"
+    done
+fi
 
 # 4. assemble.
 NAME=parkgate-$VERSION-$ARCH-$PYTAG
@@ -143,6 +199,10 @@ mv "$WHEELS" "$B/wheels"
 install -m 0755 "$HERE/install.sh" "$B/install.sh"
 install -m 0644 "$HERE/parkgate.service" "$B/parkgate.service"
 [ -f "$HERE/README.md" ] && install -m 0644 "$HERE/README.md" "$B/README.md"
+if [ -d "$SOURCE/config/profiles" ]; then
+    install -d "$B/profiles"
+    install -m 0644 "$SOURCE/config/profiles"/*.yaml "$B/profiles/"
+fi
 "$HERE/install.sh" --source "$SOURCE" --print-example-config > "$B/parkgate.yaml.example"
 {
     echo "version=$VERSION"
@@ -150,11 +210,12 @@ install -m 0644 "$HERE/parkgate.service" "$B/parkgate.service"
     echo "python=$PYTAG"
     echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "built_pure=${BUILT_PURE[*]:-}"
+    echo "needs_build=${NEEDS_BUILD[*]:-}"
     echo "# sha256 of every wheel"
     (cd "$B/wheels" && sha256sum -- *.whl)
 } > "$B/MANIFEST.txt"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 tar -C "$WORK" -czf "$OUT/$NAME.tar.gz" "$NAME"
-say "wrote $OUT/$NAME.tar.gz ($(find "$B/wheels" -name '*.whl' | wc -l) wheels${BUILT_PURE:+; built pure: ${BUILT_PURE[*]}})"
+say "wrote $OUT/$NAME.tar.gz ($(find "$B/wheels" -name '*.whl' | wc -l) wheels; built pure: ${BUILT_PURE[*]:-none}; built on the gateway: ${NEEDS_BUILD[*]:-none})"
 echo "$OUT/$NAME.tar.gz"

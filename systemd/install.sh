@@ -185,6 +185,16 @@ if [ -n "$BUNDLE" ]; then
     [ "$want_arch" = "$have_arch" ] || die "bundle is for $want_arch, this $PYTHON runs on $have_arch: build one with build-bundle.sh --arch $have_arch"
     [ "$want_py" = "$have_py" ] || die "bundle is for $want_py, $PYTHON is $have_py: build one with build-bundle.sh --python-version ${have_py#cp3}"
     VERSION=$(manifest version)
+    # Packages PyPI has no wheel for on this architecture (cffi on armv7l) come as sdists
+    # and are compiled here: check for the tools first, rather than fail inside pip.
+    NEEDS_BUILD=$(manifest needs_build)
+    if [ -n "$NEEDS_BUILD" ]; then
+        say "will compile from source: $NEEDS_BUILD"
+        headers=$("$PYTHON" -c 'import os, sysconfig; print(os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))')
+        if ! have gcc || [ "$headers" != True ] || { [[ $NEEDS_BUILD == *cffi* ]] && ! [ -e /usr/include/ffi.h ] && ! ls /usr/include/*/ffi.h >/dev/null 2>&1; }; then
+            die "compiling $NEEDS_BUILD needs a C compiler and headers: apt-get install gcc python3-dev libffi-dev (from the Debian/Pi OS mirror or its .debs), then run this again"
+        fi
+    fi
 else
     [ -f "$SOURCE/pyproject.toml" ] || die "$SOURCE is not a parkgate source tree (no pyproject.toml)"
     VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$SOURCE/pyproject.toml" | head -n1)
@@ -261,6 +271,17 @@ else
     "${PIP[@]}" install "$WORK/src"
 fi
 "$NEW/bin/parkgate" version >/dev/null || die "the new venv does not run: $NEW/bin/parkgate version failed"
+
+# Meter profiles (config/profiles/*.yaml) are looked up beside the installed packages,
+# in site-packages/config/profiles, but the wheel does not carry them yet: put this
+# version's copy there, so they are upgraded and rolled back with the venv. Site-local
+# profiles belong in /etc/parkgate/profiles, which is searched first.
+if [ -n "$BUNDLE" ]; then PROFILES=$BUNDLE/profiles; else PROFILES=$SOURCE/config/profiles; fi
+SITE=$("$NEW/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [ ! -d "$SITE/config/profiles" ] && [ -d "$PROFILES" ]; then
+    install -d -m 0755 "$SITE/config/profiles"
+    install -m 0644 "$PROFILES"/*.yaml "$SITE/config/profiles/"
+fi
 
 # --- config --------------------------------------------------------------------------
 CONFIG=$ETC/parkgate.yaml

@@ -1,0 +1,280 @@
+"""systemd/install.sh and build-bundle.sh in a throwaway root: files, user, idempotence,
+config and buffer kept, refusal of a config the new version rejects, rollback, and the
+installed `parkgate` really running. Needs PyPI (build-bundle downloads wheels) and root
+(useradd/chown in the throwaway root)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import ROOT, Collector, Mosquitto, base_config, write_config
+
+INSTALL = ROOT / "systemd" / "install.sh"
+BUILD = ROOT / "systemd" / "build-bundle.sh"
+ARCH = platform.machine()
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: useradd --prefix and chown"),
+    pytest.mark.skipif(shutil.which("useradd") is None, reason="useradd (passwd) not installed"),
+    pytest.mark.skipif(ARCH not in {"x86_64", "aarch64", "armv7l"},
+                       reason=f"no bundle target for {ARCH}"),
+]
+
+
+def sh(*args: str | Path, check: bool = True, timeout: float = 300,
+       env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([str(a) for a in args], capture_output=True, text=True,
+                         timeout=timeout, check=False,
+                         env={**os.environ, "PYTHON": sys.executable, **(env or {})})
+    if check and res.returncode != 0:
+        raise AssertionError(f"{args} exited {res.returncode}\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def build_bundle(arch: str, out: Path) -> Path:
+    res = sh(BUILD, "--arch", arch, "--out", out, "--python", sys.executable, timeout=600)
+    tarball = Path(res.stdout.strip().splitlines()[-1])
+    assert tarball.exists(), res.stderr
+    with tarfile.open(tarball) as tf:
+        tf.extractall(out, filter="data")
+    return out / tarball.name.removesuffix(".tar.gz")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An offline bundle for this machine's architecture."""
+    return build_bundle(ARCH, tmp_path_factory.mktemp("bundle"))
+
+
+def fake_root(path: Path) -> Path:
+    """A root with just the user database, so useradd --prefix has files to edit."""
+    etc = path / "etc"
+    etc.mkdir(parents=True)
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (etc / "group").write_text("root:x:0:\ndialout:x:20:\nbluetooth:x:112:\n")
+    (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (etc / "gshadow").write_text("root:*::\ndialout:*::\nbluetooth:*::\n")
+    for f in ("shadow", "gshadow"):
+        (etc / f).chmod(0o600)
+    return path
+
+
+def install(root: Path, *extra: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh(INSTALL, "--root", root, "--python", sys.executable, *extra, check=check)
+
+
+def venv_target(root: Path) -> str:
+    return os.readlink(root / "opt/parkgate/venv")
+
+
+@pytest.fixture(scope="module")
+def installed(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = fake_root(tmp_path_factory.mktemp("root") / "r")
+    install(root, "--from-bundle", bundle)
+    return root
+
+
+def test_bundle_contents(bundle: Path) -> None:
+    manifest = dict(line.split("=", 1) for line in (bundle / "MANIFEST.txt").read_text()
+                    .splitlines() if "=" in line and not line.startswith("#"))
+    assert manifest["arch"] == ARCH
+    assert manifest["python"] == f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    wheels = sorted(p.name for p in (bundle / "wheels").glob("*.whl"))
+    names = {w.split("-")[0].lower() for w in wheels}
+    assert {"parkgate", "pydantic_core", "pydantic", "aiomqtt", "paho_mqtt", "pymodbus",
+            "bleak", "dbus_fast", "prometheus_client", "structlog", "ruamel_yaml",
+            "cryptography", "cffi"} <= names
+    core = next(w for w in wheels if w.startswith("pydantic_core-"))
+    assert ARCH in core, core
+    for f in ("install.sh", "parkgate.service", "parkgate.yaml.example"):
+        assert (bundle / f).exists(), f
+    assert os.access(bundle / "install.sh", os.X_OK)
+    profiles = sorted(p.name for p in (ROOT / "config/profiles").glob("*.yaml"))
+    assert sorted(p.name for p in (bundle / "profiles").glob("*.yaml")) == profiles
+    unit = (ROOT / "systemd/parkgate.service").read_text()
+    assert (bundle / "parkgate.service").read_text() == unit
+
+
+def test_fresh_install_layout(installed: Path) -> None:
+    r = installed
+    venv = r / "opt/parkgate/venv"
+    assert venv.is_symlink()
+    assert venv_target(r).startswith("venvs/")
+    exe = venv / "bin/parkgate"
+    out = sh(exe, "version").stdout.strip()
+    assert out.startswith("parkgate "), out
+    assert out.split()[1][0].isdigit()
+    # unit, verbatim, and enabled through systemctl --root when systemctl exists
+    unit = r / "etc/systemd/system/parkgate.service"
+    assert unit.read_text() == (ROOT / "systemd/parkgate.service").read_text()
+    if shutil.which("systemctl"):
+        assert (r / "etc/systemd/system/multi-user.target.wants/parkgate.service").is_symlink()
+    # user: system account, no login, in dialout and bluetooth
+    pw = {line.split(":")[0]: line.split(":")
+          for line in (r / "etc/passwd").read_text().splitlines()}
+    assert "parkgate" in pw
+    assert pw["parkgate"][6] == "/usr/sbin/nologin"
+    assert int(pw["parkgate"][2]) < 1000
+    groups = {line.split(":")[0]: line.split(":")[3].split(",")
+              for line in (r / "etc/group").read_text().splitlines()}
+    assert "parkgate" in groups["dialout"]
+    assert "parkgate" in groups["bluetooth"]
+    uid, gid = int(pw["parkgate"][2]), int(pw["parkgate"][3])
+    # state directory owned by the service; config root-owned, group-readable only
+    st = (r / "var/lib/parkgate").stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, gid, 0o750)
+    etc = r / "etc/parkgate"
+    st = etc.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, gid, 0o750)
+    conf = etc / "parkgate.yaml"
+    st = conf.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, gid, 0o640)
+    doc = yaml.safe_load(conf.read_text())
+    assert doc["buffer"]["path"] == "/var/lib/parkgate/buffer.db"
+    assert sh(exe, "check", conf).returncode == 0
+
+
+def test_installed_unit_verifies_against_the_installed_binary(installed: Path,
+                                                              tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed")
+    text = (installed / "etc/systemd/system/parkgate.service").read_text()
+    exe = installed / "opt/parkgate/venv/bin/parkgate"
+    copy = tmp_path / "parkgate.service"
+    copy.write_text(text.replace("ExecStart=/opt/parkgate/venv/bin/parkgate ",
+                                 f"ExecStart={exe} "))
+    res = subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip() == ""
+
+
+def test_installed_gateway_runs_and_publishes(installed: Path, tmp_path: Path,
+                                              ops_broker: Mosquitto) -> None:
+    """The installed venv has every runtime dependency: a sim device reaches the broker."""
+    cfg = base_config(tmp_path, ops_broker.port,
+                      [{"name": "sim-inst", "driver": "sim", "interval": "100ms", "points": 2}])
+    path = write_config(tmp_path / "gw.yaml", cfg)
+    exe = installed / "opt/parkgate/venv/bin/parkgate"
+    col = Collector(ops_broker.port)
+    with (tmp_path / "gw.log").open("wb") as log:
+        proc = subprocess.Popen([str(exe), "run", "-c", str(path)], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            ok = col.wait_for(lambda c: sum(r["device"] == "sim-inst" for r in c.readings()) >= 4,
+                              timeout=30)
+            assert ok, (tmp_path / "gw.log").read_text()
+            good = [r for r in col.readings() if r["device"] == "sim-inst"]
+            assert {r["quality"] for r in good} == {"good"}
+        finally:
+            proc.terminate()
+            proc.wait(20)
+            col.close()
+    assert proc.returncode == 0
+
+
+def test_reinstall_keeps_config_and_buffer_then_refuses_bad_config_then_rolls_back(
+        bundle: Path, tmp_path: Path) -> None:
+    root = fake_root(tmp_path / "r")
+    install(root, "--from-bundle", bundle)
+    first = venv_target(root)
+    conf = root / "etc/parkgate/parkgate.yaml"
+    edited = re.sub(r"(?m)^(  id: )\S+", r"\1edited-gw", conf.read_text(), count=1)
+    assert "id: edited-gw" in edited
+    edited += "# field edit\n"
+    conf.write_text(edited)
+    buffer = root / "var/lib/parkgate/buffer.db"
+    buffer.write_bytes(b"not really sqlite, but it must survive\n" * 100)
+    before = buffer.read_bytes()
+
+    again = install(root, "--from-bundle", bundle)
+    assert "kept" in again.stdout
+    assert conf.read_text() == edited
+    assert buffer.read_bytes() == before
+    second = venv_target(root)
+    assert second != first
+    assert os.readlink(root / "opt/parkgate/venv.previous") == first
+    assert sorted(p.name for p in (root / "opt/parkgate/venvs").iterdir()) == sorted(
+        [first.removeprefix("venvs/"), second.removeprefix("venvs/")])
+    pw = (root / "etc/passwd").read_text()
+    assert pw.count("\nparkgate:") == 1
+    assert (root / "etc/group").read_text().count("parkgate") == 3  # own group, dialout, bt
+
+    # A config the new version rejects: nothing changes.
+    conf.write_text(edited + "devices: [{name: x, driver: nosuchdriver}]\n")
+    bad = install(root, "--from-bundle", bundle, check=False)
+    assert bad.returncode != 0
+    assert "rejects" in bad.stderr
+    assert venv_target(root) == second
+    assert len(list((root / "opt/parkgate/venvs").iterdir())) == 2
+
+    back = sh(INSTALL, "--root", root, "--rollback")
+    assert "now running" in back.stdout
+    assert venv_target(root) == first
+    assert os.readlink(root / "opt/parkgate/venv.previous") == second
+
+
+def test_installer_refuses_a_bundle_for_another_arch(bundle: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(bundle, other)
+    manifest = other / "MANIFEST.txt"
+    wrong = "armv7l" if ARCH != "armv7l" else "aarch64"
+    manifest.write_text(manifest.read_text().replace(f"arch={ARCH}", f"arch={wrong}"))
+    res = install(fake_root(tmp_path / "r"), "--from-bundle", other, check=False)
+    assert res.returncode != 0
+    assert f"bundle is for {wrong}" in res.stderr
+
+
+def test_armv7l_bundle_fills_the_gaps_pypi_leaves(tmp_path: Path) -> None:
+    """PyPI has no armv7l wheels for dbus-fast (built here, pure Python) nor for cffi
+    (shipped as sdist with its build requirements, compiled on the gateway)."""
+    b = build_bundle("armv7l", tmp_path)
+    files = {p.name for p in (b / "wheels").iterdir()}
+    dbus = next(w for w in files if w.startswith("dbus_fast-"))
+    assert dbus.endswith("-py3-none-any.whl")
+    with zipfile.ZipFile(b / "wheels" / dbus) as z:
+        assert not [n for n in z.namelist() if n.endswith(".so")]
+        assert "dbus_fast/message_bus.py" in z.namelist()
+    assert any("armv7l" in w for w in files if w.startswith("pydantic_core-"))
+    assert any("armv7l" in w for w in files if w.startswith("cryptography-"))
+    assert any(w.startswith("cffi-") and w.endswith(".tar.gz") for w in files)
+    assert any(w.startswith("setuptools-") for w in files)   # builds cffi offline
+    manifest = (b / "MANIFEST.txt").read_text()
+    assert "built_pure=dbus-fast==" in manifest
+    assert "needs_build=cffi==" in manifest
+
+
+def test_sdist_in_bundle_is_compiled_offline_on_install(tmp_path: Path) -> None:
+    """The armv7l path, run here: cffi shipped as sdist, compiled with --no-index."""
+    b = build_bundle_forced(tmp_path / "b")
+    assert "needs_build=cffi==" in (b / "MANIFEST.txt").read_text()
+    root = fake_root(tmp_path / "r")
+    res = install(root, "--from-bundle", b)
+    assert "will compile from source: cffi==" in res.stdout
+    py = root / "opt/parkgate/venv/bin/python"
+    out = sh(py, "-c", "import cffi, cryptography.hazmat.primitives.ciphers.aead as a; "
+                       "print(cffi.__version__, a.AESCCM.__name__)").stdout
+    assert out.split()[1] == "AESCCM"
+
+
+def build_bundle_forced(out: Path) -> Path:
+    res = sh(BUILD, "--arch", ARCH, "--out", out, "--python", sys.executable,
+             "--force-sdist", "cffi", timeout=600)
+    tarball = Path(res.stdout.strip().splitlines()[-1])
+    with tarfile.open(tarball) as tf:
+        tf.extractall(out, filter="data")
+    return out / tarball.name.removesuffix(".tar.gz")
