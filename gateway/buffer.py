@@ -79,41 +79,47 @@ class BufferStats:
 
 
 class ChunkEncoder:
-    """Encodes readings as the JSON items of a chunk, without building dicts.
+    """Encodes the readings of one device as the JSON items of a chunk, without dicts.
 
     Formatting strings directly is 2.4x faster than `json.dumps` of a list of dicts
-    (measured 1.9 vs 4.7 us per reading); device, metric and unit names are encoded once
-    and cached. Floats that JSON cannot hold (NaN, infinity) become `null` with quality
-    `bad`; values of other types become JSON strings.
+    (measured 1.9 vs 4.7 us per reading). The device is encoded once per chunk and each
+    (metric, unit) pair once per agent, as two ready fragments, so a reading costs one dict
+    lookup and one f-string. Floats that JSON cannot hold (NaN, infinity) become `null`
+    with quality `bad`; values of other types become JSON strings.
     """
 
     def __init__(self) -> None:
-        self._names: dict[str, str] = {}
+        self._fragments: dict[tuple[str, str | None], tuple[str, str]] = {}
 
-    def _name(self, text: str) -> str:
-        encoded = self._names.get(text)
-        if encoded is None:
-            encoded = _dumps(text)
-            if len(self._names) < 100_000:  # bounded: names come from config, not data
-                self._names[text] = encoded
-        return encoded
+    def _fragment(self, metric: str, unit: str | None) -> tuple[str, str]:
+        frag = (f',"metric":{_dumps(metric)},"value":',
+                f',"unit":{"null" if unit is None else _dumps(unit)},"ts":')
+        if len(self._fragments) < 200_000:  # bounded: names come from config, not data
+            self._fragments[(metric, unit)] = frag
+        return frag
 
     def encode(self, first: int, readings: Sequence[Reading]) -> str:
-        """Comma-separated JSON objects for seqs `first`, `first+1`, ..."""
-        name = self._name
+        """Comma-separated JSON objects for seqs `first`, `first+1`, ... (one device)."""
+        if not readings:
+            return ""
+        head = f',"device":{_dumps(readings[0].device)}'
+        fragments = self._fragments
         parts = []
         seq = first
         for r in readings:
+            frag = fragments.get((r.metric, r.unit))
+            if frag is None:
+                frag = self._fragment(r.metric, r.unit)
             v = r.value
             quality = r.quality
             tv = type(v)
-            if tv is int:
-                vs = repr(v)
-            elif tv is float:
+            if tv is float:
                 if math.isfinite(v):  # type: ignore[arg-type]
                     vs = repr(v)
                 else:
                     vs, quality = "null", "bad"
+            elif tv is int:
+                vs = repr(v)
             elif v is None:
                 vs = "null"
             elif tv is bool:
@@ -122,9 +128,8 @@ class ChunkEncoder:
                 vs = _dumps(v)
             else:
                 vs = _dumps(str(v))
-            unit = "null" if r.unit is None else name(r.unit)
-            parts.append(f'{{"seq":{seq},"device":{name(r.device)},"metric":{name(r.metric)},'
-                         f'"value":{vs},"unit":{unit},"ts":{r.ts},"quality":"{quality}"}}')
+            parts.append(f'{{"seq":{seq}{head}{frag[0]}{vs}{frag[1]}{r.ts},'
+                         f'"quality":"{quality}"}}')
             seq += 1
         return ",".join(parts)
 
