@@ -130,7 +130,8 @@ def test_sigterm_with_broker_down_keeps_readings(tmp_path: Path, broker: Mosquit
             broker.resume()
     print(f"SIGTERM, broker {outage}: exit {rc} after {took:.2f}s (grace {grace}s)")
     assert rc == 0, gw.output()[-3000:]
-    assert took < grace + 3.0
+    # grace, then up to 2 s for the retained `offline` status to a stalled broker
+    assert took < grace + 4.0
     assert "shutdown grace period over" in gw.output()
     kept = buffer_stats(cfg)
     assert kept["rows"] > 1000, kept
