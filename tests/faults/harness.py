@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class Arrival:
     device: str
     seqs: list[int]
     ts: list[int]
+    values: list[Any]
 
 
 class SeqCollector:
@@ -87,7 +89,7 @@ class SeqCollector:
         readings = doc["readings"]
         seqs = [r["seq"] for r in readings]
         with self._cond:
-            if any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
+            if any(b <= a for a, b in itertools.pairwise(seqs)):
                 self.order_violations += 1
             for s in seqs:
                 if s in self.seen:
@@ -98,7 +100,8 @@ class SeqCollector:
             if seqs and seqs[-1] > self.max_seq:
                 self.max_seq = max(seqs)
             self.arrivals.append(Arrival(time.monotonic(), readings[0]["device"] if readings
-                                         else "", seqs, [r["ts"] for r in readings]))
+                                         else "", seqs, [r["ts"] for r in readings],
+                                         [r["value"] for r in readings]))
             self._cond.notify_all()
 
     def wait_for(self, predicate: Any, timeout: float) -> bool:
@@ -292,12 +295,21 @@ METER_POINTS = 36
 """Values per poll of the eastron-sdm630 profile."""
 
 
-def finish(agent: Agent, col: SeqCollector, *, first_seq: int = 1,
-           gaps: Iterable[range] = (), timeout: float = 30.0) -> tuple[int, list[int]]:
-    """Stop the agent gracefully (it drains the buffer) and account: (next_seq, lost seqs).
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The accounting after a test: what was issued and what never arrived."""
 
-    Every seq in [first_seq, next_seq) outside `gaps` (jumps the buffer makes on purpose)
-    must have reached the subscriber.
+    next_seq: int
+    issued: int
+    lost: list[int]
+
+
+def finish(agent: Agent, col: SeqCollector, *, first_seq: int = 1,
+           gaps: Iterable[Container[int]] = (), timeout: float = 30.0) -> Outcome:
+    """Stop the agent gracefully (it drains the buffer) and account for every seq.
+
+    Every seq in [first_seq, next_seq) outside `gaps` (jumps the buffer makes on purpose,
+    readings that went with a corrupt file) must have reached the subscriber.
     """
     if agent.alive():
         code = agent.stop()
@@ -310,7 +322,7 @@ def finish(agent: Agent, col: SeqCollector, *, first_seq: int = 1,
     col.wait_for(lambda c: c.max_seq >= next_seq - 1 and not c.missing(expected[-1000:]),
                  timeout)
     col.wait_for(lambda c: not c.missing(expected), 2.0)
-    return next_seq, col.missing(expected)
+    return Outcome(next_seq, len(expected), col.missing(expected))
 
 
 # --- a Modbus meter in its own thread -----------------------------------------------------------

@@ -58,11 +58,11 @@ def test_broker_stopped_paused_and_restarted(tmp_path: Path,
                 assert agent.alive(), agent.output()
         m = agent.metrics()
         reconnects = m.get("parkgate_uplink_reconnects_total", 0)
-        next_seq, lost = finish(agent, col)
-        report(FaultRow("broker stop/SIGSTOP/restart", faults, issued=next_seq - 1,
-                        lost=len(lost), duplicates=col.duplicates, recover_s=max(recover),
+        out = finish(agent, col)
+        report(FaultRow("broker stop/SIGSTOP/restart", faults, issued=out.issued,
+                        lost=len(out.lost), duplicates=col.duplicates, recover_s=max(recover),
                         notes=f"{reconnects:.0f} reconnects"))
-        assert not lost, f"{len(lost)} readings lost, first {lost[:10]}"
+        assert not out.lost, f"{len(out.lost)} readings lost, first {out.lost[:10]}"
         assert reconnects >= faults
     finally:
         agent.proc.kill()
@@ -96,13 +96,13 @@ def test_broker_that_never_acknowledges(tmp_path: Path,
         m = agent.metrics()
         assert m['parkgate_uplink_broker_info{broker="' + broker.url + '"}'] == 1
         recover = time.monotonic() - t0
-        next_seq, lost = finish(agent, col)
+        out = finish(agent, col)
         report(FaultRow("broker never sends PUBACK", silent.connections,
-                        issued=next_seq - 1, lost=len(lost), duplicates=col.duplicates,
+                        issued=out.issued, lost=len(out.lost), duplicates=col.duplicates,
                         recover_s=recover,
                         notes=f"{silent.data_publishes} publishes unanswered, "
                               f"{len(timeouts)} timeouts, then failed over"))
-        assert not lost, f"{len(lost)} readings lost, first {lost[:10]}"
+        assert not out.lost, f"{len(out.lost)} readings lost, first {out.lost[:10]}"
     finally:
         agent.proc.kill()
         col.close()

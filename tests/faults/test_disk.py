@@ -69,12 +69,12 @@ def test_disk_full_then_freed(tmp_path: Path, report: Callable[[FaultRow], None]
                 recover.append(took)
                 assert agent.alive(), agent.output()
             errors = _errors(agent)
-            next_seq, lost = finish(agent, col)
-            report(FaultRow("disk full (2 MiB tmpfs)", 2, issued=next_seq - 1,
-                            lost=len(lost), duplicates=col.duplicates,
+            out = finish(agent, col)
+            report(FaultRow("disk full (2 MiB tmpfs)", 2, issued=out.issued,
+                            lost=len(out.lost), duplicates=col.duplicates,
                             recover_s=max(recover),
                             notes=f"{errors:.0f} write errors counted; filled {filled} B"))
-            assert not lost, f"{len(lost)} readings lost, first {lost[:10]}"
+            assert not out.lost, f"{len(out.lost)} readings lost, first {out.lost[:10]}"
         finally:
             agent.proc.kill()
             col.close()
@@ -121,11 +121,11 @@ def test_seq_reservation_due_while_disk_full(tmp_path: Path,
             seen = col.max_seq
             took = col.wait_beyond(seen, 30)
             assert took is not None, agent.output()
-            next_seq, lost = finish(agent, col)
-            report(FaultRow("disk full at a seq reservation", 1, issued=next_seq - 1,
-                            lost=len(lost), duplicates=col.duplicates, recover_s=took,
+            out = finish(agent, col)
+            report(FaultRow("disk full at a seq reservation", 1, issued=out.issued,
+                            lost=len(out.lost), duplicates=col.duplicates, recover_s=took,
                             notes=f"{errors:.0f} write errors counted"))
-            assert not lost, f"{len(lost)} readings lost, first {lost[:10]}"
+            assert not out.lost, f"{len(out.lost)} readings lost, first {out.lost[:10]}"
         finally:
             agent.proc.kill()
             col.close()
