@@ -129,19 +129,30 @@ for item in json.load(open(sys.argv[1]))["install"]:
 #    compiled on the gateway (install.sh checks for the compiler first).
 BUILT_PURE=()
 NEEDS_BUILD=()
-# One pip call for the common case (every wheel exists), one per package otherwise.
-ALL_THERE=no
-if [ -z "${FORCE_SDIST// /}" ] && \
-    "${PIP[@]}" download -q --no-deps "${TARGET[@]}" -d "$WHEELS" "${PINS[@]}" 2>/dev/null; then
-    ALL_THERE=yes
-fi
+MISSING=()
+# Download every wheel in one pip call; a pin pip names as missing is set aside and the
+# rest tried again (pip stops at the first miss), so a gap costs one call, not one each.
+REST=()
 for pin in "${PINS[@]}"; do
-    [ "$ALL_THERE" = yes ] && break
-    name=${pin%%==*}
-    if [[ " $FORCE_SDIST " != *" $name "* ]] && \
-        "${PIP[@]}" download -q --no-deps "${TARGET[@]}" -d "$WHEELS" "$pin" 2>/dev/null; then
-        continue
+    if [[ " $FORCE_SDIST " == *" ${pin%%==*} "* ]]; then MISSING+=("$pin"); else REST+=("$pin"); fi
+done
+while [ "${#REST[@]}" -gt 0 ]; do
+    if "${PIP[@]}" download -q --no-deps "${TARGET[@]}" -d "$WHEELS" "${REST[@]}" \
+            2>"$WORK/err"; then
+        break
     fi
+    miss=$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' "$WORK/err" | head -n1)
+    if [ -z "$miss" ] || [[ " ${REST[*]} " != *" $miss "* ]]; then
+        cat "$WORK/err" >&2
+        die "pip download failed for $ARCH (see above)"
+    fi
+    MISSING+=("$miss")
+    KEEP=()
+    for pin in "${REST[@]}"; do [ "$pin" != "$miss" ] && KEEP+=("$pin"); done
+    REST=("${KEEP[@]+"${KEEP[@]}"}")
+done
+for pin in "${MISSING[@]+"${MISSING[@]}"}"; do
+    name=${pin%%==*}
     say "no $ARCH wheel on PyPI for $pin: building it from source"
     rm -rf "${WORK:?}/built" "${WORK:?}/sdist" && mkdir -p "$WORK/built" "$WORK/sdist"
     "${PIP[@]}" download -q --no-deps --no-binary=:all: -d "$WORK/sdist" "$pin" >&2 \
@@ -183,12 +194,13 @@ if [ "${#NEEDS_BUILD[@]}" -eq 0 ]; then
         "${TARGET[@]}" --target "$WORK/dry" "parkgate==$VERSION" >&2 \
         || die "the wheelhouse does not resolve offline"
 else
-    # pip resolves for another platform from wheels only; check each pin is there instead.
+    # pip resolves for another platform from wheels only; check every other pin is there.
+    WHEEL_PINS=()
     for pin in "${PINS[@]}"; do
-        [[ " ${NEEDS_BUILD[*]} " == *" $pin "* ]] && continue
-        "${PIP[@]}" download -q --no-deps --no-index --find-links "$WHEELS" "${TARGET[@]}" \
-            -d "$WORK/dry" "$pin" >&2 || die "$pin is missing from the wheelhouse"
+        [[ " ${NEEDS_BUILD[*]} " == *" $pin "* ]] || WHEEL_PINS+=("$pin")
     done
+    "${PIP[@]}" download -q --no-deps --no-index --find-links "$WHEELS" "${TARGET[@]}" \
+        -d "$WORK/dry" "${WHEEL_PINS[@]}" >&2 || die "the wheelhouse lacks a wheel (above)"
 fi
 
 # 4. assemble.
