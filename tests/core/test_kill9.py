@@ -7,8 +7,11 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.support import ROOT, Collector, GatewayProcess, Mosquitto, base_config, write_config
 
@@ -18,13 +21,6 @@ KILLS = 7
 def _seqs(c: Collector) -> list[int]:
     """Seqs seen so far; safe inside `wait_for` predicates (which hold the collector lock)."""
     return [r["seq"] for _t, m in c.messages for r in m["readings"]]
-
-
-def closed(gw: GatewayProcess) -> None:
-    """Close the log file GatewayProcess leaves open (a ResourceWarning is an error here)."""
-    logf = getattr(gw, "_logf", None)
-    if logf is not None:
-        logf.close()
 
 
 def buffer_stats(cfg: Path) -> dict[str, Any]:
@@ -53,8 +49,18 @@ def wait_subscribed(c: Collector, port: int) -> None:
         pub.disconnect()
 
 
+@pytest.fixture
+def agents() -> Iterator[list[GatewayProcess]]:
+    """Agents started by the test; none outlives it."""
+    procs: list[GatewayProcess] = []
+    yield procs
+    for gw in procs:
+        gw.kill()
+
+
 def test_kill9_loses_no_seq_and_reuses_none(tmp_path: Path, broker: Mosquitto,
-                                            collector: Collector) -> None:
+                                            collector: Collector,
+                                            agents: list[GatewayProcess]) -> None:
     """SIGKILL the agent KILLS times mid-flow; the subscriber still gets 1..max, no gap."""
     seed = random.randrange(2**32)
     rng = random.Random(seed)
@@ -69,6 +75,7 @@ def test_kill9_loses_no_seq_and_reuses_none(tmp_path: Path, broker: Mosquitto,
     for i in range(KILLS):
         seen = len(collector.messages)
         gw = GatewayProcess(cfg).start()
+        agents.append(gw)
         if i % 3 == 2:
             # now and then during start-up (buffer opening, connecting)
             delay = rng.uniform(0.1, 0.8)
@@ -81,12 +88,11 @@ def test_kill9_loses_no_seq_and_reuses_none(tmp_path: Path, broker: Mosquitto,
         time.sleep(delay)
         assert gw.alive(), gw.output()[-2000:]
         gw.kill()
-        closed(gw)
     gw = GatewayProcess(cfg).start()
+    agents.append(gw)
     seen = len(collector.messages)
     assert collector.wait_for(lambda c: len(c.messages) > seen + 5, 20), gw.output()[-2000:]
     assert gw.stop() == 0
-    closed(gw)
 
     stats = buffer_stats(cfg)
     assert stats["rows"] == 0, stats
@@ -110,3 +116,4 @@ def test_kill9_loses_no_seq_and_reuses_none(tmp_path: Path, broker: Mosquitto,
         assert by_reading.setdefault(ident, r["seq"]) == r["seq"], (ident, r["seq"])
     duplicates = len(seqs) - len(by_seq)
     print(f"kill9: {KILLS} kills at {delays}s, {last} seqs, {duplicates} duplicates")
+

@@ -25,13 +25,6 @@ def sim(name: str, points: int = 2, interval: str = "100ms") -> dict[str, Any]:
             "pattern": "counter"}
 
 
-def closed(gw: GatewayProcess) -> None:
-    """Close the log file GatewayProcess leaves open (a ResourceWarning is an error here)."""
-    logf = getattr(gw, "_logf", None)
-    if logf is not None:
-        logf.close()
-
-
 @pytest.fixture
 def agents() -> Iterator[list[GatewayProcess]]:
     """Agents started by the test; none outlives it."""
@@ -39,7 +32,6 @@ def agents() -> Iterator[list[GatewayProcess]]:
     yield procs
     for gw in procs:
         gw.kill()
-        closed(gw)
 
 
 def scrape(listen: str) -> dict[str, float]:
@@ -108,7 +100,6 @@ def polls(c: Collector, device: str, metric: str = "p0") -> int:
 def stop_and_check(gw: GatewayProcess, cfg: Path, c: Collector) -> list[dict[str, Any]]:
     """SIGTERM; exit 0, buffer empty, every seq 1..last delivered; returns the readings."""
     assert gw.stop() == 0, gw.output()[-3000:]
-    closed(gw)
     stats = buffer_stats(cfg)
     assert stats["rows"] == 0, stats
     want = set(range(1, stats["next_seq"]))

@@ -20,13 +20,6 @@ FLOW = [{"name": f"sim-{i}", "driver": "sim", "interval": "20ms", "points": 50,
 """A steady flow of 5000 readings/s."""
 
 
-def closed(gw: GatewayProcess) -> None:
-    """Close the log file GatewayProcess leaves open (a ResourceWarning is an error here)."""
-    logf = getattr(gw, "_logf", None)
-    if logf is not None:
-        logf.close()
-
-
 @pytest.fixture
 def agents() -> Iterator[list[GatewayProcess]]:
     """Agents started by the test; none outlives it."""
@@ -34,7 +27,6 @@ def agents() -> Iterator[list[GatewayProcess]]:
     yield procs
     for gw in procs:
         gw.kill()
-        closed(gw)
 
 
 def buffer_stats(cfg: Path) -> dict[str, Any]:
@@ -65,7 +57,6 @@ def sigterm(gw: GatewayProcess) -> tuple[int, float]:
     """SIGTERM; the exit code and how long the agent took to exit."""
     started = time.monotonic()
     rc = gw.stop(timeout=30)
-    closed(gw)
     return rc, time.monotonic() - started
 
 

@@ -42,13 +42,6 @@ def _seqs(c: Collector) -> list[int]:
     return [r["seq"] for _t, m in c.messages for r in m["readings"]]
 
 
-def closed(gw: GatewayProcess) -> None:
-    """Close the log file GatewayProcess leaves open (a ResourceWarning is an error here)."""
-    logf = getattr(gw, "_logf", None)
-    if logf is not None:
-        logf.close()
-
-
 def scrape(listen: str) -> dict[str, float]:
     """The agent's /metrics as {'name{labels}': value}."""
     with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as resp:
@@ -125,7 +118,6 @@ def assert_complete(c: Collector, last: int, timeout: float = 30.0,
 def stop_and_check(gw: GatewayProcess, cfg: Path, c: Collector, *others: Collector) -> int:
     """SIGTERM, then: exit 0, buffer empty, every seq 1..last at the subscriber(s)."""
     assert gw.stop() == 0, gw.output()[-3000:]
-    closed(gw)
     stats = buffer_stats(cfg)
     assert stats["rows"] == 0, stats
     last = int(stats["next_seq"]) - 1
@@ -199,7 +191,6 @@ class Agents:
     def close(self) -> None:
         for gw in self.procs:
             gw.kill()
-            closed(gw)
 
 
 @pytest.fixture
@@ -280,7 +271,6 @@ def test_wrong_password_keeps_data_until_fixed(agents: Agents, tmp_path: Path,
         assert bad not in out, "the password leaked into the log"
         assert c.messages == []
         assert gw.stop() == 0
-        closed(gw)
         kept = buffer_stats(cfg)["rows"]
         assert kept > 2000
 
@@ -378,7 +368,6 @@ def test_will_published_after_kill9(agents: Agents, broker: Mosquitto) -> None:
         assert status(broker.port)["state"] == "online"
     finally:
         gw.kill()
-        closed(gw)
     deadline = time.monotonic() + 12
     state = None
     while time.monotonic() < deadline:
