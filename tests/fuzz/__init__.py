@@ -1,0 +1,1 @@
+"""Bounded-time fuzzing of the config loader, the protocol parsers and the payload framing."""
