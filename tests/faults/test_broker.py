@@ -108,3 +108,39 @@ def test_broker_that_never_acknowledges(tmp_path: Path,
         col.close()
         broker.close()
         silent.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "gateway/uplink.py Uplink._publish trusts aiomqtt's publish(), which completes on any "
+    "PUBACK (aiomqtt Client._on_publish ignores reason_code): an MQTT 5 PUBACK with a "
+    "failure code (0x87 not authorized here; also 0x97 quota exceeded, 0x95 packet too "
+    "large) counts as delivered, the chunk is deleted and the readings are lost"))
+def test_broker_refusing_publishes_keeps_readings(tmp_path: Path,
+                                                  report: Callable[[FaultRow], None]) -> None:
+    """An ACL denies the data topic for a while (a platform misconfiguration), then allows it."""
+    broker = persistent_broker()
+    acl = broker.dir / "acl"
+    acl.write_text("topic readwrite parkgate/+/+/status\ntopic read parkgate/#\n")
+    acl.chmod(0o644)
+    broker.conf.write_text(broker.conf.read_text() + f"acl_file {acl}\n")
+    broker.restart()
+    col = SeqCollector(broker.port, "acl")
+    cfg = config(tmp_path, broker.port, [sim("fast", "100ms", 5)])
+    agent = Agent(tmp_path, cfg).start()
+    try:
+        agent.wait_metrics()
+        time.sleep(3.0)
+        refused = agent.metrics().get("parkgate_uplink_published_readings_total", 0)
+        assert col.delivered == 0
+        acl.write_text("topic readwrite parkgate/#\n")
+        broker.restart()  # the platform fixes its ACL
+        took = col.wait_beyond(0, 20)
+        out = finish(agent, col, timeout=5)
+        report(FaultRow("broker refuses publishes (ACL)", 1, issued=out.issued,
+                        lost=len(out.lost), duplicates=col.duplicates, recover_s=took,
+                        notes=f"{refused:.0f} refused readings counted as published"))
+        assert not out.lost, f"{len(out.lost)} readings lost, first {out.lost[:10]}"
+    finally:
+        agent.proc.kill()
+        col.close()
+        broker.close()
