@@ -263,14 +263,8 @@ def run_bench(devices: list[dict[str, Any]], *, intervals: int, grace: float,
         gateway["duplicates"] = len(seqs) - len(unique)
     finally:
         gw.kill()
-        logf = getattr(gw, "_logf", None)
-        if logf is not None:
-            logf.close()
         collector.close()
-        pipe = broker.proc.stderr if broker.proc else None
         broker.close()
-        if pipe is not None:
-            pipe.close()
     gateway["log"] = str(gw.log)
     return list(results.values()), gateway
 

@@ -25,18 +25,11 @@ def start_gateway() -> Iterator[StartGateway]:
     yield start
     for gw in started:
         gw.kill()
-        # GatewayProcess keeps its log file open after the process ends.
-        logf = getattr(gw, "_logf", None)
-        if logf is not None:
-            logf.close()
 
 
 @pytest.fixture(scope="module")
 def ops_broker() -> Iterator[Mosquitto]:
-    """A private broker; unlike `shared_broker` it closes mosquitto's stderr pipe."""
+    """A private broker for the tests of one module."""
     b = Mosquitto().start()
-    pipe = b.proc.stderr if b.proc else None
     yield b
     b.close()
-    if pipe is not None:
-        pipe.close()

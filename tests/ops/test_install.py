@@ -188,9 +188,9 @@ def test_installed_gateway_runs_and_publishes(installed: Path, tmp_path: Path,
 
 
 def test_reinstall_keeps_config_and_buffer_then_refuses_bad_config_then_rolls_back(
-        bundle: Path, tmp_path: Path) -> None:
-    root = fake_root(tmp_path / "r")
-    install(root, "--from-bundle", bundle)
+        bundle: Path, installed: Path, tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    shutil.copytree(installed, root, symlinks=True)   # a first install, as it was left
     first = venv_target(root)
     conf = root / "etc/parkgate/parkgate.yaml"
     edited = re.sub(r"(?m)^(  id: )\S+", r"\1edited-gw", conf.read_text(), count=1)

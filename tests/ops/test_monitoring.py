@@ -242,9 +242,6 @@ def exposition(ops_broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory,
         yield text, modem is not None
     finally:
         gw.kill()
-        logf = getattr(gw, "_logf", None)
-        if logf is not None:
-            logf.close()
         if modem is not None:
             modem.terminate()
             modem.wait(10)

@@ -123,3 +123,13 @@ def test_unit_declares_the_operations_contract() -> None:
     assert "StartLimitIntervalSec" in keys
     assert set(keys["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
     assert {"char-ttyUSB rw", "char-ttyACM rw"} <= set(keys["DeviceAllow"])
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None,
+                    reason="shellcheck not installed (apt-get install shellcheck)")
+def test_shell_scripts_pass_shellcheck() -> None:
+    scripts = sorted((ROOT / "systemd").glob("*.sh"))
+    assert {p.name for p in scripts} >= {"install.sh", "build-bundle.sh"}
+    res = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert res.returncode == 0, res.stdout
