@@ -506,7 +506,7 @@ class Buffer:
             await asyncio.sleep(0)
         try:
             await self._call(self._store.commit, rows, acks)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:  # OSError: the seq side file (ENOSPC)
             # nothing was written: put it back in front of what arrived meanwhile
             self._pending[:0] = pending
             self._acks[:0] = acks
@@ -515,7 +515,8 @@ class Buffer:
             self.log.error("buffer commit failed; keeping readings in memory and retrying",
                            error=str(exc), pending=len(self._pending),
                            attempt=self._write_failures)
-            if "malformed" in str(exc) or "not a database" in str(exc):
+            if isinstance(exc, sqlite3.DatabaseError) and (
+                    "malformed" in str(exc) or "not a database" in str(exc)):
                 await self._call(self._recover, str(exc))
             return
         if self._write_failures:
@@ -523,8 +524,13 @@ class Buffer:
         self._write_failures = 0
         self.metrics.buffer_commits.inc()
         self.metrics.buffer_commit_duration.observe(time.perf_counter() - started)
-        dropped = await self._call(self._store.enforce_limits, self.cfg.max_bytes,
-                                   self.cfg.max_age)
+        try:
+            dropped = await self._call(self._store.enforce_limits, self.cfg.max_bytes,
+                                       self.cfg.max_age)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            dropped = {}
+            self.metrics.buffer_write_errors.inc()
+            self.log.error("buffer could not drop old readings; will retry", error=str(exc))
         for reason, n in dropped.items():
             self.metrics.buffer_dropped.labels(reason=reason).inc(n)
             self.log.warning("buffer over its limit: dropped the oldest readings",

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
 
 from gateway.driver import DeviceOptions, DriverInfo, discover_drivers
 from gateway.errors import ConfigError
@@ -179,7 +180,10 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}: {self.path}: {self.message}"
+        # one problem is one line, whatever a key or a parser message contains
+        path = self.path.replace("\r", "\\r").replace("\n", "\\n")
+        message = " ".join(self.message.split())
+        return f"{self.file}:{self.line}:{self.col}: {path}: {message}"
 
 
 class ConfigProblems(ConfigError):
@@ -357,6 +361,15 @@ def _load_yaml(path: Path, text: str) -> tuple[Any, dict[Loc, tuple[int, int]]]:
                      '${...}, as in "${NAME}")')
         raise ConfigProblems([Problem(str(path), line, col, "(yaml)",
                                       f"YAML syntax error: {what}")]) from None
+    except ReaderError as exc:  # a character YAML does not allow (NUL, other controls)
+        pos = max(0, min(int(exc.position), len(text)))
+        line = text.count("\n", 0, pos) + 1
+        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        char = exc.character
+        code = char if isinstance(char, int) else ord(str(char)[:1] or "\0")
+        raise ConfigProblems([Problem(str(path), line, col, "(yaml)",
+                                      f"character U+{code:04X} is not allowed in a YAML file "
+                                      "(a binary or corrupted file?)")]) from None
     except Exception as exc:  # noqa: BLE001 - ruamel raises a wide variety; report, don't crash
         raise ConfigProblems([Problem(str(path), 1, 1, "(yaml)",
                                       f"cannot parse YAML: {exc}")]) from None

@@ -41,6 +41,17 @@ def configure(level: str = "info", fmt: str = "auto", secrets: Iterable[str] = (
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()) if console
                      else structlog.processors.JSONRenderer())
+    # Libraries (aiomqtt, paho, pymodbus) log through the standard library: render their
+    # records with the same processors, so journald sees JSON lines only.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True)],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    Redactor(secrets), renderer]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(LEVELS[level], logging.WARNING))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import ssl
 import time
 from collections.abc import Callable
@@ -101,10 +102,45 @@ class UplinkState:
     history: list[str] = field(default_factory=list)
 
 
+class _NamedTLSContext(ssl.SSLContext):
+    """Checks the broker's certificate against `tls.server_name` instead of the URL's host.
+
+    paho passes the URL's host to `wrap_socket`; this is the one place to change it.
+    """
+
+    server_name: str | None = None
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        if self.server_name:
+            kwargs["server_hostname"] = self.server_name
+        return super().wrap_socket(*args, **kwargs)
+
+
+class _LastError(logging.Handler):
+    """Keeps the last warning or error paho logged (the real cause behind a timeout)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.message: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.message = record.getMessage()
+
+    def take(self) -> str | None:
+        """The last message since the previous call, and forget it."""
+        message, self.message = self.message, None
+        return message
+
+
 def tls_context(cfg: MqttSection) -> ssl.SSLContext:
     """The TLS context for `mqtts://` brokers: verification on unless `verify: false`."""
     tls = cfg.tls
-    ctx = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+    ctx = _NamedTLSContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.server_name = tls.server_name
+    if tls.ca:
+        ctx.load_verify_locations(cafile=str(tls.ca))
+    else:
+        ctx.load_default_certs()
     if tls.cert:
         ctx.load_cert_chain(str(tls.cert), str(tls.key) if tls.key else None)
     if not tls.verify:
@@ -133,6 +169,10 @@ class Uplink:
         self._topics: dict[str, str] = {}
         self._ssl: ssl.SSLContext | None = None
         self._draining = False
+        # paho reports socket-level causes (a TLS alert, a reset) only through its logger
+        self._last_error = _LastError()
+        self._mqtt_log = logging.getLogger(f"parkgate.mqtt.{self.client_id}")
+        self._mqtt_log.addHandler(self._last_error)
         self.on_state: Callable[[UplinkState], None] | None = None
 
     def topic_for(self, device: str) -> str:
@@ -161,6 +201,7 @@ class Uplink:
             tls = self._ssl
         return aiomqtt.Client(
             broker.host, broker.port,
+            logger=self._mqtt_log,
             username=self.cfg.username,
             password=self.cfg.password.get_secret_value() if self.cfg.password else None,
             identifier=self.client_id,
@@ -183,6 +224,7 @@ class Uplink:
         while True:
             broker = self.brokers[index % len(self.brokers)]
             delay: float | None = None
+            self._last_error.take()  # only causes of this attempt count
             try:
                 await self._session(broker)
             except asyncio.CancelledError:
@@ -201,10 +243,17 @@ class Uplink:
                                      error=str(exc))
                 self._failed(broker, reason, str(exc))
             except (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError) as exc:
-                reason = "tls" if isinstance(exc, ssl.SSLError) else "error"
+                error = str(exc) or type(exc).__name__
+                cause = self._last_error.take()
+                if cause and cause not in error:
+                    error = f"{error} ({cause})"
+                # aiomqtt re-raises ssl.SSLError as a plain MqttError: classify by its text
+                reason = "tls" if broker.tls and ("SSL" in error or "certificate" in error
+                                                  or isinstance(exc, ssl.SSLError)) else "error"
+                hint = {"tls": "check uplink.mqtt.tls (ca, cert, key, server_name)"}.get(reason)
                 self.log.warning("uplink connection failed or lost", broker=broker.url,
-                                 error=str(exc) or type(exc).__name__)
-                self._failed(broker, reason, str(exc) or type(exc).__name__)
+                                 error=error, reason=reason, hint=hint)
+                self._failed(broker, reason, error)
             if self.state.connected_since is not None:
                 # the session had worked: a fresh round, no long wait
                 backoff.reset()

@@ -269,9 +269,6 @@ def test_tls_with_another_ca_is_refused(tls: TlsBroker, agent: Callable[..., Age
     assert "certificate verify failed" in out, out[-3000:]
 
 
-@pytest.mark.xfail(reason="core bug: aiomqtt re-raises ssl.SSLError from connect() as "
-                          "MqttError(str) `from None`, so uplink.run() counts it as "
-                          "reason=error", strict=True)
 def test_tls_failure_is_counted_as_tls(tls: TlsBroker, agent: Callable[..., Agent]) -> None:
     a = agent(tls.tls_port, ca=str(tls.pki / "other-ca.pem"))
     a.refused()
@@ -306,11 +303,6 @@ def test_tls_client_certificate_missing_is_refused(tls: TlsBroker,
     a.refused(attempts=1)
 
 
-@pytest.mark.xfail(reason="core bug: with TLS 1.3 the broker rejects the missing client cert "
-                          "after the handshake; aiomqtt ignores a disconnect before CONNACK, so "
-                          "the uplink logs only 'Operation timed out' after connect_timeout, "
-                          "and the SSL alert goes to stderr as a bare non-JSON line from the "
-                          "unconfigured stdlib logger", strict=True)
 def test_tls_client_certificate_missing_is_reported_clearly(
         tls: TlsBroker, agent: Callable[..., Agent]) -> None:
     """What a field engineer reads: JSON log lines only, naming the certificate problem."""
@@ -321,9 +313,6 @@ def test_tls_client_certificate_missing_is_reported_clearly(
                if d.get("component") == "uplink"), out[-3000:]
 
 
-@pytest.mark.xfail(reason="core bug: uplink.tls_context()/_make_client() ignore "
-                          "tls.server_name; the host name checked is always the URL's host",
-                   strict=True)
 def test_tls_server_name_overrides_the_checked_name(tls: TlsBroker,
                                                     agent: Callable[..., Agent]) -> None:
     """`server_name: broker.example` for a broker reached by IP address."""

@@ -81,10 +81,6 @@ def test_disk_full_then_freed(tmp_path: Path, report: Callable[[FaultRow], None]
             broker.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/buffer.py _Store.commit calls _reserve() (writes buffer.db.seq.tmp) before the "
-    "transaction; on ENOSPC it raises OSError, which Buffer._flush does not catch (only "
-    "sqlite3.DatabaseError), so the commit task dies and takes the agent down"))
 def test_seq_reservation_due_while_disk_full(tmp_path: Path,
                                              report: Callable[[FaultRow], None]) -> None:
     """The fsynced seq reservation (buffer.db.seq) runs out while the disk is full."""

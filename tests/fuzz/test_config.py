@@ -10,12 +10,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import ConfigProblems, LoadedConfig, Problem, parse_config
+from gateway.config import ConfigProblems, LoadedConfig, parse_config
 from gateway.driver import discover_drivers
 
 PATH = Path("cfg.yaml")
@@ -54,17 +53,8 @@ VALID: dict[str, Any] = {
 }
 
 
-def _known_multiline(p: Problem) -> bool:
-    """The two ways a problem spans lines today (see the xfail tests below)."""
-    return p.path == "(yaml)" or "\n" in p.path
-
-
-def check(text: str, *, strict: bool = False) -> LoadedConfig | ConfigProblems:
-    """parse_config must succeed or raise ConfigProblems whose lines have the contract form.
-
-    Not `strict`: problems of the two known multi-line kinds are checked with their line
-    breaks folded, so the fuzzing keeps guarding everything else meanwhile.
-    """
+def check(text: str) -> LoadedConfig | ConfigProblems:
+    """parse_config must succeed or raise ConfigProblems: one contract-form line per problem."""
     try:
         return parse_config(text, PATH, DRIVERS)
     except ConfigProblems as caught:
@@ -73,13 +63,10 @@ def check(text: str, *, strict: bool = False) -> LoadedConfig | ConfigProblems:
     n_lines = text.count("\n") + 2
     for p in exc.problems:
         line = str(p)
-        if not strict and _known_multiline(p):
-            line = " ".join(line.split("\n"))
         m = LINE.match(line)
         assert m, f"not FILE:LINE:COL: path: message: {line!r}"
         assert 1 <= int(m.group(1)) <= n_lines and int(m.group(2)) >= 1, line
-    if strict or not any(_known_multiline(p) for p in exc.problems):
-        assert str(exc).count("\n") == len(exc.problems) - 1  # one line per problem
+    assert str(exc).count("\n") == len(exc.problems) - 1  # one line per problem
     return exc
 
 
@@ -93,20 +80,12 @@ def test_the_valid_config_is_valid() -> None:
     assert [d.name for d in loaded.config.devices] == ["sim-1", "meter"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/config.py _load_yaml: ruamel's ReaderError (a control character such as \\x00 "
-    "in the file) is not a MarkedYAMLError; the fallback reports 1:1 and str(exc), which "
-    "has a line break ('\\n  in \"<unicode string>\", position N'), so one problem prints "
-    "as two lines"))
 def test_control_character_gives_one_line_with_its_position() -> None:
-    check("gateway:\n  id: gw\x00\n", strict=True)
+    check("gateway:\n  id: gw\x00\n")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/config.py _Reporter.add/_friendly: a key containing a line break (\"a\\nb\": 1) "
-    "is put into the dotted path and the message as is, so the problem spans two lines"))
 def test_key_with_line_break_gives_one_line() -> None:
-    check(dump({**VALID, "gateway": {"id": "g", "site": "s", "a\nb": 1}}), strict=True)
+    check(dump({**VALID, "gateway": {"id": "g", "site": "s", "a\nb": 1}}))
 
 
 @FUZZ
