@@ -15,6 +15,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.support import ROOT, Collector, GatewayProcess, Mosquitto, base_config, write_config
 
@@ -70,7 +71,7 @@ def buffer_stats(cfg: Path) -> dict[str, Any]:
 
 def wait_subscribed(c: Collector, port: int) -> None:
     """Publish probes until the collector's subscription demonstrably works."""
-    pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"probe-{id(c)}")
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{id(c)}")
     pub.connect("127.0.0.1", port)
     pub.loop_start()
     try:

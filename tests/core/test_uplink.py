@@ -20,6 +20,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.support import (
     ROOT,
@@ -78,7 +79,7 @@ def buffer_stats(cfg: Path) -> dict[str, Any]:
 
 def wait_subscribed(c: Collector, port: int, auth: tuple[str, str] | None = None) -> None:
     """Publish probes until the collector's subscription demonstrably works."""
-    pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"probe-{id(c)}")
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{id(c)}")
     if auth:
         pub.username_pw_set(*auth)
     pub.connect("127.0.0.1", port)
@@ -142,14 +143,14 @@ class DurableCollector(Collector):
     def __init__(self, port: int, topic: str = "parkgate/#") -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
         self.retained: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # as Collector: predicates call readings()
         self._cond = threading.Condition(self._lock)
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
+        self.client = paho.Client(CallbackAPIVersion.VERSION2,
                                   client_id=f"durable-{os.getpid()}-{id(self)}",
                                   clean_session=False)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
-        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.reconnect_delay_set(1, 1)  # no hurry: the session keeps messages
         self.client.connect_async("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
 
@@ -257,9 +258,9 @@ def test_wrong_password_keeps_data_until_fixed(agents: Agents, tmp_path: Path,
     c = Collector(broker.port, auth=(user, good))
     try:
         wait_subscribed(c, broker.port, auth=(user, good))
-        section = {"agent": {"shutdown_grace": "1s"}}
+        grace = {"shutdown_grace": "1s"}
         gw, cfg, listen = agents.run(broker.port, uplink=mqtt(
-            broker.port, username=user, password=bad, protocol=protocol), **section)
+            broker.port, username=user, password=bad, protocol=protocol), agent=grace)
         auth = 'parkgate_uplink_connect_errors_total{reason="auth"}'
         wait_metric(listen, auth, lambda v: v >= 1)
         first = wait_metric(listen, "parkgate_buffer_readings", lambda v: v > 0)
@@ -275,7 +276,7 @@ def test_wrong_password_keeps_data_until_fixed(agents: Agents, tmp_path: Path,
         assert kept > 2000
 
         write_config(cfg, base_config(tmp_path, broker.port, FLOW, uplink=mqtt(
-            broker.port, username=user, password=good, protocol=protocol), **section))
+            broker.port, username=user, password=good, protocol=protocol), agent=grace))
         gw = agents.start(cfg)
         assert c.wait_for(lambda c: len(set(_seqs(c))) >= kept, 30), gw.output()[-3000:]
         last = stop_and_check(gw, cfg, c)
