@@ -1,0 +1,405 @@
+"""parkgate vs ThingsBoard IoT Gateway: same Modbus emulator, same local Mosquitto.
+
+    bash bench/thingsboard/setup.sh          # once: ThingsBoard gateway into bench/.tb-venv
+    .venv/bin/python bench/vs_thingsboard.py  # 10 x 20 then 50 x 50 registers at 1 s
+
+Each gateway runs alone (one after the other) against one pymodbus emulator process that
+serves N devices (one Modbus TCP port each, unit 1) of M holding registers (uint16), polled
+every second, and publishes to one Mosquitto. Measured per gateway: delivered readings/s
+(a subscriber counts values), CPU seconds per 1,000 readings and steady/peak RSS (from
+/proc), time from process start to the first data message, and what arrives for the
+readings taken during a 30 s broker outage. ThingsBoard's gateway waits for a
+`getSessionLimits` RPC reply after connecting, which only a ThingsBoard server sends: the
+subscriber here answers it with empty limits (no rate limiting).
+
+ThingsBoard gateway runs with its shipped defaults (memory storage, ON_RECEIVED reporting)
+plus the Modbus connector generated here; parkgate with its defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "hardware-in-loop")]
+
+import paho.mqtt.client as paho  # noqa: E402
+
+from tests.faults.harness import Broker  # noqa: E402
+from tests.support import free_port, write_config  # noqa: E402
+
+TB_VENV = ROOT / "bench" / ".tb-venv"
+TB_PACKAGE = "thingsboard_gateway"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+RPC_REQUEST = "v1/devices/me/rpc/request/"
+RPC_RESPONSE = "v1/devices/me/rpc/response/"
+
+
+# --- the emulator (a process of its own, so neither gateway pays for it) ----------------------
+
+def serve(devices: int, registers: int, port0: int) -> None:
+    """`--serve`: N Modbus TCP servers on port0.. of M changing uint16 holding registers."""
+    from emulators.modbus_meter import MeterEmulator, points_of  # noqa: PLC0415
+
+    pts = points_of([{"name": f"r{i}", "table": "holding", "address": i, "type": "uint16"}
+                     for i in range(registers)])
+
+    async def run() -> None:
+        emu = MeterEmulator(pts, [1], refresh=0.5)
+        emu.requests = _Discard()  # an hour of request logs is not needed here
+        for i in range(devices):
+            await emu.start_tcp("127.0.0.1", port0 + i)
+        print("serving", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await emu.stop()
+
+    asyncio.run(run())
+
+
+class _Discard(list):  # type: ignore[type-arg]
+    def append(self, _item: Any) -> None:
+        pass
+
+
+# --- the subscriber -------------------------------------------------------------------------
+
+class Subscriber:
+    """Counts values of both payload formats and answers ThingsBoard's getSessionLimits."""
+
+    def __init__(self, port: int) -> None:
+        self.lock = threading.Lock()
+        self.values = 0
+        self.first_at: float | None = None
+        self.ts_counts: dict[int, int] = {}
+        """Values per second of measurement time (ts // 1000)."""
+        self.rpc_answered = 0
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-sub",
+                                  clean_session=False)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.05, 0.3)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_connect(self, c: paho.Client, *_a: Any) -> None:
+        c.subscribe([("parkgate/+/+/+", 1), ("v1/gateway/telemetry", 1),
+                     (RPC_REQUEST + "+", 1)])
+
+    def _on_message(self, c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        topic = msg.topic
+        if topic.startswith(RPC_REQUEST):
+            req = json.loads(msg.payload)
+            if req.get("method") == "getSessionLimits":
+                c.publish(RPC_RESPONSE + topic[len(RPC_REQUEST):],
+                          json.dumps({"rateLimits": {}, "gatewayRateLimits": {}}), qos=1)
+                self.rpc_answered += 1
+            return
+        if topic.endswith("/status"):
+            return
+        doc = json.loads(msg.payload)
+        if topic == "v1/gateway/telemetry":  # {"device": [{"ts": ..., "values": {...}}]}
+            counts = [(int(e.get("ts", time.time() * 1000)), len(e["values"]))
+                      for entries in doc.values()
+                      for e in (entries if isinstance(entries, list) else [entries])]
+        else:
+            counts = [(r["ts"], 1) for r in doc["readings"]]
+        with self.lock:
+            if self.first_at is None:
+                self.first_at = time.monotonic()
+            for ts, n in counts:
+                self.values += n
+                self.ts_counts[ts // 1000] = self.ts_counts.get(ts // 1000, 0) + n
+
+    def taken_between(self, start_s: float, end_s: float) -> int:
+        """Values measured in [start, end) (epoch seconds) that arrived."""
+        with self.lock:
+            return sum(n for s, n in self.ts_counts.items() if start_s <= s < end_s)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.values = 0
+            self.first_at = None
+            self.ts_counts.clear()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+# --- the two gateways -------------------------------------------------------------------------
+
+def parkgate_cmd(tmp: Path, broker: int, devices: int, registers: int, port0: int
+                 ) -> tuple[list[str], dict[str, str], Path]:
+    regs = [{"name": f"r{i}", "table": "holding", "address": i, "type": "uint16"}
+            for i in range(registers)]
+    cfg = {"gateway": {"id": "bench-gw", "site": "bench"},
+           "buffer": {"path": str(tmp / "buffer.db")},
+           "uplink": {"mqtt": {"brokers": [f"mqtt://127.0.0.1:{broker}"]}},
+           "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+           "logging": {"level": "warning", "format": "json"},
+           "devices": [{"name": f"dev{i}", "driver": "modbus", "unit": 1, "interval": "1s",
+                        "transport": {"type": "tcp", "host": "127.0.0.1", "port": port0 + i},
+                        "registers": regs} for i in range(devices)]}
+    path = write_config(tmp / "parkgate.yaml", cfg)
+    return [sys.executable, "-m", "gateway", "run", "-c", str(path)], {}, ROOT
+
+
+def thingsboard_cmd(tmp: Path, broker: int, devices: int, registers: int, port0: int
+                    ) -> tuple[list[str], dict[str, str], Path]:
+    shipped = TB_VENV / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
+        / "site-packages" / TB_PACKAGE / "config"
+    conf = tmp / "tb-config"
+    shutil.copytree(shipped, conf)  # logs.json, list.json, statistics/ ... as shipped
+    tb = json.loads((shipped / "tb_gateway.json").read_text())
+    tb["thingsboard"].update({"host": "127.0.0.1", "port": broker, "remoteConfiguration": False,
+                              "remoteShell": False,
+                              "statistics": {"enable": False, "statsSendPeriodInSeconds": 3600}})
+    tb["thingsboard"]["security"] = {"type": "accessToken", "accessToken": "bench"}
+    tb["connectors"] = [{"type": "modbus", "name": "Modbus", "configuration": "modbus.json"}
+                        ] if devices else []
+    (conf / "tb_gateway.json").write_text(json.dumps(tb, indent=2))
+    logs = json.loads((shipped / "logs.json").read_text())
+    for logger in logs.get("loggers", {}).values():
+        logger["level"] = "WARNING"
+    (conf / "logs.json").write_text(json.dumps(logs, indent=2))
+    slaves = [{"host": "127.0.0.1", "port": port0 + i, "type": "tcp", "method": "socket",
+               "unitId": 1, "deviceName": f"dev{i}", "deviceType": "meter", "timeout": 1,
+               "byteOrder": "BIG", "wordOrder": "BIG", "retries": 1, "retryOnEmpty": True,
+               "retryOnInvalid": True, "pollPeriod": 1000, "connectAttemptTimeMs": 5000,
+               "connectAttemptCount": 5, "waitAfterFailedAttemptsMs": 30000,
+               "attributes": [], "attributeUpdates": [], "rpc": [],
+               "timeseries": [{"tag": f"r{r}", "type": "16uint", "functionCode": 3,
+                               "objectsCount": 1, "address": r} for r in range(registers)]}
+              for i in range(devices)]
+    (conf / "modbus.json").write_text(json.dumps({"master": {"slaves": slaves}}, indent=2))
+    (tmp / "logs").mkdir(exist_ok=True)
+    env = {"TB_GW_CONFIG_DIR": str(conf)}
+    return [str(TB_VENV / "bin" / "thingsboard-gateway")], env, tmp
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+def proc_figures(pid: int) -> tuple[float, float, float]:
+    """(RSS MiB, peak RSS MiB, CPU seconds) of a process and its children still running."""
+    rss = hwm = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+        elif line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) / 1024
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    f = stat[stat.rindex(")") + 2:].split()
+    return rss, hwm, (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / CLK_TCK
+
+
+@dataclass
+class Row:
+    gateway: str
+    size: str
+    readings_per_s: float = 0.0
+    cpu_s_per_1000: float = 0.0
+    cpu_pct: float = 0.0
+    rss_steady_mib: float = 0.0
+    rss_peak_mib: float = 0.0
+    first_publish_s: float | None = None
+    outage_expected: int = 0
+    outage_delivered: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def outage_pct(self) -> float:
+        return 100 * self.outage_delivered / self.outage_expected if self.outage_expected else 0
+
+
+def run_one(name: str, cmd_fn: Any, broker: Broker, sub: Subscriber, devices: int,
+            registers: int, port0: int, *, warmup: float, steady: float, outage: float,
+            drain: float) -> Row:
+    tmp = Path(tempfile.mkdtemp(prefix=f"pg-bench-{name}-"))
+    cmd, env, cwd = cmd_fn(tmp, broker.port, devices, registers, port0)
+    sub.reset()
+    log = (tmp / "out.log").open("wb")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=log,
+                            stderr=subprocess.STDOUT)
+    row = Row(name, f"{devices}x{registers}")
+    try:
+        while sub.first_at is None and time.monotonic() - t0 < 60 and proc.poll() is None:
+            time.sleep(0.05)
+        if sub.first_at is None:
+            tail = (tmp / "out.log").read_text(errors="replace")[-2000:]
+            row.notes.append(f"no data within 60 s: {tail}")
+            return row
+        row.first_publish_s = sub.first_at - t0
+        time.sleep(warmup)
+        v0, (_r, _h, c0), w0 = sub.values, proc_figures(proc.pid), time.monotonic()
+        rss: list[float] = []
+        while time.monotonic() - w0 < steady:
+            time.sleep(1.0)
+            rss.append(proc_figures(proc.pid)[0])
+        v1, (_r, _h, c1), w1 = sub.values, proc_figures(proc.pid), time.monotonic()
+        row.readings_per_s = (v1 - v0) / (w1 - w0)
+        row.cpu_s_per_1000 = 1000 * (c1 - c0) / max(v1 - v0, 1)
+        row.cpu_pct = 100 * (c1 - c0) / (w1 - w0)
+        row.rss_steady_mib = sum(rss) / len(rss)
+        if outage > 0:
+            # the broker goes away for `outage` s: which readings taken meanwhile arrive?
+            before = time.time()
+            baseline = sub.taken_between(int(before) - 10, int(before)) / 10
+            broker.stop()
+            out_start = time.time()
+            time.sleep(outage)
+            out_end = time.time()
+            broker.start()
+            time.sleep(drain)
+            row.outage_expected = round(baseline * (int(out_end) - int(out_start) - 1))
+            row.outage_delivered = sub.taken_between(int(out_start) + 1, int(out_end))
+        row.rss_peak_mib = proc_figures(proc.pid)[1]
+        if proc.poll() is not None:
+            row.notes.append(f"exited with {proc.returncode}")
+        return row
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+        if name == "thingsboard" and (tmp / "logs").exists():
+            errors = [line for f in (tmp / "logs").glob("*.log")
+                      for line in f.read_text(errors="replace").splitlines() if "|ERROR|" in line]
+            if errors:
+                row.notes.append(f"{len(errors)} ERROR log lines, first: {errors[0][-160:]}")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def idle(name: str, cmd_fn: Any, broker: Broker, seconds: float) -> float:
+    """CPU % of a gateway with no devices, after 10 s of start-up."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"pg-idle-{name}-"))
+    cmd, env, cwd = cmd_fn(tmp, broker.port, 0, 0, 0)
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(10)
+        c0, t0 = proc_figures(proc.pid)[2], time.monotonic()
+        time.sleep(seconds)
+        return 100 * (proc_figures(proc.pid)[2] - c0) / (time.monotonic() - t0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def table(rows: list[Row]) -> list[str]:
+    head = ["gateway", "size", "readings/s", "CPU s/1k", "CPU %", "RSS MiB", "peak MiB",
+            "1st pub s", "outage delivered"]
+    lines = [head] + [
+        [r.gateway, r.size, f"{r.readings_per_s:.0f}", f"{r.cpu_s_per_1000:.3f}",
+         f"{r.cpu_pct:.1f}", f"{r.rss_steady_mib:.0f}", f"{r.rss_peak_mib:.0f}",
+         "-" if r.first_publish_s is None else f"{r.first_publish_s:.1f}",
+         f"{r.outage_delivered}/{r.outage_expected} ({r.outage_pct:.0f}%)"] for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--serve", nargs=3, type=int, metavar=("DEVICES", "REGISTERS", "PORT0"),
+                   help=argparse.SUPPRESS)
+    p.add_argument("--sizes", default="10x20,50x50")
+    p.add_argument("--warmup", type=float, default=10.0)
+    p.add_argument("--steady", type=float, default=30.0)
+    p.add_argument("--outage", type=float, default=30.0)
+    p.add_argument("--drain", type=float, default=20.0)
+    p.add_argument("--idle", type=float, default=30.0, help="idle baseline seconds (0: skip)")
+    p.add_argument("--only", choices=["parkgate", "thingsboard"])
+    args = p.parse_args(argv)
+    if args.serve:
+        serve(*args.serve)
+        return 0
+    if not (TB_VENV / "bin" / "thingsboard-gateway").exists() and args.only != "parkgate":
+        print("ThingsBoard gateway not installed: bash bench/thingsboard/setup.sh",
+              file=sys.stderr)
+        return 2
+    broker = Broker()
+    broker.start()
+    sub = Subscriber(broker.port)
+    gateways = [("parkgate", parkgate_cmd), ("thingsboard", thingsboard_cmd)]
+    if args.only:
+        gateways = [g for g in gateways if g[0] == args.only]
+    rows: list[Row] = []
+    try:
+        for size in args.sizes.split(","):
+            devices, registers = (int(x) for x in size.split("x"))
+            port0 = free_port()
+            while any(_busy(port0 + i) for i in range(devices)):
+                port0 = free_port()
+            emu = subprocess.Popen([sys.executable, __file__, "--serve", str(devices),
+                                    str(registers), str(port0)], stdout=subprocess.PIPE,
+                                   text=True, cwd=ROOT)
+            assert emu.stdout is not None
+            assert emu.stdout.readline().startswith("serving")
+            try:
+                for name, fn in gateways:
+                    row = run_one(name, fn, broker, sub, devices, registers, port0,
+                                  warmup=args.warmup, steady=args.steady, outage=args.outage,
+                                  drain=args.drain)
+                    rows.append(row)
+                    print("\n".join(table([row])[1:]), *row.notes, flush=True)
+            finally:
+                emu.terminate()
+                emu.wait(10)
+        idles = {name: idle(name, fn, broker, args.idle) for name, fn in gateways} \
+            if args.idle else {}
+    finally:
+        sub.close()
+        broker.close()
+    print()
+    print("\n".join(table(rows)))
+    for name, pct in idles.items():
+        print(f"idle (no devices) {name}: {pct:.2f}% of a core")
+    for size in args.sizes.split(","):
+        pg = next((r for r in rows if r.gateway == "parkgate" and r.size == size), None)
+        tb = next((r for r in rows if r.gateway == "thingsboard" and r.size == size), None)
+        if pg and tb and pg.cpu_s_per_1000 and pg.rss_steady_mib:
+            print(f"{size}: ThingsBoard/parkgate CPU per reading "
+                  f"{tb.cpu_s_per_1000 / pg.cpu_s_per_1000:.1f}x, steady RSS "
+                  f"{tb.rss_steady_mib / pg.rss_steady_mib:.1f}x, peak RSS "
+                  f"{tb.rss_peak_mib / pg.rss_peak_mib:.1f}x, outage delivered "
+                  f"{pg.outage_pct:.0f}% vs {tb.outage_pct:.0f}%")
+    return 0
+
+
+def _busy(port: int) -> bool:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
