@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,17 +129,23 @@ def stop_and_check(gw: GatewayProcess, cfg: Path, c: Collector, *others: Collect
     return last
 
 
-def persistent_broker() -> Mosquitto:
+class PersistentMosquitto(Mosquitto):
     """A broker that keeps sessions and queued messages across its own restart."""
-    store = Path(tempfile.mkdtemp(prefix="pg-mosq-store-"))
-    store.chmod(0o777)  # mosquitto running as root drops to its own user
-    return Mosquitto(extra=f"persistence true\npersistence_location {store}/\n"
-                           "autosave_interval 0")
+
+    def __init__(self) -> None:
+        self.store = Path(tempfile.mkdtemp(prefix="pg-mosq-store-"))
+        self.store.chmod(0o777)  # mosquitto running as root drops to its own user
+        super().__init__(extra=f"persistence true\npersistence_location {self.store}/\n"
+                               "autosave_interval 0")
+
+    def close(self) -> None:
+        super().close()
+        shutil.rmtree(self.store, ignore_errors=True)
 
 
 class DurableCollector(Collector):
     """A Collector with a persistent session: nothing published while it reconnects after a
-    broker restart is lost to it (the broker queues it, with `persistent_broker`)."""
+    broker restart is lost to it (the broker queues it, with `PersistentMosquitto`)."""
 
     def __init__(self, port: int, topic: str = "parkgate/#") -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
@@ -157,7 +164,7 @@ class DurableCollector(Collector):
 
 @pytest.fixture
 def pbroker() -> Iterator[Mosquitto]:
-    b = persistent_broker().start()
+    b = PersistentMosquitto().start()
     yield b
     b.close()
 
@@ -302,7 +309,7 @@ def test_failover_skips_a_dead_broker(agents: Agents, broker: Mosquitto,
 
 def test_failover_to_second_broker_no_gap(agents: Agents) -> None:
     """Two live brokers; the first one stops mid-flow: readings go on at the second."""
-    first, second = persistent_broker().start(), Mosquitto().start()
+    first, second = PersistentMosquitto().start(), Mosquitto().start()
     c1, c2 = DurableCollector(first.port), Collector(second.port)
     try:
         wait_subscribed(c1, first.port)
