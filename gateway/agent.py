@@ -102,7 +102,9 @@ class Agent:
                 loop.add_signal_handler(sig, handler)
         self.log.info("parkgate starting", version=__version__, gateway=self.config.gateway.id,
                       config=str(self.loaded.path), devices=len(self.config.devices))
-        self.notifier.status("opening buffer")
+        self.notifier.status("opening buffer (integrity check)")
+        # a large buffer's integrity check can outlast TimeoutStartSec on an SD card
+        self.notifier.extend_timeout(120)
         await self.buffer.open()
         if self.config.metrics.listen:
             self.http = HttpServer(self.config.metrics.listen, self.metrics, self.heartbeat,

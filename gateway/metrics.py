@@ -82,6 +82,9 @@ class Metrics:
         self.uplink_connect_errors = Counter(f"{PREFIX}uplink_connect_errors",
                                              "Failed connection attempts", ["reason"],
                                              registry=r)
+        self.uplink_publish_refused = Counter(
+            f"{PREFIX}uplink_publish_refused", "Publishes the broker refused in its PUBACK "
+            "(MQTT 5 reason code); their readings stay buffered", ["reason"], registry=r)
         self.uplink_latency = Histogram(f"{PREFIX}uplink_publish_latency_seconds",
                                         "Publish to PUBACK", buckets=LATENCY_BUCKETS, registry=r)
         self.uplink_inflight = Gauge(f"{PREFIX}uplink_inflight_messages",
@@ -95,7 +98,7 @@ class Metrics:
         # before the first drop or failure.
         for reason in ("max_bytes", "max_age", "write_failed"):
             self.buffer_dropped.labels(reason=reason)
-        for reason in ("auth", "refused", "tls", "error"):
+        for reason in ("auth", "refused", "tls", "error", "publish_refused"):
             self.uplink_connect_errors.labels(reason=reason)
         self.loop_lag = Gauge(f"{PREFIX}event_loop_lag_seconds",
                               "How late the event loop ran a 1 s heartbeat", registry=r)

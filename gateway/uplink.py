@@ -132,6 +132,59 @@ class _LastError(logging.Handler):
         return message
 
 
+class PublishRefused(Exception):
+    """The broker answered a PUBACK with a failure reason code (MQTT 5)."""
+
+
+class _PubackCodes:
+    """MQTT 5 PUBACK reason codes per publish, which aiomqtt 2.x drops.
+
+    aiomqtt's `publish()` calls paho's `publish()` synchronously in the caller's task, then
+    waits for `on_publish` and ignores its reason code, so a refused message (0x87 not
+    authorized, 0x97 quota exceeded, 0x95 too large) would count as delivered and its
+    readings would be deleted. These wrappers remember the mid each task published and the
+    codes the broker refused, so the uplink keeps a refused batch.
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        # aiomqtt <3 exposes no PUBACK reason code: wrap its paho client (pinned <3)
+        inner: Any = client._client
+        self._mids: dict[asyncio.Task[Any], int] = {}
+        self._refused: dict[int, str] = {}
+        publish = inner.publish
+        on_publish = inner.on_publish
+
+        def publish_hook(*args: Any, **kwargs: Any) -> Any:
+            info = publish(*args, **kwargs)
+            task = asyncio.current_task()
+            if task is not None:
+                self._mids[task] = info.mid
+            return info
+
+        def on_publish_hook(c: Any, userdata: Any, mid: int, reason_code: Any,
+                            properties: Any) -> None:
+            if getattr(reason_code, "is_failure", False):
+                self._refused[mid] = str(reason_code)
+            on_publish(c, userdata, mid, reason_code, properties)
+
+        inner.publish = publish_hook
+        inner.on_publish = on_publish_hook
+
+    def refused(self) -> str | None:
+        """After `await client.publish(...)` in this task: the broker's refusal, if any."""
+        task = asyncio.current_task()
+        mid = self._mids.pop(task, None) if task is not None else None
+        return None if mid is None else self._refused.pop(mid, None)
+
+    def forget(self) -> None:
+        """Drop what this task recorded (its publish failed or was cancelled)."""
+        task = asyncio.current_task()
+        if task is not None:
+            mid = self._mids.pop(task, None)
+            if mid is not None:
+                self._refused.pop(mid, None)
+
+
 def tls_context(cfg: MqttSection) -> ssl.SSLContext:
     """The TLS context for `mqtts://` brokers: verification on unless `verify: false`."""
     tls = cfg.tls
@@ -254,7 +307,14 @@ class Uplink:
                 self.log.warning("uplink connection failed or lost", broker=broker.url,
                                  error=error, reason=reason, hint=hint)
                 self._failed(broker, reason, error)
-            if self.state.connected_since is not None:
+            except PublishRefused as exc:
+                self.metrics.uplink_publish_refused.labels(reason=str(exc)).inc()
+                self.log.error("broker refused a publish: readings stay in the buffer; check "
+                               "the broker's ACL or quotas for this gateway's topics",
+                               broker=broker.url, reason=str(exc))
+                self._failed(broker, "publish_refused", str(exc))
+                delay = backoff.next_delay()  # the session "worked" but must not spin
+            if self.state.connected_since is not None and delay is None:
                 # the session had worked: a fresh round, no long wait
                 backoff.reset()
                 failures_this_round = 0
@@ -288,6 +348,7 @@ class Uplink:
 
     async def _session(self, broker: Broker) -> None:
         client = self._client(broker)
+        codes = _PubackCodes(client)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(client)  # CONNACK refusals: MqttCodeError
             self.log.info("uplink connected", broker=broker.url,
@@ -295,8 +356,10 @@ class Uplink:
             self._set_connected(broker)
             await client.publish(self.status_topic, self._status("online", broker), qos=1,
                                  retain=True, timeout=self.cfg.publish_timeout)
+            if (refusal := codes.refused()) is not None:
+                self.log.warning("broker refused the status message", reason=refusal)
             try:
-                await self._pump(client)
+                await self._pump(client, codes)
             finally:
                 if self._draining:
                     with contextlib.suppress(Exception):
@@ -312,7 +375,7 @@ class Uplink:
         return json.dumps(doc).encode()
 
     # -- publishing --------------------------------------------------------------------------
-    async def _pump(self, client: aiomqtt.Client) -> None:
+    async def _pump(self, client: aiomqtt.Client, codes: _PubackCodes) -> None:
         """Keep up to `window` publishes in flight, backlog and live as the policy says."""
         buffer = self.buffer
         boundary = buffer.next_seq
@@ -348,7 +411,7 @@ class Uplink:
                     if msg is None:
                         break
                     msg.stream.inflight += 1
-                    task = asyncio.create_task(self._publish(client, msg),
+                    task = asyncio.create_task(self._publish(client, codes, msg),
                                                name=f"uplink.publish[{msg.firsts[0]}]")
                     inflight.add(task)
                     task.add_done_callback(done)
@@ -428,15 +491,23 @@ class Uplink:
                         firsts=[c.first for c in chunks],
                         readings=sum(c.count for c in chunks), stream=stream)
 
-    async def _publish(self, client: aiomqtt.Client, msg: _Message) -> None:
+    async def _publish(self, client: aiomqtt.Client, codes: _PubackCodes, msg: _Message
+                       ) -> None:
         started = time.perf_counter()
         try:
             await client.publish(msg.topic, msg.payload, qos=1,
                                  timeout=self.cfg.publish_timeout)
         except aiomqtt.MqttError as exc:
+            codes.forget()
             raise aiomqtt.MqttError(f"publish not acknowledged: {exc}") from exc
+        except BaseException:
+            codes.forget()
+            raise
         finally:
             msg.stream.inflight -= 1
+        if (refusal := codes.refused()) is not None:
+            # not delivered: keep the chunks; the session ends and retries with backoff
+            raise PublishRefused(refusal)
         # acknowledged: the buffer deletes these chunks at its next commit
         self.buffer.ack(msg.firsts)
         self.metrics.uplink_latency.observe(time.perf_counter() - started)

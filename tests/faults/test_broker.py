@@ -110,11 +110,6 @@ def test_broker_that_never_acknowledges(tmp_path: Path,
         silent.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/uplink.py Uplink._publish trusts aiomqtt's publish(), which completes on any "
-    "PUBACK (aiomqtt Client._on_publish ignores reason_code): an MQTT 5 PUBACK with a "
-    "failure code (0x87 not authorized here; also 0x97 quota exceeded, 0x95 packet too "
-    "large) counts as delivered, the chunk is deleted and the readings are lost"))
 def test_broker_refusing_publishes_keeps_readings(tmp_path: Path,
                                                   report: Callable[[FaultRow], None]) -> None:
     """An ACL denies the data topic for a while (a platform misconfiguration), then allows it."""
