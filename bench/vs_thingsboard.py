@@ -219,6 +219,8 @@ class Row:
     first_publish_s: float | None = None
     outage_expected: int = 0
     outage_delivered: int = 0
+    reconnect_s: float | None = None
+    """Broker back -> fresh readings arriving again."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -257,7 +259,8 @@ def run_one(name: str, cmd_fn: Any, broker: Broker, sub: Subscriber, devices: in
         row.cpu_pct = 100 * (c1 - c0) / (w1 - w0)
         row.rss_steady_mib = sum(rss) / len(rss)
         if outage > 0:
-            # the broker goes away for `outage` s: which readings taken meanwhile arrive?
+            # the broker goes away for `outage` s: which readings taken meanwhile arrive, and
+            # how long after the broker is back does data flow again?
             before = time.time()
             baseline = sub.taken_between(int(before) - 10, int(before)) / 10
             broker.stop()
@@ -265,8 +268,19 @@ def run_one(name: str, cmd_fn: Any, broker: Broker, sub: Subscriber, devices: in
             time.sleep(outage)
             out_end = time.time()
             broker.start()
-            time.sleep(drain)
+            back = time.monotonic()
             row.outage_expected = round(baseline * (int(out_end) - int(out_start) - 1))
+            live = int(out_end) + 2  # readings measured after the broker returned
+            while time.monotonic() - back < drain and not sub.taken_between(live, live + 3600):
+                time.sleep(0.2)
+            row.reconnect_s = time.monotonic() - back if sub.taken_between(live, live + 3600) \
+                else None
+            last, stable = -1, 0
+            while time.monotonic() - back < drain and stable < 5:  # until nothing more comes
+                time.sleep(1.0)
+                now = sub.taken_between(int(out_start) + 1, int(out_end))
+                stable = stable + 1 if now == last else 0
+                last = now
             row.outage_delivered = sub.taken_between(int(out_start) + 1, int(out_end))
         row.rss_peak_mib = proc_figures(proc.pid)[1]
         if proc.poll() is not None:
@@ -312,12 +326,13 @@ def idle(name: str, cmd_fn: Any, broker: Broker, seconds: float) -> float:
 
 def table(rows: list[Row]) -> list[str]:
     head = ["gateway", "size", "readings/s", "CPU s/1k", "CPU %", "RSS MiB", "peak MiB",
-            "1st pub s", "outage delivered"]
+            "1st pub s", "outage delivered", "flowing again s"]
     lines = [head] + [
         [r.gateway, r.size, f"{r.readings_per_s:.0f}", f"{r.cpu_s_per_1000:.3f}",
          f"{r.cpu_pct:.1f}", f"{r.rss_steady_mib:.0f}", f"{r.rss_peak_mib:.0f}",
          "-" if r.first_publish_s is None else f"{r.first_publish_s:.1f}",
-         f"{r.outage_delivered}/{r.outage_expected} ({r.outage_pct:.0f}%)"] for r in rows]
+         f"{r.outage_delivered}/{r.outage_expected} ({r.outage_pct:.0f}%)",
+         "-" if r.reconnect_s is None else f"{r.reconnect_s:.1f}"] for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
 
@@ -330,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=10.0)
     p.add_argument("--steady", type=float, default=30.0)
     p.add_argument("--outage", type=float, default=30.0)
-    p.add_argument("--drain", type=float, default=20.0)
+    p.add_argument("--drain", type=float, default=120.0,
+                   help="longest wait after the outage for data to flow and settle")
     p.add_argument("--idle", type=float, default=30.0, help="idle baseline seconds (0: skip)")
     p.add_argument("--only", choices=["parkgate", "thingsboard"])
     args = p.parse_args(argv)
