@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import math
 import os
@@ -180,6 +181,11 @@ class _Store:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.cfg.synchronous.upper()}")
             db.execute("PRAGMA busy_timeout=5000")
+            # Keep the WAL small: checkpoint every 256 pages (1 MiB) rather than SQLite's 4 MiB,
+            # and shrink the file back after a checkpoint. On a nearly full disk a large WAL
+            # fills it alone, and no checkpoint can then find room to free it.
+            db.execute("PRAGMA wal_autocheckpoint=256")
+            db.execute("PRAGMA journal_size_limit=2097152")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {check}")
@@ -267,6 +273,16 @@ class _Store:
         finally:
             os.close(dir_fd)
         self.reserved = target
+
+    def relieve(self) -> None:
+        """After "disk full": move the WAL into the database file and truncate it.
+
+        On a small disk the WAL can fill it before SQLite's automatic checkpoint (at 1,000
+        pages) ever runs; then every write fails, even after space is freed elsewhere.
+        """
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         if self.db is not None:
@@ -515,6 +531,8 @@ class Buffer:
             self.log.error("buffer commit failed; keeping readings in memory and retrying",
                            error=str(exc), pending=len(self._pending),
                            attempt=self._write_failures)
+            if "full" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
+                await self._call(self._store.relieve)
             if isinstance(exc, sqlite3.DatabaseError) and (
                     "malformed" in str(exc) or "not a database" in str(exc)):
                 await self._call(self._recover, str(exc))

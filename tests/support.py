@@ -51,6 +51,8 @@ class Mosquitto:
         self.exe = exe
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="pg-mosq-"))
+        # run as root, mosquitto drops to its own user: it must be able to read its files
+        self.dir.chmod(0o755)
         conf = [f"listener {self.port} 127.0.0.1", "persistence false",
                 "log_dest stderr", "log_type error", "max_inflight_messages 0",
                 "max_queued_messages 0", "message_size_limit 0"]
