@@ -498,16 +498,25 @@ class Buffer:
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** min(self._write_failures, 5)))
 
     async def flush(self) -> None:
-        """Commit what is pending now (also used on shutdown)."""
+        """Commit everything pending now, in bounded transactions (also used on shutdown)."""
         async with self._flush_lock:  # seqs are assigned here, so one flush at a time
-            await self._flush()
+            while (self._pending or self._acks) and await self._flush():
+                pass
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Commit the acks and up to `commit_readings` pending readings; False on failure.
+
+        Bounded slices keep one transaction small enough to fit in whatever space a full
+        disk frees up; a backlog in memory then drains slice by slice.
+        """
         if not self._pending and not self._acks:
-            return
-        pending, self._pending = self._pending, []
+            return False
+        size = self.cfg.commit_readings
+        pending = self._pending[:size]
+        del self._pending[:size]
         acks, self._acks = self._acks, []
-        self._room.set()
+        if len(self._pending) < self.high_water:
+            self._room.set()
         started = time.perf_counter()
         # Encoding runs here on the loop, one chunk at a time with a yield in between: in
         # the SQLite thread it holds the GIL in long stretches, and in one piece it blocks
@@ -526,6 +535,9 @@ class Buffer:
             # nothing was written: put it back in front of what arrived meanwhile
             self._pending[:0] = pending
             self._acks[:0] = acks
+            # devices keep polling while SQLite cannot write: the oldest readings waiting in
+            # memory are dropped (and counted) at MAX_PENDING, never a device's fresh ones
+            self._room.set()
             self._write_failures += 1
             self.metrics.buffer_write_errors.inc()
             self.log.error("buffer commit failed; keeping readings in memory and retrying",
@@ -533,10 +545,15 @@ class Buffer:
                            attempt=self._write_failures)
             if "full" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
                 await self._call(self._store.relieve)
+                if acks and pending:
+                    # deleting what the broker already has frees pages for the rest
+                    with contextlib.suppress(sqlite3.DatabaseError, OSError):
+                        await self._call(self._store.commit, [], acks)
+                        self._acks = self._acks[len(acks):]
             if isinstance(exc, sqlite3.DatabaseError) and (
                     "malformed" in str(exc) or "not a database" in str(exc)):
                 await self._call(self._recover, str(exc))
-            return
+            return False
         if self._write_failures:
             self.log.info("buffer writes recovered", after_failures=self._write_failures)
         self._write_failures = 0
@@ -556,6 +573,7 @@ class Buffer:
         if rows:
             self.changed.set()
         self._update_gauges()
+        return True
 
     def _recover(self, reason: str) -> None:
         self._store.close()

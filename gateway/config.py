@@ -93,7 +93,10 @@ class MqttSection(_Section):
     connect_timeout: Duration = Field(default=10.0, gt=0)
     publish_timeout: Duration = Field(default=30.0, gt=0,
                                       description="PUBACK later than this: reconnect.")
-    backoff_max: Duration = Field(default=60.0, ge=1.0)
+    backoff_max: Duration = Field(
+        default=15.0, ge=1.0,
+        description="Longest wait between reconnect rounds (full jitter below it); bad "
+                    "credentials wait this long at once.")
 
     @field_validator("brokers")
     @classmethod

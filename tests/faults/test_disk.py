@@ -84,11 +84,11 @@ def test_disk_full_then_freed(tmp_path: Path, report: Callable[[FaultRow], None]
 def test_seq_reservation_due_while_disk_full(tmp_path: Path,
                                              report: Callable[[FaultRow], None]) -> None:
     """The fsynced seq reservation (buffer.db.seq) runs out while the disk is full."""
-    # 8 MiB, not 2: this test runs longer, and SQLite checkpoints its WAL only at 1,000
-    # pages (4 MiB), so on 2 MiB the WAL alone fills the disk again after it is freed
-    with mounted_tmpfs(tmp_path / "small", "8m") as small:
+    # 2 MiB like the test above: the buffer checkpoints its WAL every 1 MiB (SQLite's own
+    # default, 4 MiB, let the WAL alone fill a small disk so that writes never recovered)
+    with mounted_tmpfs(tmp_path / "small", "2m") as small:
         if small is None:
-            pytest.skip("cannot mount an 8 MiB tmpfs here (needs root and mount permission)")
+            pytest.skip("cannot mount a 2 MiB tmpfs here (needs root and mount permission)")
         broker = persistent_broker()
         col = SeqCollector(broker.port, "reserve")
         cfg = config(tmp_path, broker.port, [sim("fast", "10ms", 5)],
