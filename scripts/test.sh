@@ -16,6 +16,11 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v useradd >/dev/null 2>&1 || need+=(passwd)          # installer test
+command -v gcc >/dev/null 2>&1 || need+=(gcc)                 # offline bundle: cffi from source
+[ -e /usr/include/ffi.h ] || ls /usr/include/*/ffi.h >/dev/null 2>&1 || need+=(libffi-dev)
+command -v faketime >/dev/null 2>&1 || need+=(faketime)       # wall-clock jump faults
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)   # installer scripts
 "$python" -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
