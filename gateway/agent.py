@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ class AgentHooks:
 class Agent:
     """One running gateway."""
 
-    def __init__(self, loaded: LoadedConfig, *, drivers: dict[str, DriverInfo] | None = None,
+    def __init__(self, loaded: LoadedConfig, *, drivers: Mapping[str, DriverInfo] | None = None,
                  log: FilteringBoundLogger | None = None) -> None:
         self.loaded = loaded
         self.config = loaded.config

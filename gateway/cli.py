@@ -15,13 +15,19 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-                         broken: list[str]) -> None:
+                         broken: list[str], only: str | None) -> None:
     """Driver commands (`parkgate modbus read ...`) from the `parkgate.commands` group.
 
     Each entry point is `register(subparsers) -> None`; it adds its parser and sets
-    `handler=callable(args) -> int` on it with `set_defaults`.
+    `handler=callable(args) -> int` on it with `set_defaults`. With `only`, just that
+    command is imported (its driver and protocol library with it); the others are
+    listed by name so `--help` still shows them.
     """
     for ep in entry_points(group=COMMANDS_GROUP):
+        if only is not None and ep.name != only:
+            sub.add_parser(ep.name, help=f"{ep.name} commissioning commands",
+                           add_help=False)
+            continue
         try:
             register = ep.load()
             register(sub)
@@ -29,7 +35,8 @@ def _add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
             broken.append(f"{ep.name}: {type(exc).__name__}: {exc}")
 
 
-def build_parser(broken: list[str] | None = None) -> argparse.ArgumentParser:
+def build_parser(broken: list[str] | None = None, only: str | None = None
+                 ) -> argparse.ArgumentParser:
     """The full argument parser, core commands first, then driver commands."""
     parser = argparse.ArgumentParser(
         prog="parkgate", description="Edge gateway agent for smart industrial parks.")
@@ -43,15 +50,19 @@ def build_parser(broken: list[str] | None = None) -> argparse.ArgumentParser:
     from gateway import commands  # noqa: PLC0415 - keeps `parkgate --help` light
 
     commands.register(sub)
-    _add_plugin_commands(sub, broken if broken is not None else [])
+    _add_plugin_commands(sub, broken if broken is not None else [], only)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     broken: list[str] = []
-    parser = build_parser(broken)
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), None)
+    wants_help = command is None or "-h" in words or "--help" in words
+    # `parkgate run` imports no plug-in command; `parkgate modbus ...` only modbus's
+    parser = build_parser(broken, only=None if wants_help else (command or ""))
+    args = parser.parse_args(words)
     for line in broken if args.debug else ():
         print(f"parkgate: warning: command plug-in failed to load: {line}", file=sys.stderr)
     handler: Handler = args.handler

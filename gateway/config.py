@@ -381,7 +381,7 @@ def _load_yaml(path: Path, text: str) -> tuple[Any, dict[Loc, tuple[int, int]]]:
     return doc, positions
 
 
-def parse_config(text: str, path: Path, drivers: dict[str, DriverInfo] | None = None
+def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None = None
                  ) -> LoadedConfig:
     """Validate config `text` (read from `path`); raise `ConfigProblems` listing everything."""
     doc, positions = _load_yaml(path, text)
@@ -416,7 +416,7 @@ def parse_config(text: str, path: Path, drivers: dict[str, DriverInfo] | None = 
 
 
 def _validate_devices(raw_devices: Any, rep: _Reporter,
-                      drivers: dict[str, DriverInfo] | None) -> list[DeviceOptions]:
+                      drivers: Mapping[str, DriverInfo] | None) -> list[DeviceOptions]:
     if not isinstance(raw_devices, list):
         return []  # the top-level validation already reported the wrong type
     available = drivers if drivers is not None else discover_drivers()
@@ -456,7 +456,7 @@ def _validate_devices(raw_devices: Any, rep: _Reporter,
     return out
 
 
-def load_config(path: Path, drivers: dict[str, DriverInfo] | None = None) -> LoadedConfig:
+def load_config(path: Path, drivers: Mapping[str, DriverInfo] | None = None) -> LoadedConfig:
     """Read and validate the config file at `path`."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -472,7 +472,7 @@ def load_config(path: Path, drivers: dict[str, DriverInfo] | None = None) -> Loa
     return parse_config(text, path, drivers)
 
 
-def json_schema(drivers: dict[str, DriverInfo] | None = None) -> dict[str, Any]:
+def json_schema(drivers: Mapping[str, DriverInfo] | None = None) -> dict[str, Any]:
     """JSON Schema of the config file, with every loadable driver's options."""
     available = drivers if drivers is not None else discover_drivers()
     schema = _RawConfig.model_json_schema(mode="validation")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
@@ -168,21 +168,42 @@ class DriverInfo:
     error: str | None = None
 
 
-def discover_drivers() -> dict[str, DriverInfo]:
-    """All drivers in the `parkgate.drivers` entry-point group.
+class DriverRegistry(Mapping[str, DriverInfo]):
+    """The drivers of the `parkgate.drivers` entry-point group, each imported on first use.
 
-    A driver that fails to import (a missing optional library, a broken third-party
-    plug-in) is reported with its error instead of taking the whole agent down.
+    Names come from package metadata; a driver module (and its protocol library: pymodbus,
+    bleak, dbus-fast) is imported only when a config uses it, which keeps a gateway with
+    two Modbus meters from paying for BLE in memory and start-up time. A driver that fails
+    to import is reported with its error instead of taking the whole agent down.
     """
-    found: dict[str, DriverInfo] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            cls = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not stop the others
-            found[ep.name] = DriverInfo(ep.name, None, f"{type(exc).__name__}: {exc}")
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, Driver)):
-            found[ep.name] = DriverInfo(ep.name, None, f"{ep.value} is not a Driver subclass")
-            continue
-        found[ep.name] = DriverInfo(ep.name, cls)
-    return found
+
+    def __init__(self) -> None:
+        self._points = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        self._loaded: dict[str, DriverInfo] = {}
+
+    def __getitem__(self, name: str) -> DriverInfo:
+        info = self._loaded.get(name)
+        if info is None:
+            ep = self._points[name]
+            try:
+                cls = ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken plug-in must not stop others
+                info = DriverInfo(name, None, f"{type(exc).__name__}: {exc}")
+            else:
+                if isinstance(cls, type) and issubclass(cls, Driver):
+                    info = DriverInfo(name, cls)
+                else:
+                    info = DriverInfo(name, None, f"{ep.value} is not a Driver subclass")
+            self._loaded[name] = info
+        return info
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._points)
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+
+def discover_drivers() -> DriverRegistry:
+    """All installed drivers, imported lazily (see `DriverRegistry`)."""
+    return DriverRegistry()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from structlog.typing import FilteringBoundLogger
@@ -51,7 +51,7 @@ def error_kind(exc: BaseException) -> str:
 class Supervisor:
     """Owns the device tasks; `apply()` starts, stops and restarts them to match a config."""
 
-    def __init__(self, drivers: dict[str, DriverInfo], sink: Sink, metrics: Metrics,
+    def __init__(self, drivers: Mapping[str, DriverInfo], sink: Sink, metrics: Metrics,
                  log: FilteringBoundLogger, *, resources: ResourcePool | None = None,
                  room: Room | None = None) -> None:
         self.drivers = drivers
