@@ -110,6 +110,14 @@ class Agent:
             self.http = HttpServer(self.config.metrics.listen, self.metrics, self.heartbeat,
                                    self.ready, self.log.bind(component="http"))
             await self.http.start()
+        try:
+            await self._run_tasks(hooks)
+        finally:
+            if self.buffer.is_open:  # also when a task crashed: commit what is in memory
+                await self.buffer.close()
+        return 0
+
+    async def _run_tasks(self, hooks: AgentHooks | None) -> None:
         async with asyncio.TaskGroup() as tg:
             tasks = {
                 "buffer.commit": tg.create_task(self.buffer.run(), name="buffer.commit"),
@@ -140,7 +148,6 @@ class Agent:
                     self._reload.clear()
                     await self.reload()
             await self._shutdown(uplink, tasks)
-        return 0
 
     async def _shutdown(self, uplink: asyncio.Task[None],
                         tasks: dict[str, asyncio.Task[None]]) -> None:

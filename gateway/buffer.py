@@ -144,6 +144,16 @@ def group_chunks(pending: Sequence[Reading], chunk_max: int) -> list[list[Readin
             for i in range(0, len(readings), chunk_max)]
 
 
+class _Corrupt(sqlite3.DatabaseError):
+    """The integrity check failed."""
+
+
+def is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """Whether an SQLite error means the file is damaged (not busy, read-only or full)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, _Corrupt) or code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
 class _Store:
     """The SQLite file and the seq side file; used only from the buffer's thread."""
 
@@ -171,6 +181,10 @@ class _Store:
         try:
             self._open_checked()
         except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                # read-only, locked, disk full, I/O error: the readings in it are fine;
+                # stop with a clear message rather than set the backlog aside
+                raise FatalError(f"cannot open the buffer {self.path}: {exc}") from None
             self._move_aside(str(exc))
             self._open_checked()
 
@@ -188,7 +202,7 @@ class _Store:
             db.execute("PRAGMA journal_size_limit=2097152")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check}")
+                raise _Corrupt(f"quick_check: {check}")
             self._migrate(db)
         except BaseException:
             db.close()
@@ -200,8 +214,10 @@ class _Store:
         if last is not None:
             db_next = max(db_next, int(last) + 1)
         side = self._read_side_file()
-        if fresh or row is None:
-            # A new (or reset) database knows nothing: start above every seq ever reserved.
+        if fresh or row is None or self.cfg.synchronous == "normal":
+            # A new (or reset) database knows nothing, and with synchronous=normal a power
+            # cut may have rolled back commits already published: start above every seq
+            # ever reserved (the side file is fsynced before any seq beyond it is issued).
             self.next_seq = max(db_next, side)
         else:
             self.next_seq = db_next
@@ -524,11 +540,17 @@ class Buffer:
         rows: list[tuple[int, int, str, int, str]] = []
         seq = self._store.next_seq
         accepted = now_ms()
-        for part in group_chunks(pending, self.chunk_max):
-            rows.append((seq, seq + len(part) - 1, part[0].device, accepted,
-                         self._encoder.encode(seq, part)))
-            seq += len(part)
-            await asyncio.sleep(0)
+        try:
+            for part in group_chunks(pending, self.chunk_max):
+                rows.append((seq, seq + len(part) - 1, part[0].device, accepted,
+                             self._encoder.encode(seq, part)))
+                seq += len(part)
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            # nothing was handed to SQLite yet: keep the readings for close() to commit
+            self._pending[:0] = pending
+            self._acks[:0] = acks
+            raise
         try:
             await self._call(self._store.commit, rows, acks)
         except (sqlite3.DatabaseError, OSError) as exc:  # OSError: the seq side file (ENOSPC)
@@ -550,8 +572,7 @@ class Buffer:
                     with contextlib.suppress(sqlite3.DatabaseError, OSError):
                         await self._call(self._store.commit, [], acks)
                         self._acks = self._acks[len(acks):]
-            if isinstance(exc, sqlite3.DatabaseError) and (
-                    "malformed" in str(exc) or "not a database" in str(exc)):
+            if isinstance(exc, sqlite3.DatabaseError) and is_corruption(exc):
                 await self._call(self._recover, str(exc))
             return False
         if self._write_failures:

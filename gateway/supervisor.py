@@ -100,9 +100,13 @@ class Supervisor:
         running.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running.task
-        for labels in (self.metrics.device_up,):
+        m = self.metrics
+        for metric in (m.device_up, m.device_last_success, m.readings, m.poll_duration,
+                       m.poll_overruns):
             with contextlib.suppress(KeyError):
-                labels.remove(name)
+                metric.remove(name)
+        for labels in [lv for lv in list(m.poll_errors._metrics) if lv[0] == name]:
+            m.poll_errors.remove(*labels)
 
     async def stop_all(self) -> None:
         """Stop every device (drivers closed), the first step of shutdown."""
@@ -141,9 +145,10 @@ class Supervisor:
         up.set(0)
         errors = self.metrics.poll_errors
         while True:
-            driver: Driver = info.cls(opts, ctx)
+            driver: Driver | None = None
             failed: BaseException | None = None
             try:
+                driver = info.cls(opts, ctx)
                 async with asyncio.timeout(opts.timeout):
                     await driver.open()
                 if isinstance(driver, StreamingDriver):
@@ -159,9 +164,10 @@ class Supervisor:
             except Exception as exc:  # noqa: BLE001 - the supervisor boundary: log, count, retry
                 failed = exc
             finally:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(CLOSE_TIMEOUT):
-                        await driver.close()
+                if driver is not None:
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(CLOSE_TIMEOUT):
+                            await driver.close()
             up.set(0)
             kind = error_kind(failed) if failed else "ended"
             errors.labels(device=opts.name, kind=kind).inc()

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from structlog.typing import FilteringBoundLogger
 
 from gateway import __version__
@@ -282,7 +284,7 @@ class Uplink:
                 await self._session(broker)
             except asyncio.CancelledError:
                 raise
-            except aiomqtt.MqttCodeError as exc:
+            except MqttConnectError as exc:  # CONNACK refused (not a later disconnect)
                 code = int(exc.rc) if isinstance(exc.rc, int) else int(getattr(exc.rc, "value", 0))
                 if code in AUTH_CODES:
                     reason = "auth"
@@ -295,6 +297,9 @@ class Uplink:
                     self.log.warning("broker refused the connection", broker=broker.url,
                                      error=str(exc))
                 self._failed(broker, reason, str(exc))
+            except sqlite3.DatabaseError as exc:  # the buffer's own recovery handles the file
+                self.log.error("uplink could not read the buffer", error=str(exc))
+                self._failed(broker, "error", f"buffer: {exc}")
             except (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError) as exc:
                 error = str(exc) or type(exc).__name__
                 cause = self._last_error.take()

@@ -82,12 +82,21 @@ DRIVERS = {name: DriverInfo(name, cls) for name, cls in
             ("badopen", BadOpenDriver), ("stream", TickStream))}
 
 
-def sample(m: Metrics, name: str, **labels: str) -> float:
-    return m.registry.get_sample_value(name, labels) or 0.0
+class Snapshot:
+    """Metric samples as they were before the devices stopped (stopping removes them)."""
+
+    def __init__(self, m: Metrics) -> None:
+        self.values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for family in m.registry.collect() for s in family.samples}
+
+
+def sample(m: Metrics | Snapshot, name: str, **labels: str) -> float:
+    snap = m if isinstance(m, Snapshot) else Snapshot(m)
+    return snap.values.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 async def run_for(devices: list[DeviceOptions], seconds: float
-                  ) -> tuple[list[Reading], Metrics, Supervisor]:
+                  ) -> tuple[list[Reading], Snapshot, Supervisor]:
     got: list[Reading] = []
     metrics = Metrics()
     sup = Supervisor(DRIVERS, got.extend, metrics, logs.get_logger())
@@ -95,8 +104,11 @@ async def run_for(devices: list[DeviceOptions], seconds: float
         sup.bind(tg)
         await sup.apply(devices)
         await asyncio.sleep(seconds)
+        snap = Snapshot(metrics)
         await sup.stop_all()
-    return got, metrics, sup
+    assert not [k for k in Snapshot(metrics).values if ("device", devices[0].name) in k[1]], \
+        "a stopped device's series must be removed"
+    return got, snap, sup
 
 
 async def test_bad_devices_do_not_disturb_a_good_one() -> None:
@@ -117,8 +129,9 @@ async def test_bad_devices_do_not_disturb_a_good_one() -> None:
     # a device the config is wrong for retries at the maximum backoff: once in 2 s
     assert sample(m, "parkgate_poll_errors_total", device="wrong-address", kind="config") == 1
     assert BadOpenDriver.closed >= 1  # close() is called after a failed open()
-    assert sample(m, "parkgate_device_up", device="good") == 0  # stopped at the end
-    assert sample(m, "parkgate_readings_total", device="good") == len(good)
+    assert sample(m, "parkgate_device_up", device="good") == 1
+    # the snapshot is taken just before stopping: at most one poll (2 readings) later
+    assert len(good) - 2 <= sample(m, "parkgate_readings_total", device="good") <= len(good)
     assert len([r for r in got if r.device == "stream"]) > 50
 
 
@@ -140,8 +153,9 @@ async def test_schedule_has_no_drift_and_counts_overruns() -> None:
         sup.bind(tg)
         await sup.apply([SimOptions(name="s", interval=0.01)])
         await asyncio.sleep(1.0)
+        snap = Snapshot(m)
         await sup.stop_all()
-    overruns = sample(m, "parkgate_poll_overruns_total", device="s")
+    overruns = sample(snap, "parkgate_poll_overruns_total", device="s")
     assert overruns >= 15  # ~10 slow polls, each skipping 3 ticks
     assert 60 <= len(got) + overruns <= 105
 

@@ -52,7 +52,9 @@ def test_disk_full_then_freed(tmp_path: Path, report: Callable[[FaultRow], None]
                 time.sleep(1.5)  # readings pile up in memory meanwhile
                 assert agent.alive(), agent.output()
                 m = agent.metrics()
-                assert m["parkgate_buffer_pending_readings"] > 200  # kept, not dropped
+                # Kept, not dropped: in memory while SQLite cannot write, or already in the
+                # database when a WAL checkpoint freed enough room; the loss count below
+                # checks that every one of them arrives.
                 assert m.get('parkgate_buffer_dropped_total{reason="write_failed"}', 0) == 0
                 if round_ == 1:
                     # the broker is back while the disk is still full: what was committed
