@@ -78,7 +78,10 @@ class LineFramer:
             if self._start is not None:
                 m = self._start.search(buf, 1)
                 if m is not None and (end < 0 or m.start() < end):
-                    out.append(Chunk("partial", bytes(buf[:m.start()]), ts))
+                    if m.start() > self.max_length:  # cut short, and too long anyway
+                        out.append(Chunk("overflow", bytes(buf[:self.max_length]), ts))
+                    else:
+                        out.append(Chunk("partial", bytes(buf[:m.start()]), ts))
                     del buf[:m.start()]
                     continue
             if end >= 0:
