@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
 
 from gateway.config import ConfigProblems, json_schema, load_config
+from gateway.errors import ParkgateError
 
 EXIT_INVALID = 2
 
@@ -45,9 +45,9 @@ def _schema(_args: argparse.Namespace) -> int:
 
 
 def _buffer_stats(args: argparse.Namespace) -> int:
-    from gateway import logs  # noqa: PLC0415
-    from gateway.buffer import Buffer  # noqa: PLC0415
-    from gateway.metrics import Metrics  # noqa: PLC0415
+    """Reads the buffer without changing it: safe beside a running agent, and as root."""
+    import sqlite3  # noqa: PLC0415
+    import time  # noqa: PLC0415
 
     try:
         loaded = load_config(Path(args.config))
@@ -55,27 +55,27 @@ def _buffer_stats(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
-    cfg = loaded.config
-    if not cfg.buffer.path.exists():
-        print(json.dumps({"path": str(cfg.buffer.path), "exists": False}))
+    path = loaded.config.buffer.path
+    if not path.exists():
+        print(json.dumps({"path": str(path), "exists": False}))
         return 0
-    logs.configure("warning", "json")
-
-    async def stats() -> dict[str, object]:
-        buf = Buffer(cfg.buffer, chunk_max=cfg.uplink.mqtt.batch.max_readings,
-                     metrics=Metrics(), log=logs.get_logger(component="buffer"))
-        await buf.open()
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         try:
-            s = await buf.stats()
+            rows, chunks, size, oldest, last = db.execute(
+                "SELECT COALESCE(SUM(last-first+1),0), COUNT(*), COALESCE(SUM(LENGTH(body)),0),"
+                " MIN(accepted), MAX(last) FROM chunks").fetchone()
+            meta = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
         finally:
-            await buf.close()
-        return {"path": str(cfg.buffer.path), "rows": s.readings, "chunks": s.chunks,
-                "bytes": s.bytes, "file_bytes": s.file_bytes,
-                "oldest_age_seconds": None if s.oldest_age_seconds is None
-                else round(s.oldest_age_seconds, 3),
-                "next_seq": s.next_seq}
-
-    print(json.dumps(asyncio.run(stats())))
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise ParkgateError(f"cannot read the buffer {path}: {exc}") from None
+    next_seq = max(int(meta[0]) if meta else 1, int(last or 0) + 1)
+    file_bytes = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    age = None if oldest is None else round(max(0.0, time.time() - oldest / 1000), 3)
+    print(json.dumps({"path": str(path), "rows": rows, "chunks": chunks, "bytes": size,
+                      "file_bytes": file_bytes, "oldest_age_seconds": age,
+                      "next_seq": next_seq}))
     return 0
 
 

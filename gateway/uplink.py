@@ -392,6 +392,9 @@ class Uplink:
         inflight: set[asyncio.Task[None]] = set()
         failure: list[BaseException] = []
         wake = asyncio.Event()
+        # aiomqtt 2.x never fails pending publishes when the connection drops; without this
+        # the window would sit until publish_timeout (30 s) before the session ends
+        disconnected: asyncio.Future[None] = client._disconnected
 
         def done(task: asyncio.Task[None]) -> None:
             inflight.discard(task)
@@ -404,6 +407,8 @@ class Uplink:
             while True:
                 if failure:
                     raise failure[0]
+                if disconnected.done():
+                    raise aiomqtt.MqttError("connection lost")
                 started = False
                 wait_s = 1.0
                 while len(inflight) < window:
@@ -425,8 +430,9 @@ class Uplink:
                 wake.clear()
                 changed = asyncio.ensure_future(buffer.changed.wait())
                 woken = asyncio.ensure_future(wake.wait())
+                waits: set[asyncio.Future[Any]] = {changed, woken, disconnected}
                 try:
-                    await asyncio.wait({changed, woken},
+                    await asyncio.wait(waits,
                                        timeout=None if started else max(0.001, wait_s),
                                        return_when=asyncio.FIRST_COMPLETED)
                 finally:
