@@ -13,7 +13,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,57 @@ def running(*things: Any) -> Iterator[None]:
         for t in reversed(things):
             with contextlib.suppress(Exception):
                 (getattr(t, "close", None) or t.stop)()
+
+
+# --- helpers shared by the end-to-end tests --------------------------------------------
+
+def scrape(listen: str) -> dict[str, float]:
+    """The agent's /metrics as {'name{labels}': value}."""
+    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def wait_metric(listen: str, key: str, pred: Callable[[float], bool],
+                timeout: float = 20.0) -> float:
+    """Poll /metrics until `pred(value of key)`; returns the value."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            value = scrape(listen).get(key)
+            if value is not None and pred(value):
+                return value
+        time.sleep(0.1)
+    raise AssertionError(f"{key} = {value} after {timeout}s")
+
+
+def buffer_stats(cfg: Path) -> dict[str, Any]:
+    """`parkgate buffer stats -c FILE` as JSON."""
+    out = subprocess.run([sys.executable, "-m", "gateway", "buffer", "stats", "-c", str(cfg)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=30, check=True)
+    doc: dict[str, Any] = json.loads(out.stdout)
+    return doc
+
+
+def wait_subscribed(c: Collector, port: int, auth: tuple[str, str] | None = None) -> None:
+    """Publish probes until the collector's subscription demonstrably works."""
+    pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"probe-{id(c)}")
+    if auth:
+        pub.username_pw_set(*auth)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    try:
+        for _ in range(100):
+            pub.publish("parkgate/probe/probe/status", b'{"probe": 1}', qos=1)
+            if c.wait_for(lambda c: "parkgate/probe/probe/status" in c.retained, 0.2):
+                return
+        raise AssertionError("the collector never received a probe")
+    finally:
+        pub.loop_stop()
+        pub.disconnect()

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support import ROOT, Collector, GatewayProcess, Mosquitto, base_config, write_config
+from tests.support import (
+    Collector,
+    GatewayProcess,
+    Mosquitto,
+    base_config,
+    buffer_stats,
+    wait_subscribed,
+    write_config,
+)
 
 KILLS = 7
 
@@ -23,30 +26,6 @@ KILLS = 7
 def _seqs(c: Collector) -> list[int]:
     """Seqs seen so far; safe inside `wait_for` predicates (which hold the collector lock)."""
     return [r["seq"] for _t, m in c.messages for r in m["readings"]]
-
-
-def buffer_stats(cfg: Path) -> dict[str, Any]:
-    """`parkgate buffer stats -c FILE` as JSON."""
-    out = subprocess.run([sys.executable, "-m", "gateway", "buffer", "stats", "-c", str(cfg)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=30, check=True)
-    doc: dict[str, Any] = json.loads(out.stdout)
-    return doc
-
-
-def wait_subscribed(c: Collector, port: int) -> None:
-    """Publish probes until the collector's subscription demonstrably works."""
-    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{id(c)}")
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    try:
-        for _ in range(100):
-            pub.publish("parkgate/probe/probe/status", b'{"probe": 1}', qos=1)
-            if c.wait_for(lambda c: "parkgate/probe/probe/status" in c.retained, 0.2):
-                return
-        raise AssertionError("the collector never received a probe")
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
 
 
 @pytest.fixture

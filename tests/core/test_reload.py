@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support import ROOT, Collector, GatewayProcess, Mosquitto, base_config, write_config
+from tests.support import (
+    Collector,
+    GatewayProcess,
+    Mosquitto,
+    base_config,
+    buffer_stats,
+    scrape,
+    wait_metric,
+    wait_subscribed,
+    write_config,
+)
 
 
 def sim(name: str, points: int = 2, interval: str = "100ms") -> dict[str, Any]:
@@ -33,56 +37,6 @@ def agents() -> Iterator[list[GatewayProcess]]:
     yield procs
     for gw in procs:
         gw.kill()
-
-
-def scrape(listen: str) -> dict[str, float]:
-    """The agent's /metrics as {'name{labels}': value}."""
-    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
-
-
-def wait_metric(listen: str, key: str, pred: Callable[[float], bool],
-                timeout: float = 20.0) -> float:
-    """Poll /metrics until `pred(value of key)`; returns the value."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            value = scrape(listen).get(key)
-            if value is not None and pred(value):
-                return value
-        time.sleep(0.1)
-    raise AssertionError(f"{key} = {value} after {timeout}s")
-
-
-def buffer_stats(cfg: Path) -> dict[str, Any]:
-    """`parkgate buffer stats -c FILE` as JSON."""
-    out = subprocess.run([sys.executable, "-m", "gateway", "buffer", "stats", "-c", str(cfg)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=30, check=True)
-    doc: dict[str, Any] = json.loads(out.stdout)
-    return doc
-
-
-def wait_subscribed(c: Collector, port: int) -> None:
-    """Publish probes until the collector's subscription demonstrably works."""
-    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{id(c)}")
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    try:
-        for _ in range(100):
-            pub.publish("parkgate/probe/probe/status", b'{"probe": 1}', qos=1)
-            if c.wait_for(lambda c: "parkgate/probe/probe/status" in c.retained, 0.2):
-                return
-        raise AssertionError("the collector never received a probe")
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
 
 
 def values(readings: list[dict[str, Any]], device: str, metric: str = "p0") -> list[Any]:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support import ROOT, Collector, GatewayProcess, Mosquitto, base_config, write_config
+from tests.support import (
+    Collector,
+    GatewayProcess,
+    Mosquitto,
+    base_config,
+    buffer_stats,
+    wait_subscribed,
+    write_config,
+)
 
 FLOW = [{"name": f"sim-{i}", "driver": "sim", "interval": "20ms", "points": 50,
          "pattern": "counter"} for i in (1, 2)]
@@ -28,30 +30,6 @@ def agents() -> Iterator[list[GatewayProcess]]:
     yield procs
     for gw in procs:
         gw.kill()
-
-
-def buffer_stats(cfg: Path) -> dict[str, Any]:
-    """`parkgate buffer stats -c FILE` as JSON."""
-    out = subprocess.run([sys.executable, "-m", "gateway", "buffer", "stats", "-c", str(cfg)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=30, check=True)
-    doc: dict[str, Any] = json.loads(out.stdout)
-    return doc
-
-
-def wait_subscribed(c: Collector, port: int) -> None:
-    """Publish probes until the collector's subscription demonstrably works."""
-    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{id(c)}")
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    try:
-        for _ in range(100):
-            pub.publish("parkgate/probe/probe/status", b'{"probe": 1}', qos=1)
-            if c.wait_for(lambda c: "parkgate/probe/probe/status" in c.retained, 0.2):
-                return
-        raise AssertionError("the collector never received a probe")
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
 
 
 def sigterm(gw: GatewayProcess) -> tuple[int, float]:

@@ -7,11 +7,8 @@ import datetime as dt
 import ipaddress
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +21,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.support import (
-    ROOT,
     Collector,
     GatewayProcess,
     Mosquitto,
     base_config,
+    buffer_stats,
     free_port,
+    scrape,
     wait_port,
     write_config,
 )
@@ -159,40 +157,6 @@ def tls() -> Iterator[TlsBroker]:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def scrape(listen: str) -> dict[str, float]:
-    """The agent's /metrics as {'name{labels}': value}."""
-    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
-
-
-def wait_metric(listen: str, key: str, pred: Callable[[float], bool],
-                timeout: float = 20.0) -> float:
-    """Poll /metrics until `pred(value of key)`; returns the value."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            value = scrape(listen).get(key)
-            if value is not None and pred(value):
-                return value
-        time.sleep(0.1)
-    raise AssertionError(f"{key} = {value} after {timeout}s")
-
-
-def buffer_stats(cfg: Path) -> dict[str, Any]:
-    """`parkgate buffer stats -c FILE` as JSON."""
-    out = subprocess.run([sys.executable, "-m", "gateway", "buffer", "stats", "-c", str(cfg)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=30, check=True)
-    doc: dict[str, Any] = json.loads(out.stdout)
-    return doc
-
-
 class Agent:
     """One agent talking to a TLS listener, and a plain-port collector of its topics."""
 
