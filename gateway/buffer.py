@@ -79,6 +79,9 @@ class BufferStats:
     pending: int
 
 
+_QUALITIES = frozenset({"good", "uncertain", "bad"})
+
+
 class ChunkEncoder:
     """Encodes the readings of one device as the JSON items of a chunk, without dicts.
 
@@ -129,10 +132,23 @@ class ChunkEncoder:
                 vs = _dumps(v)
             else:
                 vs = _dumps(str(v))
-            parts.append(f'{{"seq":{seq}{head}{frag[0]}{vs}{frag[1]}{r.ts},'
+            if quality not in _QUALITIES:
+                raise ValueError(f"quality {quality!r}")
+            # `:d` makes a ts that is not an int raise instead of writing invalid JSON
+            parts.append(f'{{"seq":{seq}{head}{frag[0]}{vs}{frag[1]}{r.ts:d},'
                          f'"quality":"{quality}"}}')
             seq += 1
         return ",".join(parts)
+
+
+def sanitize(r: Reading) -> Reading:
+    """A reading with fields of the types the payload needs (driver bugs); quality `bad`."""
+    try:
+        ts = int(r.ts)
+    except (TypeError, ValueError, OverflowError):
+        ts = now_ms()
+    return Reading(str(r.device), str(r.metric), None if r.value is None else str(r.value), ts,
+                   None if r.unit is None else str(r.unit), "bad")
 
 
 def group_chunks(pending: Sequence[Reading], chunk_max: int) -> list[list[Reading]]:
@@ -542,8 +558,13 @@ class Buffer:
         accepted = now_ms()
         try:
             for part in group_chunks(pending, self.chunk_max):
-                rows.append((seq, seq + len(part) - 1, part[0].device, accepted,
-                             self._encoder.encode(seq, part)))
+                try:
+                    body = self._encoder.encode(seq, part)
+                except (TypeError, ValueError):  # a driver bug must not stop the agent
+                    body = self._encoder.encode(seq, [sanitize(r) for r in part])
+                    self.log.error("a driver produced malformed readings; sent as bad "
+                                   "quality", device=str(part[0].device))
+                rows.append((seq, seq + len(part) - 1, str(part[0].device), accepted, body))
                 seq += len(part)
                 await asyncio.sleep(0)
         except asyncio.CancelledError:

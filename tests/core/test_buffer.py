@@ -202,3 +202,19 @@ async def test_wal_mode_and_schema_version(tmp_path: Path, synchronous: str) -> 
     finally:
         db.close()
     await buf.close()
+
+
+async def test_malformed_readings_from_a_buggy_driver_do_not_stop_the_buffer(
+        tmp_path: Path) -> None:
+    buf = make(tmp_path / "b.db")
+    await buf.open()
+    buf.add([Reading("d", "ok", 1.5, None), Reading("d", ["list"], 1, 5)])  # type: ignore[arg-type]
+    buf.add([Reading("e", "m", 2, 6, None, "excellent")])  # type: ignore[arg-type]
+    buf.add(readings(3, "f"))
+    await buf.flush()
+    items = await all_items(buf)  # valid JSON throughout
+    assert [(i["device"], i["quality"]) for i in items] == [
+        ("d", "bad"), ("d", "bad"), ("e", "bad"), ("f", "good"), ("f", "good"), ("f", "good")]
+    assert items[1]["metric"] == "['list']"
+    assert isinstance(items[0]["ts"], int)
+    await buf.close()
