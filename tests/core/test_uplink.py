@@ -361,8 +361,10 @@ def test_backlog_does_not_hold_back_live_readings(agents: Agents, tmp_path: Path
     window (at least one slot), so fresh readings reach the platform within about one round
     trip even behind hours of old ones; the platform sees seqs out of order meanwhile.
     """
-    # 100 readings per message: ~2000 messages of backlog, so the drain takes a while
-    uplink = mqtt(pbroker.port, backoff_max="1s", batch={"max_readings": 100,
+    # 25 readings per message: ~8000 messages of backlog, so the drain outlasts the first
+    # fresh live message (0.2 s + max_delay after the reconnect) even on an idle machine;
+    # with 100 per message a 200k backlog drained in under half a second here
+    uplink = mqtt(pbroker.port, backoff_max="1s", batch={"max_readings": 25,
                                                          "max_delay": "100ms"})
     gw, cfg, listen = agents.run(pbroker.port, BULK + LIVE, uplink=uplink)
     assert dcollector.wait_for(lambda c: len(c.messages) >= 2, 20), gw.output()[-3000:]
