@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.ble import fakes
 from tests.ble.conftest import by_id
@@ -18,31 +15,12 @@ SCANNER = "tests.ble.fakes:ReplayScanner"
 
 
 def latest(c: Collector, device: str) -> dict[str, Any]:
-    # reads `messages` directly: wait_for calls its predicate holding the collector's lock
     return {r["metric"]: r for _t, m in list(c.messages) for r in m["readings"]
             if r["device"] == device}
 
 
-@pytest.fixture
-def ble_broker() -> Iterator[Mosquitto]:
-    """A broker of this test's own."""
-    b = Mosquitto().start()
-    proc = b.proc
-    yield b
-    b.close()
-    if proc is not None and proc.stderr is not None:
-        proc.stderr.close()  # Mosquitto.stop() leaves its stderr pipe open
-
-
-@pytest.fixture
-def collector(ble_broker: Mosquitto) -> Iterator[Collector]:
-    c = Collector(ble_broker.port)
-    yield c
-    c.close()
-
-
 def test_ble_readings_reach_the_broker_and_a_missing_adapter_hurts_nobody(
-        tmp_path: Path, ble_broker: Mosquitto, collector: Collector) -> None:
+        tmp_path: Path, broker: Mosquitto, collector: Collector) -> None:
     adverts = [by_id("pvvx_custom")["advert"], by_id("ruuvi_rawv2")["advert"],
                {**by_id("bthome_thermometer")["advert"], "name": "SBHT-003C"},
                {"address": "54:48:E6:8F:80:A5", "rssi": -58,
@@ -62,7 +40,7 @@ def test_ble_readings_reach_the_broker_and_a_missing_adapter_hurts_nobody(
          "scanner_backend": "tests.ble.fakes:NoAdapterScanner"},
         {"name": "sim-1", "driver": "sim", "interval": "100ms"},
     ]
-    cfg = base_config(tmp_path, ble_broker.port, devices)
+    cfg = base_config(tmp_path, broker.port, devices)
     gw = GatewayProcess(write_config(tmp_path / "gw.yaml", cfg),
                         env={fakes.REPLAY_ENV: str(script)}).start()
     try:
@@ -91,9 +69,6 @@ def test_ble_readings_reach_the_broker_and_a_missing_adapter_hurts_nobody(
         assert gw.alive()
     finally:
         code = gw.stop()
-        logf = getattr(gw, "_logf", None)  # GatewayProcess leaves its log file open
-        if logf is not None:
-            logf.close()
     assert code == 0, gw.output()[-3000:]
     log = gw.output()
     assert "ble scanner failed to start" in log

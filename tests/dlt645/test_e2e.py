@@ -21,18 +21,6 @@ from tests.support import ROOT, Collector, GatewayProcess, Mosquitto, base_confi
 
 
 @pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    """tests/conftest.py's broker, also closing mosquitto's stderr pipe (a ResourceWarning,
-    an error under filterwarnings=error, when tests.support drops the Popen)."""
-    b = Mosquitto().start()
-    stderr = b.proc.stderr if b.proc else None
-    yield b
-    b.close()
-    if stderr is not None:
-        stderr.close()
-
-
-@pytest.fixture
 def tcp_meter() -> Iterator[int]:
     """The meter emulator as a script, serving TCP like a serial device server."""
     proc = subprocess.Popen([sys.executable, str(ROOT / "hardware-in-loop" / "emulators" /
@@ -52,7 +40,6 @@ def metrics_text(cfg: dict[str, Any]) -> str:
 
 
 def latest(c: Collector, device: str) -> dict[str, dict[str, Any]]:
-    # c.messages, not c.readings(): wait_for() holds the collector's non-reentrant lock
     return {r["metric"]: r for _t, m in list(c.messages) for r in m["readings"]
             if r["device"] == device}
 
@@ -109,9 +96,6 @@ def test_meters_reach_the_broker_and_a_dead_one_does_not_stall_the_bus(
         assert "Traceback" not in gw.output()
     finally:
         gw.kill()
-        logf = getattr(gw, "_logf", None)   # GatewayProcess never closes its log file
-        if logf is not None:
-            logf.close()
         loop_thread.run(bus.stop())
         port.close()
         loop_thread.close()

@@ -57,31 +57,11 @@ def meters(tmp_path: Path) -> Iterator[dict[str, Any]]:
     rtu.stop()
 
 
-@pytest.fixture
-def own_broker() -> Iterator[Mosquitto]:
-    b = Mosquitto().start()
-    proc = b.proc
-    yield b
-    b.close()
-    if proc is not None and proc.stderr is not None:
-        proc.stderr.close()  # Mosquitto.stop() leaves its stderr pipe open
+def latest(c: Collector, device: str) -> dict[str, Any]:
+    return {r["metric"]: r for r in c.readings() if r["device"] == device}
 
 
-@pytest.fixture
-def collector(own_broker: Mosquitto) -> Iterator[Collector]:
-    c = Collector(own_broker.port)
-    yield c
-    c.close()
-
-
-def latest(c: Collector, device: str, *, locked: bool = False) -> dict[str, Any]:
-    # inside wait_for the collector's (non-reentrant) lock is held: read messages directly
-    readings = ([r for _t, m in c.messages for r in m["readings"]] if locked
-                else c.readings())
-    return {r["metric"]: r for r in readings if r["device"] == device}
-
-
-def test_meters_reach_the_broker(tmp_path: Path, own_broker: Mosquitto,
+def test_meters_reach_the_broker(tmp_path: Path, broker: Mosquitto,
                                  collector: Collector, meters: dict[str, Any]) -> None:
     tcp = {"type": "tcp", "host": "127.0.0.1", "port": meters["port"]}
     devices = [
@@ -98,11 +78,11 @@ def test_meters_reach_the_broker(tmp_path: Path, own_broker: Mosquitto,
          "interval": "300ms",
          "transport": {"type": "rtu", "port": meters["link"], "baudrate": 9600}},
     ]
-    cfg = base_config(tmp_path, own_broker.port, devices)
+    cfg = base_config(tmp_path, broker.port, devices)
     gw = GatewayProcess(write_config(tmp_path / "gw.yaml", cfg)).start()
     try:
         def arrived(c: Collector) -> bool:
-            return all(m in latest(c, d, locked=True) for d, m in (
+            return all(m in latest(c, d) for d, m in (
                 ("main-1", "reactive_energy_total"), ("main-2", "energy_import"),
                 ("pv-7", "frequency")))
 
@@ -125,7 +105,4 @@ def test_meters_reach_the_broker(tmp_path: Path, own_broker: Mosquitto,
         assert gw.alive()
     finally:
         code = gw.stop()
-        logf = getattr(gw, "_logf", None)  # GatewayProcess leaves its log file open
-        if logf is not None:
-            logf.close()
     assert code == 0, gw.output()[-3000:]

@@ -21,25 +21,6 @@ from tests.support import ROOT, Collector, GatewayProcess, Mosquitto, base_confi
 
 
 @pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    """tests/conftest.py's broker, also closing mosquitto's stderr pipe (a ResourceWarning,
-    an error under filterwarnings=error, when tests.support drops the Popen)."""
-    b = Mosquitto().start()
-    stderr = b.proc.stderr if b.proc else None
-    yield b
-    b.close()
-    if stderr is not None:
-        stderr.close()
-
-
-def close_log(gw: GatewayProcess) -> None:
-    """GatewayProcess opens its log file and never closes it."""
-    logf = getattr(gw, "_logf", None)
-    if logf is not None:
-        logf.close()
-
-
-@pytest.fixture
 def loop_thread() -> Iterator[LoopThread]:
     t = LoopThread()
     yield t
@@ -61,8 +42,6 @@ def wait(predicate: Any, timeout: float) -> bool:
 
 
 def latest(c: Collector, device: str) -> dict[str, dict[str, Any]]:
-    # reads c.messages directly: wait_for() calls predicates holding the collector's
-    # non-reentrant lock, so c.readings() would deadlock there
     return {r["metric"]: r for _t, m in list(c.messages) for r in m["readings"]
             if r["device"] == device}
 
@@ -130,7 +109,6 @@ def test_serial_sensors_reach_the_broker_through_silence_and_replug(
         assert "Traceback" not in gw.output()
     finally:
         gw.kill()
-        close_log(gw)
         loop_thread.run(gnss.stop())
         loop_thread.run(probe.stop())
         gnss_port.close()
