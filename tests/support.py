@@ -197,6 +197,7 @@ class GatewayProcess:
         self.log = config.with_suffix(".log")
 
     def start(self) -> GatewayProcess:
+        self._close_log()  # a previous run may have been killed from outside
         self._logf = self.log.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c",
                                       str(self.config)], stdout=self._logf,

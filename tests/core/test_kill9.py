@@ -76,7 +76,9 @@ def test_kill9_loses_no_seq_and_reuses_none(tmp_path: Path, broker: Mosquitto,
     stats = buffer_stats(cfg)
     assert stats["rows"] == 0, stats
     last = stats["next_seq"] - 1
-    assert last > 10_000, stats  # the flow really ran across the kills
+    # the flow really ran across the kills: 5,000 seqs is a floor that a short random kill
+    # schedule still clears (runs here gave 8,700-20,700); 10,000 failed on short draws
+    assert last > 5_000, stats
     want = set(range(1, last + 1))
     collector.wait_for(lambda c: want <= set(_seqs(c)), 30)
 

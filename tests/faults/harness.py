@@ -156,12 +156,6 @@ class Broker(Mosquitto):
                                                            "persistence true")
                              + f"persistence_location {store}/\n")
 
-    def stop(self) -> None:
-        proc = self.proc
-        super().stop()
-        if proc is not None and proc.stderr is not None:
-            proc.stderr.close()  # Mosquitto.stop leaves the pipe open (a ResourceWarning)
-
 
 def persistent_broker() -> Broker:
     """A started `Broker`."""
@@ -184,33 +178,22 @@ class Agent:
         self.starts = 0
 
     def start(self) -> Agent:
-        self._close_log()
         self.proc.start()
         self.starts += 1
         return self
-
-    def _close_log(self) -> None:
-        # GatewayProcess opens its log file on every start and never closes it
-        logf = getattr(self.proc, "_logf", None)
-        if logf is not None:
-            logf.close()
 
     def alive(self) -> bool:
         return self.proc.alive()
 
     def kill9(self) -> None:
         self.proc.kill()
-        self._close_log()
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM once signal handlers are in place (the HTTP server answers after)."""
         if self.alive():
             with contextlib.suppress(OSError):
                 self.wait_metrics()
-        try:
-            return self.proc.stop(timeout)
-        finally:
-            self._close_log()
+        return self.proc.stop(timeout)
 
     def output(self, tail: int = 4000) -> str:
         return self.proc.output()[-tail:]
