@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -493,9 +493,3 @@ def json_schema(drivers: Mapping[str, DriverInfo] | None = None) -> dict[str, An
                                        "description": "The devices to read."}
     schema.setdefault("required", [])
     return schema
-
-
-def iter_problems(exc: ConfigProblems) -> Iterator[str]:
-    """Lines of `parkgate check` output."""
-    for p in exc.problems:
-        yield str(p)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 Quality = Literal["good", "uncertain", "bad"]
@@ -29,11 +28,3 @@ class Reading(NamedTuple):
     ts: int
     unit: str | None = None
     quality: Quality = "good"
-
-
-@dataclass(frozen=True, slots=True)
-class StoredReading:
-    """A reading after the durable buffer accepted it and gave it its `seq`."""
-
-    seq: int
-    reading: Reading

@@ -240,12 +240,6 @@ class Uplink:
 
     # -- connection --------------------------------------------------------------------------
     def _client(self, broker: Broker) -> aiomqtt.Client:
-        client = self._make_client(broker)
-        # a full window of publishes awaiting PUBACK is normal here, not worth a warning
-        client.pending_calls_threshold = self.cfg.window * 2 + 10
-        return client
-
-    def _make_client(self, broker: Broker) -> aiomqtt.Client:
         v5 = self.cfg.protocol == "5"
         offline = json.dumps({"state": "offline", "reason": "connection lost",
                               "gateway": self.gw.id})
@@ -254,7 +248,7 @@ class Uplink:
             if self._ssl is None:
                 self._ssl = tls_context(self.cfg)
             tls = self._ssl
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             broker.host, broker.port,
             logger=self._mqtt_log,
             username=self.cfg.username,
@@ -270,6 +264,9 @@ class Uplink:
             max_inflight_messages=self.cfg.window,
             max_queued_outgoing_messages=self.cfg.window * 2,
         )
+        # a full window of publishes awaiting PUBACK is normal here, not worth a warning
+        client.pending_calls_threshold = self.cfg.window * 2 + 10
+        return client
 
     async def run(self) -> None:
         """Connect, publish, fail over and reconnect until cancelled."""
