@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+import structlog
 import yaml
+
+from gateway.driver import DriverContext, ResourcePool
+from gateway.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -304,3 +308,17 @@ def wait_subscribed(c: Collector, port: int, auth: tuple[str, str] | None = None
     finally:
         pub.loop_stop()
         pub.disconnect()
+
+
+def driver_context(name: str, pool: ResourcePool | None = None,
+                   metrics: Metrics | None = None) -> DriverContext:
+    """A driver context like the supervisor's, for driver-level tests."""
+    return DriverContext(device=name, log=structlog.get_logger().bind(device=name),
+                         resources=pool if pool is not None else ResourcePool(),
+                         metrics=metrics if metrics is not None else Metrics())
+
+
+def metric_value(metrics: Metrics, name: str, **labels: str) -> float:
+    """Current value of a metric sample, 0 if absent."""
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value

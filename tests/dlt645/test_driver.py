@@ -15,7 +15,9 @@ from drivers.dlt645.frame import FrameError
 from gateway.driver import ResourcePool
 from gateway.errors import DeviceConfigError, TransientError
 from gateway.metrics import Metrics
-from tests.dlt645.conftest import A1, A2, make_ctx, sample
+from tests.dlt645.conftest import A1, A2
+from tests.support import driver_context as make_ctx
+from tests.support import metric_value as sample
 
 ITEMS = ["energy_total", "energy_import", "energy_import_t1", "energy_import_t2",
          "energy_import_t3", "energy_import_t4", "energy_export", "voltage_a", "voltage_b",

@@ -9,25 +9,14 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import pytest
-import structlog
 
 from drivers.modbus import ModbusDriver, ModbusOptions
-from gateway.driver import DriverContext, ResourcePool
+from gateway.driver import ResourcePool
 from gateway.metrics import Metrics
+from tests.support import driver_context as make_ctx
+from tests.support import metric_value as sample
 
 T = TypeVar("T")
-
-
-def make_ctx(name: str, pool: ResourcePool, metrics: Metrics) -> DriverContext:
-    """A driver context like the supervisor's."""
-    return DriverContext(device=name, log=structlog.get_logger().bind(device=name),
-                         resources=pool, metrics=metrics)
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    """Current value of a metric sample, 0 if absent."""
-    value = metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
 
 
 class Rig:

@@ -11,23 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from emulators.quectel_modem import QuectelModem
 
 from drivers.modem import ModemDriver, ModemOptions
-from gateway.driver import DriverContext, ResourcePool
+from gateway.driver import DriverContext
 from gateway.metrics import Metrics
 from tests.support import Collector, Mosquitto
+from tests.support import driver_context as make_ctx
 
 RECORDED = Path(__file__).parent / "mmcli"
-
-
-def make_ctx(name: str, pool: ResourcePool | None = None,
-             metrics: Metrics | None = None) -> DriverContext:
-    """A driver context like the supervisor's."""
-    return DriverContext(device=name, log=structlog.get_logger().bind(device=name),
-                         resources=pool if pool is not None else ResourcePool(),
-                         metrics=metrics if metrics is not None else Metrics())
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:

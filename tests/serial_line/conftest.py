@@ -7,26 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from emulators.line_sensor import PtyPort
 
 from drivers.serial_line import SerialDriver, SerialOptions
-from gateway.driver import DriverContext, ResourcePool
-from gateway.metrics import Metrics
-
-
-def make_ctx(name: str, pool: ResourcePool | None = None,
-             metrics: Metrics | None = None) -> DriverContext:
-    """A driver context like the supervisor's."""
-    return DriverContext(device=name, log=structlog.get_logger().bind(device=name),
-                         resources=pool if pool is not None else ResourcePool(),
-                         metrics=metrics if metrics is not None else Metrics())
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    """Current value of a metric sample, 0 if absent."""
-    value = metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
+from gateway.driver import DriverContext
+from tests.support import driver_context as make_ctx
 
 
 @pytest.fixture

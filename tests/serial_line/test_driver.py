@@ -16,7 +16,8 @@ from gateway.driver import ResourcePool
 from gateway.errors import DeviceConfigError, TransientError
 from gateway.metrics import Metrics
 from gateway.model import Reading
-from tests.serial_line.conftest import make_ctx, sample
+from tests.support import driver_context as make_ctx
+from tests.support import metric_value as sample
 
 KV = {"type": "kv", "fields": {"T": {"metric": "temperature", "unit": "°C"},
                                "H": {"metric": "humidity", "unit": "%"}}}
