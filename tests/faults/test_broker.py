@@ -115,7 +115,10 @@ def test_broker_refusing_publishes_keeps_readings(tmp_path: Path,
     """An ACL denies the data topic for a while (a platform misconfiguration), then allows it."""
     broker = persistent_broker()
     acl = broker.dir / "acl"
-    acl.write_text("topic readwrite parkgate/+/+/status\ntopic read parkgate/#\n")
+    # `pattern`, not `topic` lines: Mosquitto 2.0 builds a client's `topic` ACL only when it
+    # connects, so after a restart it silently drops messages for a persistent subscriber
+    # restored from disk that has not reconnected yet (the agent may well publish first).
+    acl.write_text("pattern readwrite parkgate/+/+/status\npattern read parkgate/#\n")
     acl.chmod(0o644)
     broker.conf.write_text(broker.conf.read_text() + f"acl_file {acl}\n")
     broker.restart()
@@ -127,7 +130,7 @@ def test_broker_refusing_publishes_keeps_readings(tmp_path: Path,
         time.sleep(3.0)
         refused = agent.metrics().get("parkgate_uplink_published_readings_total", 0)
         assert col.delivered == 0
-        acl.write_text("topic readwrite parkgate/#\n")
+        acl.write_text("pattern readwrite parkgate/#\n")
         broker.restart()  # the platform fixes its ACL
         took = col.wait_beyond(0, 20)
         out = finish(agent, col, timeout=5)
