@@ -530,10 +530,16 @@ class Buffer:
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** min(self._write_failures, 5)))
 
     async def flush(self) -> None:
-        """Commit everything pending now, in bounded transactions (also used on shutdown)."""
+        """Commit everything pending now, in bounded transactions (also used on shutdown).
+
+        Only what is pending when it starts: under a sustained flood, waiting for an empty
+        queue never ends, and the uplink (which flushes its acks before reading) would wait
+        for the lock forever.
+        """
         async with self._flush_lock:  # seqs are assigned here, so one flush at a time
-            while (self._pending or self._acks) and await self._flush():
-                pass
+            rounds = 1 + len(self._pending) // self.cfg.commit_readings
+            while rounds > 0 and (self._pending or self._acks) and await self._flush():
+                rounds -= 1
 
     async def _flush(self) -> bool:
         """Commit the acks and up to `commit_readings` pending readings; False on failure.

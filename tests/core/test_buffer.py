@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -217,4 +219,37 @@ async def test_malformed_readings_from_a_buggy_driver_do_not_stop_the_buffer(
         ("d", "bad"), ("d", "bad"), ("e", "bad"), ("f", "good"), ("f", "good"), ("f", "good")]
     assert items[1]["metric"] == "['list']"
     assert isinstance(items[0]["ts"], int)
+    await buf.close()
+
+
+async def test_flush_ends_while_readings_keep_arriving(tmp_path: Path) -> None:
+    """Readings that arrive during every commit must not hold a flush (or its lock) forever.
+
+    When `flush()` waited for an empty queue, the commit loop held the flush lock for as
+    long as devices produced faster than one commit took, and everything else that flushed
+    waited: bench/pipeline.py at full speed delivered nothing. Here each SQLite commit (in
+    the buffer's thread) lets 100 new readings arrive on the loop, as a flood does.
+    """
+    buf = make(tmp_path / "b.db", commit_readings=500)
+    await buf.open()
+    loop = asyncio.get_running_loop()
+    store = buf._store
+    commit = store.commit
+    arrived = [0]
+
+    def commit_during_a_flood(*args: Any) -> Any:
+        loop.call_soon_threadsafe(buf.add, readings(100, start=arrived[0]))
+        arrived[0] += 100
+        return commit(*args)
+
+    store.commit = commit_during_a_flood  # type: ignore[method-assign]
+    buf.add(readings(2000))
+    async with asyncio.timeout(10):
+        await buf.flush()
+    stats = await buf.stats()
+    assert stats.next_seq > 2000  # what was pending at the start is committed
+    assert stats.pending > 0  # what arrived meanwhile waits for the next commit
+    store.commit = commit  # type: ignore[method-assign]
+    await buf.flush()
+    assert (await buf.stats()).pending == 0
     await buf.close()
