@@ -420,10 +420,16 @@ class _Store:
         return int(n)
 
     # -- read ----------------------------------------------------------------------------------
-    def fetch(self, start: int, stop: int | None, limit: int) -> list[Chunk]:
+    def fetch(self, start: int, stop: int | None, limit: int,
+              device: str | None = None) -> list[Chunk]:
         db = self.db
         assert db is not None
-        if stop is None:
+        if device is not None:  # rare (a re-read after a refusal): a scan is fine
+            cur = db.execute("SELECT first, last, device, accepted, body FROM chunks"
+                             " WHERE first >= ? AND first < ? AND device = ?"
+                             " ORDER BY first LIMIT ?",
+                             (start, stop if stop is not None else 2**63 - 1, device, limit))
+        elif stop is None:
             cur = db.execute("SELECT first, last, device, accepted, body FROM chunks"
                              " WHERE first >= ? ORDER BY first LIMIT ?", (start, limit))
         else:
@@ -457,6 +463,7 @@ class Buffer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parkgate-sqlite")
         self._pending: list[Reading] = []
         self._acks: list[int] = []
+        self._acks_committing: list[int] = []
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._encoder = ChunkEncoder()
@@ -513,9 +520,14 @@ class Buffer:
         """Chunks (by first seq) the broker acknowledged; deleted at the next commit."""
         self._acks.extend(firsts)
 
-    async def fetch(self, start: int, stop: int | None, limit: int) -> list[Chunk]:
-        """Up to `limit` chunks with `start <= first < stop`, oldest first."""
-        return await self._call(self._store.fetch, start, stop, limit)
+    def unflushed_acks(self) -> set[int]:
+        """Chunks acknowledged but not yet deleted (their commit may be under way)."""
+        return {*self._acks, *self._acks_committing}
+
+    async def fetch(self, start: int, stop: int | None, limit: int,
+                    device: str | None = None) -> list[Chunk]:
+        """Up to `limit` chunks with `start <= first < stop` (of `device`), oldest first."""
+        return await self._call(self._store.fetch, start, stop, limit, device)
 
     async def run(self) -> None:
         """The commit loop: every `commit_interval`, or sooner when many readings wait."""
@@ -553,6 +565,7 @@ class Buffer:
         pending = self._pending[:size]
         del self._pending[:size]
         acks, self._acks = self._acks, []
+        self._acks_committing = acks
         if len(self._pending) < self.high_water:
             self._room.set()
         started = time.perf_counter()
@@ -577,6 +590,7 @@ class Buffer:
             # nothing was handed to SQLite yet: keep the readings for close() to commit
             self._pending[:0] = pending
             self._acks[:0] = acks
+            self._acks_committing = []
             raise
         try:
             await self._call(self._store.commit, rows, acks)
@@ -602,6 +616,8 @@ class Buffer:
             if isinstance(exc, sqlite3.DatabaseError) and is_corruption(exc):
                 await self._call(self._recover, str(exc))
             return False
+        finally:
+            self._acks_committing = []
         if self._write_failures:
             self.log.info("buffer writes recovered", after_failures=self._write_failures)
         self._write_failures = 0

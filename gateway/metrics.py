@@ -98,7 +98,7 @@ class Metrics:
         # before the first drop or failure.
         for reason in ("max_bytes", "max_age", "write_failed"):
             self.buffer_dropped.labels(reason=reason)
-        for reason in ("auth", "refused", "tls", "error", "publish_refused"):
+        for reason in ("auth", "refused", "tls", "error"):
             self.uplink_connect_errors.labels(reason=reason)
         self.loop_lag = Gauge(f"{PREFIX}event_loop_lag_seconds",
                               "How late the event loop ran a 1 s heartbeat", registry=r)

@@ -10,14 +10,23 @@ drains, live data may hold up to `live_share` of the window (at least one slot),
 readings reach the platform within about one round trip even behind hours of old ones.
 The platform therefore sees seqs out of order during a drain; it de-duplicates and sorts by
 (gateway, seq) and `ts` as usual.
+
+Refused topics: when the broker refuses a publish in its PUBACK (MQTT 5: an ACL that does
+not yet list a new device, a quota), only that device is held back, with its own backoff;
+its readings stay in the buffer and the other devices keep flowing. When the hold ends, the
+device's skipped chunks are read again from the buffer. Holds outlast reconnects: some
+brokers (AWS IoT, EMQX with `deny_action = disconnect`) drop the connection on a refused
+publish, and an immediate retry would cut everyone off again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import random
 import sqlite3
 import ssl
 import time
@@ -58,6 +67,15 @@ class Broker:
         return cls(url, parts.hostname or "localhost", parts.port or (8883 if tls else 1883), tls)
 
 
+STABLE_S = 10.0
+"""A connection that lasted this long resets the reconnect backoff."""
+
+HOLD_BASE = 2.0
+HOLD_CAP = 300.0
+"""A refused device is retried after 2, 4, 8 ... s (jittered in the upper half), at most
+every 5 minutes: an ACL fix shows within minutes, a permanent refusal costs one publish per
+device per 5 minutes."""
+
 MIN_FETCH = 16
 """Chunks read from SQLite at once: twice the window, at least this many. Chunks can hold
 `max_readings` readings each (~65 KB at 500), so this bounds the uplink's memory."""
@@ -68,11 +86,13 @@ class _Stream:
     """A monotonic cursor over buffered chunks in [cursor, stop), with a fetched queue.
 
     Within one connection a chunk is fetched once and sent once; after a reconnect new
-    streams start again from the oldest unacknowledged chunk.
+    streams start again from the oldest unacknowledged chunk. A stream with a `device`
+    re-reads only that device's chunks (after a hold).
     """
 
     cursor: int
     stop: int | None
+    device: str | None = None
     pending: list[Chunk] = field(default_factory=list)
     inflight: int = 0
     at_end: bool = False
@@ -86,10 +106,50 @@ class _Stream:
 @dataclass(slots=True)
 class _Message:
     topic: str
+    device: str
     payload: bytes
     firsts: list[int]
     readings: int
     stream: _Stream
+
+
+@dataclass(slots=True)
+class _Hold:
+    """A device whose publishes the broker refused: skipped until `until` (loop time)."""
+
+    until: float = 0.0
+    attempts: int = 0
+    reason: str = ""
+
+    def extend(self, now: float, rng: random.Random) -> float:
+        """Hold for the next, longer delay; returns it."""
+        ceiling = min(HOLD_CAP, HOLD_BASE * 2 ** min(self.attempts, 16))
+        self.attempts += 1
+        # upper-half jitter: many held devices must not line up into frequent retries
+        delay = rng.uniform(ceiling / 2, ceiling)
+        self.until = now + delay
+        return delay
+
+
+@dataclass(slots=True)
+class _Connection:
+    """What one connection's publishing keeps about held devices.
+
+    A chunk of a held device is dropped from its stream (it stays in the buffer) and the
+    device is marked `skipped`. When the hold ends, a stream of that device alone re-reads
+    the buffer below the live cursor, and the other streams leave the device's chunks below
+    that point (`retry_below`) to it, so each chunk is still sent once per connection.
+    """
+
+    inflight_firsts: set[int] = field(default_factory=set)
+    skipped: set[str] = field(default_factory=set)
+    retries: dict[str, _Stream] = field(default_factory=dict)
+    retry_below: dict[str, int] = field(default_factory=dict)
+
+    def mine(self, stream: _Stream, chunk: Chunk) -> bool:
+        """Whether `stream` may send `chunk` (not another stream's re-read)."""
+        below = self.retry_below.get(chunk.device)
+        return below is None or chunk.first >= below or stream.device == chunk.device
 
 
 @dataclass(slots=True)
@@ -134,10 +194,6 @@ class _LastError(logging.Handler):
         return message
 
 
-class PublishRefused(Exception):
-    """The broker answered a PUBACK with a failure reason code (MQTT 5)."""
-
-
 class _PubackCodes:
     """MQTT 5 PUBACK reason codes per publish, which aiomqtt 2.x drops.
 
@@ -145,7 +201,7 @@ class _PubackCodes:
     waits for `on_publish` and ignores its reason code, so a refused message (0x87 not
     authorized, 0x97 quota exceeded, 0x95 too large) would count as delivered and its
     readings would be deleted. These wrappers remember the mid each task published and the
-    codes the broker refused, so the uplink keeps a refused batch.
+    codes the broker refused, so the uplink keeps a refused batch and holds its device.
     """
 
     def __init__(self, client: aiomqtt.Client) -> None:
@@ -229,6 +285,8 @@ class Uplink:
         self._mqtt_log = logging.getLogger(f"parkgate.mqtt.{self.client_id}")
         self._mqtt_log.addHandler(self._last_error)
         self.on_state: Callable[[UplinkState], None] | None = None
+        self._holds: dict[str, _Hold] = {}
+        self._rng = random.Random()  # noqa: S311 (retry jitter, not secrets)
 
     def topic_for(self, device: str) -> str:
         """The data topic of a device."""
@@ -309,15 +367,10 @@ class Uplink:
                 self.log.warning("uplink connection failed or lost", broker=broker.url,
                                  error=error, reason=reason, hint=hint)
                 self._failed(broker, reason, error)
-            except PublishRefused as exc:
-                self.metrics.uplink_publish_refused.labels(reason=str(exc)).inc()
-                self.log.error("broker refused a publish: readings stay in the buffer; check "
-                               "the broker's ACL or quotas for this gateway's topics",
-                               broker=broker.url, reason=str(exc))
-                self._failed(broker, "publish_refused", str(exc))
-                delay = backoff.next_delay()  # the session "worked" but must not spin
-            if self.state.connected_since is not None and delay is None:
-                # the session had worked: a fresh round, no long wait
+            since = self.state.connected_since
+            if since is not None and delay is None and time.monotonic() - since >= STABLE_S:
+                # the session had worked: a fresh round, no long wait (a broker that drops
+                # us right after CONNACK, say for a refused publish, gets the backoff)
                 backoff.reset()
                 failures_this_round = 0
             self._set_connected(None)
@@ -384,17 +437,20 @@ class Uplink:
         await buffer.flush()  # apply acks of the last connection before reading again
         backlog = _Stream(cursor=0, stop=boundary)
         live = _Stream(cursor=boundary, stop=None)
+        conn = _Connection()
         window = self.cfg.window
         live_slots = max(1, int(window * self.cfg.live_share))
         inflight: set[asyncio.Task[None]] = set()
         failure: list[BaseException] = []
+        loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         # aiomqtt 2.x never fails pending publishes when the connection drops; without this
         # the window would sit until publish_timeout (30 s) before the session ends
         disconnected: asyncio.Future[None] = client._disconnected
 
-        def done(task: asyncio.Task[None]) -> None:
+        def done(task: asyncio.Task[None], msg: _Message) -> None:
             inflight.discard(task)
+            conn.inflight_firsts.difference_update(msg.firsts)
             self.metrics.uplink_inflight.set(len(inflight))
             if not task.cancelled() and task.exception() is not None:
                 failure.append(task.exception())  # type: ignore[arg-type]
@@ -408,29 +464,33 @@ class Uplink:
                     raise aiomqtt.MqttError("connection lost")
                 started = False
                 wait_s = 1.0
+                hold_in = self._release_holds(conn, live, loop.time()) if conn.skipped else None
                 while len(inflight) < window:
                     msg = None
-                    for stream in self._order(backlog, live, live_slots):
-                        msg, ready_in = await self._next_message(stream)
+                    for stream in self._order(backlog, live, conn, live_slots):
+                        msg, ready_in = await self._next_message(stream, conn)
                         wait_s = min(wait_s, ready_in)
                         if msg is not None:
                             break
                     if msg is None:
                         break
                     msg.stream.inflight += 1
-                    task = asyncio.create_task(self._publish(client, codes, msg),
+                    conn.inflight_firsts.update(msg.firsts)
+                    task = asyncio.create_task(self._publish(client, codes, msg, conn),
                                                name=f"uplink.publish[{msg.firsts[0]}]")
                     inflight.add(task)
-                    task.add_done_callback(done)
+                    task.add_done_callback(functools.partial(done, msg=msg))
                     self.metrics.uplink_inflight.set(len(inflight))
                     started = True
                 wake.clear()
                 changed = asyncio.ensure_future(buffer.changed.wait())
                 woken = asyncio.ensure_future(wake.wait())
                 waits: set[asyncio.Future[Any]] = {changed, woken, disconnected}
+                timeout = None if started else max(0.001, wait_s)
+                if hold_in is not None:
+                    timeout = max(0.001, min(hold_in, timeout or hold_in))
                 try:
-                    await asyncio.wait(waits,
-                                       timeout=None if started else max(0.001, wait_s),
+                    await asyncio.wait(waits, timeout=timeout,
                                        return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     changed.cancel()
@@ -446,24 +506,72 @@ class Uplink:
             self.metrics.uplink_inflight.set(0)
 
     @staticmethod
-    def _order(backlog: _Stream, live: _Stream, live_slots: int) -> list[_Stream]:
+    def _order(backlog: _Stream, live: _Stream, conn: _Connection, live_slots: int
+               ) -> list[_Stream]:
         """Which stream may fill the next window slot, in order of preference."""
-        if backlog.exhausted:
+        older = [backlog] if not backlog.exhausted else []
+        if conn.retries:
+            for device, stream in list(conn.retries.items()):
+                if stream.exhausted:
+                    del conn.retries[device]
+                else:
+                    older.append(stream)
+        if not older:
             return [live]
         if live.inflight < live_slots:
-            return [live, backlog]
-        return [backlog]
+            return [live, *older]
+        return older
 
-    async def _next_message(self, stream: _Stream) -> tuple[_Message | None, float]:
+    def _held(self, device: str, now: float) -> bool:
+        hold = self._holds.get(device)
+        return hold is not None and now < hold.until
+
+    def _release_holds(self, conn: _Connection, live: _Stream, now: float) -> float | None:
+        """Re-read the chunks of devices whose hold ended; seconds until the next one ends."""
+        next_in: float | None = None
+        for device in list(conn.skipped):
+            hold = self._holds.get(device)
+            if hold is not None and now < hold.until:
+                left = hold.until - now
+                next_in = left if next_in is None else min(next_in, left)
+                continue
+            conn.skipped.discard(device)
+            # the live stream delivers the device's chunks from its cursor on
+            conn.retries[device] = _Stream(cursor=0, stop=live.cursor, device=device)
+            conn.retry_below[device] = live.cursor
+        return next_in
+
+    async def _next_message(self, stream: _Stream, conn: _Connection
+                            ) -> tuple[_Message | None, float]:
         """The next ready message of a stream, or None and how long until one may be ready."""
         fetch = max(MIN_FETCH, 2 * self.cfg.window)
-        if len(stream.pending) < fetch // 2 and not stream.at_end:
-            chunks = await self.buffer.fetch(stream.cursor, stream.stop, fetch)
-            if chunks:
-                stream.pending.extend(chunks)
-                stream.cursor = chunks[-1].last + 1
-            stream.at_end = len(chunks) < fetch
-        pending = stream.pending
+        now = asyncio.get_running_loop().time()
+        while True:
+            if len(stream.pending) < fetch // 2 and not stream.at_end:
+                chunks = await self.buffer.fetch(stream.cursor, stream.stop, fetch,
+                                                 stream.device)
+                if chunks:
+                    stream.pending.extend(chunks)
+                    stream.cursor = chunks[-1].last + 1
+                stream.at_end = len(chunks) < fetch
+                if stream.device is not None and chunks:
+                    # a re-read meets chunks sent before the hold: awaiting their PUBACK or
+                    # acknowledged but not yet deleted; neither goes twice
+                    sent = conn.inflight_firsts | self.buffer.unflushed_acks()
+                    stream.pending[:] = [c for c in stream.pending if c.first not in sent]
+            pending = stream.pending
+            skip = 0
+            if self._holds or conn.retry_below:
+                while skip < len(pending):
+                    c = pending[skip]
+                    if self._held(c.device, now):
+                        conn.skipped.add(c.device)  # stays in the buffer for a re-read
+                    elif conn.mine(stream, c):
+                        break
+                    skip += 1
+            if not skip:
+                break
+            del pending[:skip]
         if not pending:
             return None, 1.0
         max_readings = self.cfg.batch.max_readings
@@ -494,13 +602,13 @@ class Uplink:
 
     def _message(self, chunks: list[Chunk], stream: _Stream) -> _Message:
         body = ",".join(c.body for c in chunks).encode()
-        return _Message(topic=self.topic_for(chunks[0].device),
+        return _Message(topic=self.topic_for(chunks[0].device), device=chunks[0].device,
                         payload=self._prefix + body + b"]}",
                         firsts=[c.first for c in chunks],
                         readings=sum(c.count for c in chunks), stream=stream)
 
-    async def _publish(self, client: aiomqtt.Client, codes: _PubackCodes, msg: _Message
-                       ) -> None:
+    async def _publish(self, client: aiomqtt.Client, codes: _PubackCodes, msg: _Message,
+                       conn: _Connection) -> None:
         started = time.perf_counter()
         try:
             await client.publish(msg.topic, msg.payload, qos=1,
@@ -514,14 +622,33 @@ class Uplink:
         finally:
             msg.stream.inflight -= 1
         if (refusal := codes.refused()) is not None:
-            # not delivered: keep the chunks; the session ends and retries with backoff
-            raise PublishRefused(refusal)
+            self._refused(msg, refusal, conn)  # not delivered: the chunks stay buffered
+            return
         # acknowledged: the buffer deletes these chunks at its next commit
         self.buffer.ack(msg.firsts)
+        if self._holds and (hold := self._holds.pop(msg.device, None)) is not None:
+            self.log.info("broker accepts this device's publishes again",
+                          device=msg.device, topic=msg.topic, refusals=hold.attempts)
         self.metrics.uplink_latency.observe(time.perf_counter() - started)
         self.metrics.uplink_published.inc(msg.readings)
         self.metrics.uplink_messages.inc()
         self.state.published += msg.readings
+
+    def _refused(self, msg: _Message, reason: str, conn: _Connection) -> None:
+        """Hold the device back; the others go on."""
+        self.metrics.uplink_publish_refused.labels(reason=reason).inc()
+        conn.skipped.add(msg.device)
+        now = asyncio.get_running_loop().time()
+        hold = self._holds.setdefault(msg.device, _Hold())
+        if now < hold.until:
+            return  # another message sent before the hold began: held already
+        delay = hold.extend(now, self._rng)
+        hold.reason = reason
+        self.state.last_error = f"{self.state.broker}: publish to {msg.topic} refused: {reason}"
+        self.log.error("broker refused a publish: this device's readings stay in the buffer "
+                       "and are retried later, other devices go on; check the broker's ACL "
+                       "or quotas for this topic", device=msg.device, topic=msg.topic,
+                       reason=reason, retry_in_s=round(delay, 1), refusals=hold.attempts)
 
     async def drain(self, grace: float) -> bool:
         """On shutdown: keep publishing what is buffered for up to `grace` seconds.

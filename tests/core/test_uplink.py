@@ -241,6 +241,75 @@ def test_wrong_password_keeps_data_until_fixed(agents: Agents, tmp_path: Path,
         broker.close()
 
 
+# -- (c2) a topic the broker refuses --------------------------------------------------------------
+@pytest.mark.parametrize("drops_us", [False, True], ids=["broker-keeps-us", "broker-drops-us"])
+def test_refused_device_is_held_while_the_others_flow(agents: Agents, drops_us: bool) -> None:
+    """The platform's ACL does not list a new device yet (MQTT 5 PUBACK 0x87 Not authorized).
+
+    Only that device waits, with its own backoff and one log line per retry; the others keep
+    flowing. Some brokers also drop the connection on a refused publish (AWS IoT, EMQX with
+    `deny_action = disconnect`; Mosquitto 2.0.11 does so with unlimited in-flight and queued
+    messages, as in the test broker): the hold outlasts the reconnect, so they cannot spin.
+    When the ACL is fixed (a broker reload, no restart) the held readings follow, none lost.
+    """
+    broker = Mosquitto()
+    acl = broker.dir / "acl"
+    acl.write_text("pattern readwrite parkgate/+/+/status\npattern readwrite parkgate/+/+/old\n"
+                   "pattern read parkgate/#\n")
+    acl.chmod(0o644)
+    conf = broker.conf.read_text() + f"acl_file {acl}\n"
+    if not drops_us:
+        conf = conf.replace("max_queued_messages 0\n", "")
+    broker.conf.write_text(conf)
+    broker.start()
+    c = Collector(broker.port)
+    devices = [{"name": "old", "driver": "sim", "interval": "20ms", "points": 5,
+                "pattern": "counter"},
+               {"name": "new", "driver": "sim", "interval": "100ms", "points": 5,
+                "pattern": "counter"}]
+    try:
+        wait_subscribed(c, broker.port)
+        gw, cfg, listen = agents.run(broker.port, devices, uplink=mqtt(broker.port))
+        refused = 'parkgate_uplink_publish_refused_total{reason="Not authorized"}'
+        wait_metric(listen, refused, lambda v: v >= 1)
+
+        def old_count() -> int:
+            return sum(1 for r in c.readings() if r["device"] == "old")
+
+        before, t0 = old_count(), time.monotonic()
+        time.sleep(4.0)
+        rate = (old_count() - before) / (time.monotonic() - t0)
+        # 250/s offered; a broker that drops us costs a reconnect per retry of the held device
+        floor = 120 if drops_us else 200
+        assert rate > floor, f"the other device: {rate:.0f}/s\n{gw.output()[-3000:]}"
+        assert not [r for r in c.readings() if r["device"] == "new"]
+        reconnects = scrape(listen).get("parkgate_uplink_reconnects_total", 0)
+        if drops_us:
+            assert 1 <= reconnects <= 5, f"{reconnects} reconnects in 4 s\n{gw.output()[-3000:]}"
+        else:
+            assert reconnects == 0, "the connection was dropped"
+        lines = [json.loads(line) for line in gw.output().splitlines()
+                 if line.startswith("{") and "broker refused a publish" in line]
+        # one line per hold (2, 4, 8 s ...), not one per message or per reconnect
+        assert 1 <= len(lines) <= 4, lines
+        assert lines[0]["device"] == "new"
+        assert lines[0]["topic"] == "parkgate/test/test-gw/new"
+        assert lines[0]["reason"] == "Not authorized"
+
+        acl.write_text("pattern readwrite parkgate/#\n")
+        assert broker.proc is not None
+        broker.proc.send_signal(1)  # SIGHUP: Mosquitto reloads its ACL
+        assert c.wait_for(lambda c: any(r["device"] == "new" for r in c.readings()), 30), \
+            gw.output()[-3000:]
+        assert "broker accepts this device's publishes again" in gw.output()
+        last = stop_and_check(gw, cfg, c)
+        news = sum(1 for r in c.readings() if r["device"] == "new")
+        print(f"{last} readings, {news} of the held device, {reconnects:.0f} reconnects")
+    finally:
+        c.close()
+        broker.close()
+
+
 # -- (d) failover --------------------------------------------------------------------------------
 def test_failover_skips_a_dead_broker(agents: Agents, broker: Mosquitto,
                                       collector: Collector) -> None:
