@@ -262,7 +262,8 @@ def run_one(name: str, cmd_fn: Any, broker: Broker, sub: Subscriber, devices: in
             # the broker goes away for `outage` s: which readings taken meanwhile arrive, and
             # how long after the broker is back does data flow again?
             before = time.time()
-            baseline = sub.taken_between(int(before) - 10, int(before)) / 10
+            # a window that ended 2 s ago: the last second's readings may still be in a batch
+            baseline = sub.taken_between(int(before) - 12, int(before) - 2) / 10
             broker.stop()
             out_start = time.time()
             time.sleep(outage)
