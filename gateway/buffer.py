@@ -438,6 +438,16 @@ class _Store:
                              (start, stop, limit))
         return [Chunk(*row) for row in cur]
 
+    def readings_outside(self, devices: Sequence[str]) -> int:
+        db = self.db
+        assert db is not None
+        total = db.execute("SELECT COALESCE(SUM(last - first + 1), 0) FROM chunks"
+                           ).fetchone()[0]
+        for device in devices:
+            total -= db.execute("SELECT COALESCE(SUM(last - first + 1), 0) FROM chunks"
+                                " WHERE device = ?", (device,)).fetchone()[0]
+        return int(total)
+
     def file_bytes(self) -> int:
         total = 0
         for suffix in ("", "-wal"):
@@ -519,6 +529,10 @@ class Buffer:
     def ack(self, firsts: Sequence[int]) -> None:
         """Chunks (by first seq) the broker acknowledged; deleted at the next commit."""
         self._acks.extend(firsts)
+
+    async def readings_outside(self, devices: Sequence[str]) -> int:
+        """Buffered readings of devices other than these."""
+        return await self._call(self._store.readings_outside, devices)
 
     def unflushed_acks(self) -> set[int]:
         """Chunks acknowledged but not yet deleted (their commit may be under way)."""

@@ -664,6 +664,12 @@ class Uplink:
             stats = await self.buffer.stats()
             if stats.readings == 0 and stats.pending == 0:
                 return True
+            if self._holds and stats.pending == 0 and stats.readings \
+                    and not await self.buffer.readings_outside(list(self._holds)):
+                # only what the broker refuses is left: waiting out the grace cannot help
+                self.log.warning("unsent readings of devices the broker refuses stay buffered",
+                                 devices=sorted(self._holds), readings=stats.readings)
+                return False
             if loop.time() >= deadline:
                 self.log.warning("shutdown grace period over; unsent readings stay buffered",
                                  readings=stats.readings)

@@ -76,6 +76,19 @@ async def test_ack_deletes_only_acknowledged_chunks(tmp_path: Path) -> None:
     await buf.close()
 
 
+async def test_readings_outside_counts_other_devices(tmp_path: Path) -> None:
+    """What the shutdown drain asks when only refused devices' readings may be left."""
+    buf = make(tmp_path / "b.db")
+    await buf.open()
+    buf.add(readings(250, "d1"))
+    buf.add(readings(30, "d2"))
+    await buf.flush()
+    assert await buf.readings_outside([]) == 280
+    assert await buf.readings_outside(["d1"]) == 30
+    assert await buf.readings_outside(["d1", "d2", "gone"]) == 0
+    await buf.close()
+
+
 async def test_deleted_buffer_restarts_above_every_issued_seq(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     buf = make(path)

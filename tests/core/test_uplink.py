@@ -251,6 +251,7 @@ def test_refused_device_is_held_while_the_others_flow(agents: Agents, drops_us: 
     `deny_action = disconnect`; Mosquitto 2.0.11 does so with unlimited in-flight and queued
     messages, as in the test broker): the hold outlasts the reconnect, so they cannot spin.
     When the ACL is fixed (a broker reload, no restart) the held readings follow, none lost.
+    A stop meanwhile does not wait out the grace period for them; they stay buffered.
     """
     broker = Mosquitto()
     acl = broker.dir / "acl"
@@ -296,6 +297,18 @@ def test_refused_device_is_held_while_the_others_flow(agents: Agents, drops_us: 
         assert lines[0]["topic"] == "parkgate/test/test-gw/new"
         assert lines[0]["reason"] == "Not authorized"
 
+        if drops_us:
+            # stopped while held: no waiting out the grace period for what the broker
+            # refuses; those readings stay buffered, across a restart
+            t0 = time.monotonic()
+            assert gw.stop() == 0, gw.output()[-3000:]
+            took = time.monotonic() - t0
+            assert "devices the broker refuses stay buffered" in gw.output()
+            assert took < 4.0, f"stop took {took:.1f} s (grace 5 s)"
+            kept = buffer_stats(cfg)["rows"]
+            assert kept > 0
+            gw = agents.start(cfg)
+            wait_metric(listen, refused, lambda v: v >= 1)
         acl.write_text("pattern readwrite parkgate/#\n")
         assert broker.proc is not None
         broker.proc.send_signal(1)  # SIGHUP: Mosquitto reloads its ACL
