@@ -507,7 +507,9 @@ class Buffer:
         self._pending.extend(readings)
         if len(self._pending) >= self.cfg.commit_readings:
             self._wake.set()
-            if len(self._pending) >= self.high_water:
+            # backpressure only while SQLite writes: when it cannot (disk full), waiting
+            # would stall every poll until the next retry; MAX_PENDING bounds memory then
+            if len(self._pending) >= self.high_water and not self._write_failures:
                 self._room.clear()
         if len(self._pending) > MAX_PENDING:
             # SQLite has not been able to write for a long time (disk full): keep the newest
@@ -521,7 +523,8 @@ class Buffer:
         """Backpressure for polling devices: wait while too many readings await a commit.
 
         When devices produce faster than SQLite can take readings, polls wait (and count
-        as overruns) instead of piling readings up in memory.
+        as overruns) instead of piling readings up in memory. While commits fail, polls go
+        on and the oldest readings in memory beyond `MAX_PENDING` are dropped and counted.
         """
         if not self._room.is_set():
             await self._room.wait()

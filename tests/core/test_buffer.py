@@ -177,11 +177,16 @@ async def test_disk_full_keeps_readings_and_recovers(tmp_path: Path) -> None:
     assert sample(buf, "parkgate_buffer_write_errors_total") >= 1
     assert (await buf.stats()).pending == 5000  # kept in memory, not lost
     assert (await buf.stats()).readings == 10
+    # polls go on while writes fail: no backpressure wait until the next retry
+    buf.add(readings(buf.high_water, start=5010))
+    async with asyncio.timeout(1):
+        await buf.wait_for_room()
+    total = 5010 + buf.high_water
     await buf._call(lambda: store.db.execute("PRAGMA max_page_count=1000000"))  # type: ignore[union-attr]
     await buf.flush()
     items = await all_items(buf)
-    assert [i["value"] for i in items] == list(range(5010))
-    assert [i["seq"] for i in items] == list(range(1, 5011))
+    assert [i["value"] for i in items] == list(range(total))
+    assert [i["seq"] for i in items] == list(range(1, total + 1))
     await buf.close()
 
 
