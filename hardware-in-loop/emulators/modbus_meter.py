@@ -271,9 +271,9 @@ class MeterEmulator:
 
     async def start_rtu(self, port: str, *, baudrate: int = 9600, parity: str = "N") -> None:
         """Serve RTU on a serial device (e.g. `SerialLine.server_path`)."""
-        server = ModbusSerialServer(self.devices(), port=port, baudrate=baudrate,
-                                    parity=parity, framer=FramerType.RTU,
-                                    trace_packet=functools.partial(self._trace, True))
+        server = _RtuSlaveServer(self.devices(), port=port, baudrate=baudrate,
+                                 parity=parity, framer=FramerType.RTU,
+                                 trace_packet=functools.partial(self._trace, True))
         await server.serve_forever(background=True)
         self._servers.append(server)
 
@@ -317,6 +317,35 @@ def points_of(specs: Sequence[Mapping[str, Any]], order: str | None = None) -> t
     defaults = RegisterDefaults(order=order) if order else RegisterDefaults()  # type: ignore[arg-type]
     plain = [{k: v for k, v in s.items() if k != "interval"} for s in specs]  # poll concern
     return resolve([RegisterSpec.model_validate(s) for s in plain], defaults, 1.0)
+
+
+class _RtuSlaveServer(ModbusSerialServer):
+    """pymodbus's serial server plus the rule a real RTU slave resyncs by.
+
+    On a real bus a pause of 3.5 character times ends a frame, so noise or a torn frame
+    before the pause is dropped. pymodbus's framer instead waits for as many bytes as a
+    garbage "header" promises, and the meter stays deaf to the next requests (in one random
+    64-byte burst, `29 17 dc` announced a 144-byte Read/Write Multiple Registers request:
+    the next ten 8-byte requests went into it, a flaky `test_noise_towards_the_meters_too`).
+    The pause here is at least 50 ms: bytes of one frame can reach the pty some ms apart.
+    """
+
+    def callback_new_connection(self) -> Any:
+        handler = super().callback_new_connection()
+        baudrate = int(getattr(self.comm_params, "baudrate", None) or 9600)
+        silence = max(3.5 * 11 / baudrate, 0.05)
+        receive = handler.datagram_received
+        last = [0.0]
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            now = time.monotonic()
+            if now - last[0] > silence:
+                handler.recv_buffer = b""  # a new frame starts after the pause
+            last[0] = now
+            receive(data, addr)
+
+        handler.datagram_received = datagram_received
+        return handler
 
 
 # --- a serial line made of pseudo-terminals ------------------------------------------------

@@ -126,12 +126,19 @@ async def test_crc_errors_are_retried_then_reported(rig: Rig, line: SerialLine) 
         await emu.stop()
 
 
+NASTY_NOISE = bytes.fromhex(
+    "ca2917dc92e6519ce460e983cece04dea698151dc5cbbb51fba0e01ed933ccccbb91224fae6b8e2ec60a1be0"
+    "da302fdb2b9203ef4bfb7337cb28f6597d01bf1e")
+
+
 async def test_noise_towards_the_meters_too(rig: Rig, line: SerialLine) -> None:
     emu = await serve(line, [1], values={"voltage": 230.0})
     try:
         d = await rig.driver(transport=rtu(line), profile="eastron-sdm120",
                              request_timeout="200ms", retries=2)
-        line.inject(os.urandom(64), to="both")
+        # a burst once drawn from os.urandom: from its 2nd byte it reads as the start of a
+        # 144-byte Read/Write Multiple Registers request; a meter resyncs by the pause
+        line.inject(NASTY_NOISE + os.urandom(16), to="both")
         await asyncio.sleep(0.3)
         for _ in range(3):
             assert {r.metric: r.value for r in await d.poll()}["voltage"] == 230.0
