@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from procfs import cpu_seconds  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from tests.support import (  # noqa: E402
@@ -38,7 +38,6 @@ from tests.support import (  # noqa: E402
 )
 
 EMULATOR = ROOT / "hardware-in-loop" / "emulators" / "modbus_meter.py"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def write_profile(path: Path, registers: int) -> None:
@@ -51,12 +50,6 @@ def write_profile(path: Path, registers: int) -> None:
         lines.append(f"  - {{name: r{i:03d}, address: {i}, type: {dtype}, scale: 0.1, "
                      f"unit: '{units[i % len(units)]}'}}")
     path.write_text("\n".join(lines) + "\n")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def scrape(listen: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -27,23 +27,9 @@ import paho.mqtt.client as paho
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from procfs import cpu_seconds, rss_mib  # noqa: E402
+
 from tests.support import Mosquitto, free_port  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM (peak resident set) in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -195,7 +181,7 @@ def steady(tmp: Path, broker: Mosquitto, seconds: float, devices: str = FULL_SPE
         m0, d0, c0, t0 = scrape(mport), sub.value(), cpu_seconds(agent.pid), time.monotonic()
         time.sleep(seconds)
         m1, d1, c1, t1 = scrape(mport), sub.value(), cpu_seconds(agent.pid), time.monotonic()
-        rss = peak_rss_mb(agent.pid)
+        rss = rss_mib(agent.pid)[1]
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(30)
@@ -243,7 +229,7 @@ def backlog(tmp: Path, target: int) -> dict[str, float]:
                 raise TimeoutError("backlog did not drain in 300 s")
             time.sleep(0.05)
         t1 = time.monotonic()
-        rss = peak_rss_mb(agent.pid)
+        rss = rss_mib(agent.pid)[1]
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(30)

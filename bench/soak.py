@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "hardware-in-loop")]
 
 import paho.mqtt.client as paho  # noqa: E402
 from emulators.modbus_meter import MeterEmulator  # noqa: E402
+from procfs import cpu_seconds, rss_mib  # noqa: E402
 
-from tests.support import GatewayProcess, Mosquitto, free_port, write_config  # noqa: E402
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from tests.support import (  # noqa: E402
+    GatewayProcess,
+    Mosquitto,
+    free_port,
+    scrape,
+    write_config,
+)
 
 
 class Counter:
@@ -102,27 +106,6 @@ class Samples:
     cpu_pct: list[float] = field(default_factory=list)
     buffer: list[float] = field(default_factory=list)
     pending: list[float] = field(default_factory=list)
-
-
-def proc_figures(pid: int) -> tuple[float, float]:
-    """(RSS MiB, CPU seconds) of a process."""
-    rss = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) / 1024
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return rss, (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def scrape(listen: str) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://{listen}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def config(tmp: Path, broker: int, meters: Meters, units: int) -> dict[str, Any]:
@@ -210,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("the agent exited:\n" + gw.output()[-3000:], file=sys.stderr)
                 return 1
             now = time.monotonic() - started
-            rss, cpu = proc_figures(gw.proc.pid)
+            rss, cpu = rss_mib(gw.proc.pid)[0], cpu_seconds(gw.proc.pid)
             m = scrape(listen)
             if last_cpu is not None:
                 s.t.append(now)
@@ -221,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             last_cpu = (now, cpu)
             produced = sum(v for k, v in m.items() if k.startswith("parkgate_readings_total"))
             rate = produced / now
-        cpu_total = proc_figures(gw.proc.pid)[1]
+        cpu_total = cpu_seconds(gw.proc.pid)
         code = gw.stop(30)
     finally:
         if gw.alive():

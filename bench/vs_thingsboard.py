@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "hardware-in-loop")]
 
 import paho.mqtt.client as paho  # noqa: E402
+from procfs import cpu_seconds, rss_mib, terminate  # noqa: E402
 
 from tests.faults.harness import Broker  # noqa: E402
 from tests.support import free_port, write_config  # noqa: E402
 
 TB_VENV = ROOT / "bench" / ".tb-venv"
 TB_PACKAGE = "thingsboard_gateway"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 RPC_REQUEST = "v1/devices/me/rpc/request/"
 RPC_RESPONSE = "v1/devices/me/rpc/response/"
 
@@ -194,19 +194,6 @@ def thingsboard_cmd(tmp: Path, broker: int, devices: int, registers: int, port0:
 
 # --- measuring ----------------------------------------------------------------------------------
 
-def proc_figures(pid: int) -> tuple[float, float, float]:
-    """(RSS MiB, peak RSS MiB, CPU seconds) of a process and its children still running."""
-    rss = hwm = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) / 1024
-        elif line.startswith("VmHWM:"):
-            hwm = int(line.split()[1]) / 1024
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    f = stat[stat.rindex(")") + 2:].split()
-    return rss, hwm, (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / CLK_TCK
-
-
 @dataclass
 class Row:
     gateway: str
@@ -248,12 +235,12 @@ def run_one(name: str, cmd_fn: Any, broker: Broker, sub: Subscriber, devices: in
             return row
         row.first_publish_s = sub.first_at - t0
         time.sleep(warmup)
-        v0, (_r, _h, c0), w0 = sub.values, proc_figures(proc.pid), time.monotonic()
+        v0, c0, w0 = sub.values, cpu_seconds(proc.pid, children=True), time.monotonic()
         rss: list[float] = []
         while time.monotonic() - w0 < steady:
             time.sleep(1.0)
-            rss.append(proc_figures(proc.pid)[0])
-        v1, (_r, _h, c1), w1 = sub.values, proc_figures(proc.pid), time.monotonic()
+            rss.append(rss_mib(proc.pid)[0])
+        v1, c1, w1 = sub.values, cpu_seconds(proc.pid, children=True), time.monotonic()
         row.readings_per_s = (v1 - v0) / (w1 - w0)
         row.cpu_s_per_1000 = 1000 * (c1 - c0) / max(v1 - v0, 1)
         row.cpu_pct = 100 * (c1 - c0) / (w1 - w0)
@@ -283,18 +270,12 @@ def run_one(name: str, cmd_fn: Any, broker: Broker, sub: Subscriber, devices: in
                 stable = stable + 1 if now == last else 0
                 last = now
             row.outage_delivered = sub.taken_between(int(out_start) + 1, int(out_end))
-        row.rss_peak_mib = proc_figures(proc.pid)[1]
+        row.rss_peak_mib = rss_mib(proc.pid)[1]
         if proc.poll() is not None:
             row.notes.append(f"exited with {proc.returncode}")
         return row
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc)
         log.close()
         if name == "thingsboard" and (tmp / "logs").exists():
             errors = [line for f in (tmp / "logs").glob("*.log")
@@ -312,16 +293,11 @@ def idle(name: str, cmd_fn: Any, broker: Broker, seconds: float) -> float:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(10)
-        c0, t0 = proc_figures(proc.pid)[2], time.monotonic()
+        c0, t0 = cpu_seconds(proc.pid, children=True), time.monotonic()
         time.sleep(seconds)
-        return 100 * (proc_figures(proc.pid)[2] - c0) / (time.monotonic() - t0)
+        return 100 * (cpu_seconds(proc.pid, children=True) - c0) / (time.monotonic() - t0)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
