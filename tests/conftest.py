@@ -1,4 +1,4 @@
-"""Shared fixtures: real brokers on free ports."""
+"""Shared fixtures: real brokers on free ports, and the gateways a test starts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import Collector, Mosquitto
+from tests.support import Collector, GatewayProcess, Mosquitto
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +30,12 @@ def collector(broker: Mosquitto) -> Iterator[Collector]:
     c = Collector(broker.port)
     yield c
     c.close()
+
+
+@pytest.fixture
+def gateways() -> Iterator[list[GatewayProcess]]:
+    """`parkgate run` processes a test started (it appends them); none outlives the test."""
+    procs: list[GatewayProcess] = []
+    yield procs
+    for gw in procs:
+        gw.kill()

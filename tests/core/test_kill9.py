@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.support import (
     Collector,
@@ -23,23 +20,9 @@ from tests.support import (
 KILLS = 7
 
 
-def _seqs(c: Collector) -> list[int]:
-    """Seqs seen so far; safe inside `wait_for` predicates (which hold the collector lock)."""
-    return [r["seq"] for _t, m in c.messages for r in m["readings"]]
-
-
-@pytest.fixture
-def agents() -> Iterator[list[GatewayProcess]]:
-    """Agents started by the test; none outlives it."""
-    procs: list[GatewayProcess] = []
-    yield procs
-    for gw in procs:
-        gw.kill()
-
-
 def test_kill9_loses_no_seq_and_reuses_none(tmp_path: Path, broker: Mosquitto,
                                             collector: Collector,
-                                            agents: list[GatewayProcess]) -> None:
+                                            gateways: list[GatewayProcess]) -> None:
     """SIGKILL the agent KILLS times mid-flow; the subscriber still gets 1..max, no gap."""
     seed = random.randrange(2**32)
     rng = random.Random(seed)
@@ -54,7 +37,7 @@ def test_kill9_loses_no_seq_and_reuses_none(tmp_path: Path, broker: Mosquitto,
     for i in range(KILLS):
         seen = len(collector.messages)
         gw = GatewayProcess(cfg).start()
-        agents.append(gw)
+        gateways.append(gw)
         if i % 3 == 2:
             # now and then during start-up (buffer opening, connecting)
             delay = rng.uniform(0.1, 0.8)
@@ -68,7 +51,7 @@ def test_kill9_loses_no_seq_and_reuses_none(tmp_path: Path, broker: Mosquitto,
         assert gw.alive(), gw.output()[-2000:]
         gw.kill()
     gw = GatewayProcess(cfg).start()
-    agents.append(gw)
+    gateways.append(gw)
     seen = len(collector.messages)
     assert collector.wait_for(lambda c: len(c.messages) > seen + 5, 20), gw.output()[-2000:]
     assert gw.stop() == 0
@@ -80,7 +63,7 @@ def test_kill9_loses_no_seq_and_reuses_none(tmp_path: Path, broker: Mosquitto,
     # schedule still clears (runs here gave 8,700-20,700); 10,000 failed on short draws
     assert last > 5_000, stats
     want = set(range(1, last + 1))
-    collector.wait_for(lambda c: want <= set(_seqs(c)), 30)
+    collector.wait_for(lambda c: want <= set(c.seqs()), 30)
 
     readings = collector.readings()
     seqs = [r["seq"] for r in readings]

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.support import (
     Collector,
@@ -28,15 +25,6 @@ def sim(name: str, points: int = 2, interval: str = "100ms") -> dict[str, Any]:
     """A counter sim device: every reading's value is the poll number."""
     return {"name": name, "driver": "sim", "interval": interval, "points": points,
             "pattern": "counter"}
-
-
-@pytest.fixture
-def agents() -> Iterator[list[GatewayProcess]]:
-    """Agents started by the test; none outlives it."""
-    procs: list[GatewayProcess] = []
-    yield procs
-    for gw in procs:
-        gw.kill()
 
 
 def values(readings: list[dict[str, Any]], device: str, metric: str = "p0") -> list[Any]:
@@ -68,7 +56,7 @@ def stop_and_check(gw: GatewayProcess, cfg: Path, c: Collector) -> list[dict[str
 
 def test_sighup_applies_device_changes_only(tmp_path: Path, broker: Mosquitto,
                                             collector: Collector,
-                                            agents: list[GatewayProcess]) -> None:
+                                            gateways: list[GatewayProcess]) -> None:
     """Add one device, change one, keep one: only the changed one restarts.
 
     The new file also changes `uplink:`, which needs a restart: the agent says so and keeps
@@ -78,7 +66,7 @@ def test_sighup_applies_device_changes_only(tmp_path: Path, broker: Mosquitto,
     listen = base["metrics"]["listen"]
     cfg = write_config(tmp_path / "gw.yaml", base)
     gw = GatewayProcess(cfg).start()
-    agents.append(gw)
+    gateways.append(gw)
     assert collector.wait_for(lambda c: polls(c, "keep") >= 5 and polls(c, "change") >= 5,
                               20), gw.output()[-3000:]
     before = scrape(listen)
@@ -122,14 +110,14 @@ def test_sighup_applies_device_changes_only(tmp_path: Path, broker: Mosquitto,
 
 def test_sighup_with_invalid_config_keeps_running(tmp_path: Path, broker: Mosquitto,
                                                   collector: Collector,
-                                                  agents: list[GatewayProcess]) -> None:
+                                                  gateways: list[GatewayProcess]) -> None:
     """A file with an unknown key: refused with FILE:LINE:COL, old devices keep running."""
     wait_subscribed(collector, broker.port)
     base = base_config(tmp_path, broker.port, [sim("keep"), sim("other")])
     listen = base["metrics"]["listen"]
     cfg = write_config(tmp_path / "gw.yaml", base)
     gw = GatewayProcess(cfg).start()
-    agents.append(gw)
+    gateways.append(gw)
     assert collector.wait_for(lambda c: polls(c, "keep") >= 3, 20), gw.output()[-3000:]
 
     broken = {**sim("other", points=5), "pointz": 3}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,6 @@ from tests.support import (
 FLOW = [{"name": f"sim-{i}", "driver": "sim", "interval": "20ms", "points": 50,
          "pattern": "counter"} for i in (1, 2)]
 """A steady flow of 5000 readings/s."""
-
-
-@pytest.fixture
-def agents() -> Iterator[list[GatewayProcess]]:
-    """Agents started by the test; none outlives it."""
-    procs: list[GatewayProcess] = []
-    yield procs
-    for gw in procs:
-        gw.kill()
 
 
 def sigterm(gw: GatewayProcess) -> tuple[int, float]:
@@ -50,12 +40,12 @@ def missing(c: Collector, last: int, timeout: float = 20.0) -> list[int]:
 
 def test_sigterm_mid_flow_delivers_everything(tmp_path: Path, broker: Mosquitto,
                                               collector: Collector,
-                                              agents: list[GatewayProcess]) -> None:
+                                              gateways: list[GatewayProcess]) -> None:
     """SIGTERM at 5000 readings/s: exit 0 fast, buffer empty, every seq delivered."""
     wait_subscribed(collector, broker.port)
     cfg = write_config(tmp_path / "gw.yaml", base_config(tmp_path, broker.port, FLOW))
     gw = GatewayProcess(cfg).start()
-    agents.append(gw)
+    gateways.append(gw)
     assert collector.wait_for(lambda c: len(c.messages) >= 20, 20), gw.output()[-3000:]
     rc, took = sigterm(gw)
     print(f"SIGTERM mid-flow: exit {rc} after {took:.2f}s")
@@ -75,7 +65,7 @@ def test_sigterm_mid_flow_delivers_everything(tmp_path: Path, broker: Mosquitto,
 @pytest.mark.parametrize("outage", ["stopped", "paused"])
 def test_sigterm_with_broker_down_keeps_readings(tmp_path: Path, broker: Mosquitto,
                                                  collector: Collector,
-                                                 agents: list[GatewayProcess],
+                                                 gateways: list[GatewayProcess],
                                                  outage: str) -> None:
     """SIGTERM while the broker is down (or stalled with PUBACKs pending): exit 0 after the
     grace; the next start delivers what was kept."""
@@ -84,7 +74,7 @@ def test_sigterm_with_broker_down_keeps_readings(tmp_path: Path, broker: Mosquit
         tmp_path, broker.port, FLOW, agent={"shutdown_grace": f"{grace}s"}))
     wait_subscribed(collector, broker.port)
     gw = GatewayProcess(cfg).start()
-    agents.append(gw)
+    gateways.append(gw)
     assert collector.wait_for(lambda c: len(c.messages) >= 5, 20), gw.output()[-3000:]
     if outage == "stopped":
         broker.stop()
@@ -109,7 +99,7 @@ def test_sigterm_with_broker_down_keeps_readings(tmp_path: Path, broker: Mosquit
 
     wait_subscribed(collector, broker.port)  # the collector is back and subscribed
     gw = GatewayProcess(cfg).start()
-    agents.append(gw)
+    gateways.append(gw)
     # what was kept goes out first thing
     assert collector.wait_for(
         lambda c: sum(len(m["readings"]) for _t, m in c.messages) >= before + kept["rows"], 20)

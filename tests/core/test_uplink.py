@@ -38,11 +38,6 @@ FLOW = [{"name": f"sim-{i}", "driver": "sim", "interval": "20ms", "points": 20,
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _seqs(c: Collector) -> list[int]:
-    """Seqs seen so far; safe inside `wait_for` predicates (which hold the collector lock)."""
-    return [r["seq"] for _t, m in c.messages for r in m["readings"]]
-
-
 def assert_complete(c: Collector, last: int, timeout: float = 30.0,
                     *others: Collector) -> list[int]:
     """Every seq 1..last arrived (at `c` or one of `others`); returns all seqs seen."""
@@ -232,7 +227,7 @@ def test_wrong_password_keeps_data_until_fixed(agents: Agents, tmp_path: Path,
         write_config(cfg, base_config(tmp_path, broker.port, FLOW, uplink=mqtt(
             broker.port, username=user, password=good, protocol=protocol), agent=grace))
         gw = agents.start(cfg)
-        assert c.wait_for(lambda c: len(set(_seqs(c))) >= kept, 30), gw.output()[-3000:]
+        assert c.wait_for(lambda c: len(set(c.seqs())) >= kept, 30), gw.output()[-3000:]
         last = stop_and_check(gw, cfg, c)
         assert last > kept
         assert good not in gw.output()
