@@ -42,6 +42,10 @@ from gateway.model import Reading, now_ms
 SCHEMA_VERSION = 1
 SEQ_RESERVE = 1_000_000
 """How far above the next seq the side file reserves; one fsync per this many readings."""
+TOTALS_SQL = ("SELECT COALESCE(SUM(last-first+1),0), COUNT(*), COALESCE(SUM(LENGTH(body)),0),"
+              " MIN(accepted) FROM chunks")
+"""Readings, chunks, bytes and the oldest accept time of a buffer (also `buffer stats`)."""
+
 MAX_PENDING = 500_000
 """Readings held in memory while SQLite cannot write (disk full); beyond it the oldest go."""
 
@@ -239,10 +243,8 @@ class _Store:
             self.next_seq = db_next
         self.reserved = side
         self._reserve(0)
-        self.readings, self.chunks, self.bytes, oldest = db.execute(
-            "SELECT COALESCE(SUM(last-first+1),0), COUNT(*), COALESCE(SUM(LENGTH(body)),0),"
-            " MIN(accepted) FROM chunks").fetchone()
-        self.oldest_ms = oldest
+        self.readings, self.chunks, self.bytes, self.oldest_ms = db.execute(
+            TOTALS_SQL).fetchone()
         self.log.info("buffer opened", path=str(self.path), readings=self.readings,
                       next_seq=self.next_seq, fresh=fresh)
 
@@ -441,19 +443,23 @@ class _Store:
     def readings_outside(self, devices: Sequence[str]) -> int:
         db = self.db
         assert db is not None
-        total = db.execute("SELECT COALESCE(SUM(last - first + 1), 0) FROM chunks"
-                           ).fetchone()[0]
+        total = self.readings
         for device in devices:
             total -= db.execute("SELECT COALESCE(SUM(last - first + 1), 0) FROM chunks"
                                 " WHERE device = ?", (device,)).fetchone()[0]
         return int(total)
 
     def file_bytes(self) -> int:
-        total = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(OSError):
-                total += Path(str(self.path) + suffix).stat().st_size
-        return total
+        return file_bytes(self.path)
+
+
+def file_bytes(path: Path) -> int:
+    """Size of a buffer file with its write-ahead log."""
+    total = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            total += Path(str(path) + suffix).stat().st_size
+    return total
 
 
 class Buffer:

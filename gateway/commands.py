@@ -49,6 +49,8 @@ def _buffer_stats(args: argparse.Namespace) -> int:
     import sqlite3  # noqa: PLC0415
     import time  # noqa: PLC0415
 
+    from gateway.buffer import TOTALS_SQL, file_bytes  # noqa: PLC0415
+
     try:
         loaded = load_config(Path(args.config))
     except ConfigProblems as exc:
@@ -62,19 +64,17 @@ def _buffer_stats(args: argparse.Namespace) -> int:
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         try:
-            rows, chunks, size, oldest, last = db.execute(
-                "SELECT COALESCE(SUM(last-first+1),0), COUNT(*), COALESCE(SUM(LENGTH(body)),0),"
-                " MIN(accepted), MAX(last) FROM chunks").fetchone()
+            rows, chunks, size, oldest = db.execute(TOTALS_SQL).fetchone()
+            last = db.execute("SELECT MAX(last) FROM chunks").fetchone()[0]
             meta = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
         finally:
             db.close()
     except sqlite3.DatabaseError as exc:
         raise ParkgateError(f"cannot read the buffer {path}: {exc}") from None
     next_seq = max(int(meta[0]) if meta else 1, int(last or 0) + 1)
-    file_bytes = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
     age = None if oldest is None else round(max(0.0, time.time() - oldest / 1000), 3)
     print(json.dumps({"path": str(path), "rows": rows, "chunks": chunks, "bytes": size,
-                      "file_bytes": file_bytes, "oldest_age_seconds": age,
+                      "file_bytes": file_bytes(path), "oldest_age_seconds": age,
                       "next_seq": next_seq}))
     return 0
 
