@@ -8,17 +8,20 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class Backoff:
-    """Delays for successive failures: `uniform(0, min(cap, base * factor**n))`.
+    """Delays for successive failures: `uniform(low * c, c)`, `c = min(cap, base * factor**n)`.
 
-    Full jitter keeps a fleet of gateways (or thirty meters on a bus) from retrying in
-    lockstep after a shared outage. `max_out()` jumps to the cap, for failures that will not
-    heal soon (bad credentials, an address the device rejects).
+    Full jitter (`low` 0) keeps a fleet of gateways (or thirty meters on a bus) from
+    retrying in lockstep after a shared outage; `low` 0.5 keeps the delays growing for one
+    client with many independent retries (the minimum of many full-jitter delays is small).
+    `max_out()` jumps to the cap, for failures that will not heal soon (bad credentials, an
+    address the device rejects).
     """
 
     base: float = 0.5
     cap: float = 60.0
     factor: float = 2.0
     floor: float = 0.0
+    low: float = 0.0
     attempts: int = 0
     _rng: random.Random = field(default_factory=random.Random, repr=False)
 
@@ -26,7 +29,7 @@ class Backoff:
         """Delay before the next attempt; counts one failure."""
         ceiling = min(self.cap, self.base * self.factor ** min(self.attempts, 64))
         self.attempts += 1
-        return max(self.floor, self._rng.uniform(0.0, ceiling))
+        return max(self.floor, self._rng.uniform(self.low * ceiling, ceiling))
 
     def max_out(self) -> float:
         """Delay at the cap (with jitter in its upper half); counts one failure."""

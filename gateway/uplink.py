@@ -26,7 +26,6 @@ import contextlib
 import functools
 import json
 import logging
-import random
 import sqlite3
 import ssl
 import time
@@ -117,18 +116,10 @@ class _Message:
 class _Hold:
     """A device whose publishes the broker refused: skipped until `until` (loop time)."""
 
+    # upper-half jitter: many held devices must not line up into frequent retries
+    backoff: Backoff = field(
+        default_factory=lambda: Backoff(base=HOLD_BASE, cap=HOLD_CAP, low=0.5))
     until: float = 0.0
-    attempts: int = 0
-    reason: str = ""
-
-    def extend(self, now: float, rng: random.Random) -> float:
-        """Hold for the next, longer delay; returns it."""
-        ceiling = min(HOLD_CAP, HOLD_BASE * 2 ** min(self.attempts, 16))
-        self.attempts += 1
-        # upper-half jitter: many held devices must not line up into frequent retries
-        delay = rng.uniform(ceiling / 2, ceiling)
-        self.until = now + delay
-        return delay
 
 
 @dataclass(slots=True)
@@ -286,7 +277,6 @@ class Uplink:
         self._mqtt_log.addHandler(self._last_error)
         self.on_state: Callable[[UplinkState], None] | None = None
         self._holds: dict[str, _Hold] = {}
-        self._rng = random.Random()  # noqa: S311 (retry jitter, not secrets)
 
     def topic_for(self, device: str) -> str:
         """The data topic of a device."""
@@ -628,7 +618,8 @@ class Uplink:
         self.buffer.ack(msg.firsts)
         if self._holds and (hold := self._holds.pop(msg.device, None)) is not None:
             self.log.info("broker accepts this device's publishes again",
-                          device=msg.device, topic=msg.topic, refusals=hold.attempts)
+                          device=msg.device, topic=msg.topic,
+                          refusals=hold.backoff.attempts)
         self.metrics.uplink_latency.observe(time.perf_counter() - started)
         self.metrics.uplink_published.inc(msg.readings)
         self.metrics.uplink_messages.inc()
@@ -642,13 +633,14 @@ class Uplink:
         hold = self._holds.setdefault(msg.device, _Hold())
         if now < hold.until:
             return  # another message sent before the hold began: held already
-        delay = hold.extend(now, self._rng)
-        hold.reason = reason
+        delay = hold.backoff.next_delay()
+        hold.until = now + delay
         self.state.last_error = f"{self.state.broker}: publish to {msg.topic} refused: {reason}"
         self.log.error("broker refused a publish: this device's readings stay in the buffer "
                        "and are retried later, other devices go on; check the broker's ACL "
                        "or quotas for this topic", device=msg.device, topic=msg.topic,
-                       reason=reason, retry_in_s=round(delay, 1), refusals=hold.attempts)
+                       reason=reason, retry_in_s=round(delay, 1),
+                       refusals=hold.backoff.attempts)
 
     async def drain(self, grace: float) -> bool:
         """On shutdown: keep publishing what is buffered for up to `grace` seconds.
