@@ -39,8 +39,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "hardware-in-loop")]
 import paho.mqtt.client as paho  # noqa: E402
 from procfs import cpu_seconds, rss_mib, terminate  # noqa: E402
 
-from tests.faults.harness import Broker  # noqa: E402
-from tests.support import free_port, write_config  # noqa: E402
+from tests.support import Mosquitto, free_port, write_config  # noqa: E402
 
 TB_VENV = ROOT / "bench" / ".tb-venv"
 TB_PACKAGE = "thingsboard_gateway"
@@ -215,7 +214,7 @@ class Row:
         return 100 * self.outage_delivered / self.outage_expected if self.outage_expected else 0
 
 
-def run_one(name: str, cmd_fn: Any, broker: Broker, sub: Subscriber, devices: int,
+def run_one(name: str, cmd_fn: Any, broker: Mosquitto, sub: Subscriber, devices: int,
             registers: int, port0: int, *, warmup: float, steady: float, outage: float,
             drain: float) -> Row:
     tmp = Path(tempfile.mkdtemp(prefix=f"pg-bench-{name}-"))
@@ -285,7 +284,7 @@ def run_one(name: str, cmd_fn: Any, broker: Broker, sub: Subscriber, devices: in
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def idle(name: str, cmd_fn: Any, broker: Broker, seconds: float) -> float:
+def idle(name: str, cmd_fn: Any, broker: Mosquitto, seconds: float) -> float:
     """CPU % of a gateway with no devices, after 10 s of start-up."""
     tmp = Path(tempfile.mkdtemp(prefix=f"pg-idle-{name}-"))
     cmd, env, cwd = cmd_fn(tmp, broker.port, 0, 0, 0)
@@ -334,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         print("ThingsBoard gateway not installed: bash bench/thingsboard/setup.sh",
               file=sys.stderr)
         return 2
-    broker = Broker()
+    broker = Mosquitto(persistent=True)
     broker.start()
     sub = Subscriber(broker.port)
     gateways = [("parkgate", parkgate_cmd), ("thingsboard", thingsboard_cmd)]

@@ -49,7 +49,9 @@ class Mosquitto:
     """A private mosquitto on a free port that a test may stop, pause or restart."""
 
     def __init__(self, port: int | None = None, *, password: tuple[str, str] | None = None,
-                 extra: str = "") -> None:
+                 extra: str = "", persistent: bool = False) -> None:
+        """`persistent`: sessions and queued messages outlast a restart of the broker, so a
+        message it acknowledged but had not yet passed on when stopped is not lost."""
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
             raise RuntimeError("mosquitto is not installed: apt-get install mosquitto")
@@ -58,7 +60,7 @@ class Mosquitto:
         self.dir = Path(tempfile.mkdtemp(prefix="pg-mosq-"))
         # run as root, mosquitto drops to its own user: it must be able to read its files
         self.dir.chmod(0o755)
-        conf = [f"listener {self.port} 127.0.0.1", "persistence false",
+        conf = [f"listener {self.port} 127.0.0.1",
                 "log_dest stderr", "log_type error", "max_inflight_messages 0",
                 "max_queued_messages 0", "message_size_limit 0"]
         if password:
@@ -69,6 +71,13 @@ class Mosquitto:
             conf += ["allow_anonymous false", f"password_file {pw}"]
         else:
             conf += ["allow_anonymous true"]
+        if persistent:
+            store = self.dir / "store"
+            store.mkdir()
+            store.chmod(0o777)  # mosquitto started as root writes as user mosquitto
+            conf += ["persistence true", f"persistence_location {store}/"]
+        else:
+            conf += ["persistence false"]
         conf += [extra]
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text("\n".join(conf) + "\n")
@@ -118,7 +127,10 @@ class Collector:
     """Subscribes to a topic filter and keeps every data payload (paho, its own thread)."""
 
     def __init__(self, port: int, topic: str = "parkgate/#", *,
-                 auth: tuple[str, str] | None = None) -> None:
+                 auth: tuple[str, str] | None = None, persistent: bool = False) -> None:
+        """`persistent`: a session the broker keeps, so nothing published while this
+        subscriber reconnects after a broker restart is lost to it (with a persistent
+        `Mosquitto`)."""
         self.messages: list[tuple[str, dict[str, Any]]] = []
         self.retained: dict[str, dict[str, Any]] = {}
         # re-entrant: wait_for() holds it while predicates call readings()
@@ -126,7 +138,7 @@ class Collector:
         self._cond = threading.Condition(self._lock)
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
                                   client_id=f"collector-{os.getpid()}-{id(self)}",
-                                  clean_session=True)
+                                  clean_session=not persistent)
         if auth:
             self.client.username_pw_set(*auth)
         self.client.on_message = self._on_message

@@ -4,20 +4,14 @@ versions, the retained status and the backlog policy."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.support import (
     Collector,
@@ -71,49 +65,16 @@ def stop_and_check(gw: GatewayProcess, cfg: Path, c: Collector, *others: Collect
     return last
 
 
-class PersistentMosquitto(Mosquitto):
-    """A broker that keeps sessions and queued messages across its own restart."""
-
-    def __init__(self) -> None:
-        self.store = Path(tempfile.mkdtemp(prefix="pg-mosq-store-"))
-        self.store.chmod(0o777)  # mosquitto running as root drops to its own user
-        super().__init__(extra=f"persistence true\npersistence_location {self.store}/\n"
-                               "autosave_interval 0")
-
-    def close(self) -> None:
-        super().close()
-        shutil.rmtree(self.store, ignore_errors=True)
-
-
-class DurableCollector(Collector):
-    """A Collector with a persistent session: nothing published while it reconnects after a
-    broker restart is lost to it (the broker queues it, with `PersistentMosquitto`)."""
-
-    def __init__(self, port: int, topic: str = "parkgate/#") -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-        self.retained: dict[str, dict[str, Any]] = {}
-        self._lock = threading.RLock()  # as Collector: predicates call readings()
-        self._cond = threading.Condition(self._lock)
-        self.client = paho.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=f"durable-{os.getpid()}-{id(self)}",
-                                  clean_session=False)
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
-        self.client.reconnect_delay_set(1, 1)  # no hurry: the session keeps messages
-        self.client.connect_async("127.0.0.1", port, keepalive=10)
-        self.client.loop_start()
-
-
 @pytest.fixture
 def pbroker() -> Iterator[Mosquitto]:
-    b = PersistentMosquitto().start()
+    b = Mosquitto(persistent=True).start()
     yield b
     b.close()
 
 
 @pytest.fixture
-def dcollector(pbroker: Mosquitto) -> Iterator[DurableCollector]:
-    c = DurableCollector(pbroker.port)
+def dcollector(pbroker: Mosquitto) -> Iterator[Collector]:
+    c = Collector(pbroker.port, persistent=True)
     wait_subscribed(c, pbroker.port)
     yield c
     c.close()
@@ -159,7 +120,7 @@ def mqtt(port: int | list[int], **over: Any) -> dict[str, Any]:
 
 # -- (a) broker outage ---------------------------------------------------------------------------
 def test_broker_outage_then_back_no_gap(agents: Agents, pbroker: Mosquitto,
-                                        dcollector: DurableCollector) -> None:
+                                        dcollector: Collector) -> None:
     """Broker down for 4.5 s mid-flow: buffered, reconnected, then every seq delivered."""
     gw, cfg, listen = agents.run(pbroker.port, uplink=mqtt(pbroker.port, backoff_max="2s"))
     assert dcollector.wait_for(lambda c: len(c.messages) >= 5, 20), gw.output()[-2000:]
@@ -338,8 +299,8 @@ def test_failover_skips_a_dead_broker(agents: Agents, broker: Mosquitto,
 
 def test_failover_to_second_broker_no_gap(agents: Agents) -> None:
     """Two live brokers; the first one stops mid-flow: readings go on at the second."""
-    first, second = PersistentMosquitto().start(), Mosquitto().start()
-    c1, c2 = DurableCollector(first.port), Collector(second.port)
+    first, second = Mosquitto(persistent=True).start(), Mosquitto().start()
+    c1, c2 = Collector(first.port, persistent=True), Collector(second.port)
     try:
         wait_subscribed(c1, first.port)
         wait_subscribed(c2, second.port)
@@ -434,7 +395,7 @@ def _log_time(out: str, event: str) -> float:
 
 def test_backlog_does_not_hold_back_live_readings(agents: Agents, tmp_path: Path,
                                                   pbroker: Mosquitto,
-                                                  dcollector: DurableCollector) -> None:
+                                                  dcollector: Collector) -> None:
     """Live readings overtake a 200k backlog.
 
     The policy (gateway/uplink.py): when a connection starts, the buffer's `next_seq` splits

@@ -139,29 +139,13 @@ class SeqCollector:
         self.client.disconnect()
 
 
-class Broker(Mosquitto):
-    """A private Mosquitto that keeps queued messages for persistent sessions over restarts.
+def persistent_broker() -> Mosquitto:
+    """A started Mosquitto that keeps queued messages for persistent sessions over restarts.
 
     Without persistence a message the broker acknowledged but had not yet passed on when it
     was stopped would count as lost here, though the agent did its part.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        store = self.dir / "store"
-        store.mkdir()
-        store.chmod(0o777)  # mosquitto started as root writes as user mosquitto
-        self.dir.chmod(0o755)
-        self.conf.write_text(self.conf.read_text().replace("persistence false",
-                                                           "persistence true")
-                             + f"persistence_location {store}/\n")
-
-
-def persistent_broker() -> Broker:
-    """A started `Broker`."""
-    b = Broker()
-    b.start()
-    return b
+    return Mosquitto(persistent=True).start()
 
 
 # --- the agent ------------------------------------------------------------------------------
