@@ -7,6 +7,7 @@ import contextlib
 import fnmatch
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from drivers.ble import ibeacon
@@ -28,6 +29,10 @@ DISCONNECT_TIMEOUT = 5.0
 CONNECT_BACKOFF_BASE = 1.0
 REFUSED_LOG_INTERVAL = 60.0
 """Seconds between two log lines about refused adverts of one device (each is counted)."""
+COUNTER_RESTART = 100
+"""An encryption counter below this after a higher one is a sensor that restarted (a
+battery change), as Home Assistant's BTHome decoder takes it; at or above it, a counter
+lower than the last accepted one is an old advert replayed."""
 
 
 class Throttle:
@@ -100,9 +105,11 @@ class BleDriver(StreamingDriver):
                                   ["device"]).labels(device=dev)
         self._refused = m.counter("ble_adverts_refused",
                                   "Adverts refused as untrusted (plaintext from a sensor "
-                                  "with a bindkey); nothing of them is reported",
+                                  "with a bindkey, or an old encrypted one replayed); "
+                                  "nothing of them is reported",
                                   ["device", "reason"])
         self._refused_since_log = 0
+        self._counter: int | None = None  # last accepted encryption counter
         self._refused_logged_at: float | None = None
         # a sensor with a bindkey is an encrypted BTHome sensor: no other format is trusted
         self._format: FormatChoice = "bthome" if self._bindkey is not None else options.format
@@ -240,6 +247,15 @@ class BleDriver(StreamingDriver):
                                 bindkey=self._bindkey, fmt=fmt)
         if decoded is not None and decoded.refused:
             return decoded
+        if decoded is not None and self._bindkey is not None:
+            counter = decoded.info.get("counter")
+            if isinstance(counter, int) and not isinstance(counter, bool):
+                last = self._counter
+                if last is not None and COUNTER_RESTART <= counter < last:
+                    return replace(decoded, values=(), refused="replayed", error=(
+                        f"encrypted advert refused: its counter {counter} is below the last "
+                        f"one accepted ({last}), so it is an old advert replayed"))
+                self._counter = counter
         error = decoded.error if decoded is not None else None
         if decoded is None and fmt != "auto":
             error = f"no {fmt} data in the advert"

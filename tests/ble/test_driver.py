@@ -232,6 +232,38 @@ async def test_refused_adverts_are_no_sign_of_life(replay: Any) -> None:
     assert set(values(got, "enc2")) == {"present", "rssi"}
 
 
+def _sealed(objects: str, counter: int, mac: str = "54:48:E6:8F:80:A5",
+            key: str = "231d39c1d7cc1ab1aee224cd096db932") -> str:
+    """Encrypted BTHome service data, as bthome.io/encryption builds it."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+
+    ctr = counter.to_bytes(4, "little")
+    nonce = bytes.fromhex(mac.replace(":", "")) + b"\xd2\xfc\x41" + ctr
+    sealed = AESCCM(bytes.fromhex(key), tag_length=4).encrypt(nonce, bytes.fromhex(objects),
+                                                              None)
+    return (b"\x41" + sealed[:-4] + ctr + sealed[-4:]).hex()
+
+
+async def test_an_old_encrypted_advert_replayed_is_refused(replay: Any) -> None:
+    # the sensor's current advert (counter 6000, 25.00 °C) and one recorded earlier (counter
+    # 5000, 10.00 °C) replayed by someone else: it authenticates, but it is old
+    new = {"address": "54:48:E6:8F:80:A5", "rssi": -55,
+           "service_data": {"fcd2": _sealed("02c409", 6000)}}
+    old = {"address": "54:48:E6:8F:80:A5", "rssi": -40,
+           "service_data": {"fcd2": _sealed("02e803", 5000)}}
+    # and a restarted sensor (battery change) counts from 0 again: accepted
+    restarted = {"address": "54:48:E6:8F:80:A5", "rssi": -56,
+                 "service_data": {"fcd2": _sealed("02d007", 3)}}
+    replay([new, old, old, restarted], interval=0.01, repeat=False)
+    pool, metrics = ResourcePool(), Metrics()
+    keyed = make({"name": "enc", "address": "54:48:E6:8F:80:A5", "min_interval": "0s",
+                  "bindkey": "231d39c1d7cc1ab1aee224cd096db932"}, pool, metrics)
+    got = await run_until([keyed], lambda g: 20.0 in [r.value for r in g])
+    assert [r.value for r in got if r.metric == "temperature"] == [25.0, 20.0]
+    assert sample(metrics, "ble_adverts_refused_total", device="enc",
+                  reason="replayed") == 2
+
+
 async def test_local_name_pattern_and_recorded_bthome(replay: Any) -> None:
     cap = by_id("bthome_thermometer")
     replay([{**cap["advert"], "name": "SBHT-003C"},
