@@ -47,6 +47,7 @@ BTHOME_FORMAT_EXAMPLES: list[tuple[str, str, Any]] = [
     ("4F87562A01", "water", 19551.879), ("5E9F8C", "direction", 359.99),
     # precipitation's factor is 0.1 mm: 0x0FA0 = 4000 -> 400.0 mm (was taken as 4000 mm)
     ("5FA00F", "precipitation", 400.0), ("505d396164", "timestamp", 1684093277),
+    # 0x60-0x64: bthome-ble's vectors for them; 0x65 (uint8, factor 1) built from the table
     ("6001", "channel", 1), ("61AC0D", "rotational_speed", 3500),
     ("624099DFFF", "speed", -2.123456), ("630057D0FF", "acceleration", -3.123456),
     ("6402", "light_level", 2), ("6503", "settings_revision", 3),
