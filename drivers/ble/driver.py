@@ -109,7 +109,8 @@ class BleDriver(StreamingDriver):
                                   "nothing of them is reported",
                                   ["device", "reason"])
         self._refused_since_log = 0
-        self._counter: int | None = None  # last accepted encryption counter
+        # last accepted encryption counter per sender (an address pattern may match several)
+        self._counters: dict[str, int] = {}
         self._refused_logged_at: float | None = None
         # a sensor with a bindkey is an encrypted BTHome sensor: no other format is trusted
         self._format: FormatChoice = "bthome" if self._bindkey is not None else options.format
@@ -250,12 +251,12 @@ class BleDriver(StreamingDriver):
         if decoded is not None and self._bindkey is not None:
             counter = decoded.info.get("counter")
             if isinstance(counter, int) and not isinstance(counter, bool):
-                last = self._counter
+                last = self._counters.get(address)
                 if last is not None and COUNTER_RESTART <= counter < last:
                     return replace(decoded, values=(), refused="replayed", error=(
                         f"encrypted advert refused: its counter {counter} is below the last "
                         f"one accepted ({last}), so it is an old advert replayed"))
-                self._counter = counter
+                self._counters[address] = counter
         error = decoded.error if decoded is not None else None
         if decoded is None and fmt != "auto":
             error = f"no {fmt} data in the advert"
