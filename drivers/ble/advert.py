@@ -52,6 +52,10 @@ class Decoded:
     """Sender's packet/frame counter, when the format has one (used to drop repeats)."""
     info: Mapping[str, Scalar] = field(default_factory=dict)
     """Identity fields that are not measurements (embedded MAC, iBeacon UUID/major/minor)."""
+    refused: str | None = None
+    """Why the advert is not trusted at all (a low-cardinality reason such as `plaintext`
+    for an unencrypted advert from a sensor that has a bindkey); nothing of it may be used,
+    not even as a sign of life."""
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly form for the CLI."""
@@ -64,6 +68,8 @@ class Decoded:
             out["info"] = dict(self.info)
         if self.error:
             out["error"] = self.error
+        if self.refused:
+            out["refused"] = self.refused
         return out
 
 

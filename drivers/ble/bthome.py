@@ -1,4 +1,5 @@
-"""BTHome v2 service data (UUID 0xFCD2), plain or AES-CCM encrypted, per bthome.io/format."""
+"""BTHome v2 service data (UUID 0xFCD2), plain or AES-CCM encrypted, per bthome.io/format
+(the edition in SPEC_VERSION)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ class _Obj(NamedTuple):
     unit: str | None
 
 
-# Object id -> layout, from the "Sensor data" and "Binary sensor data" tables of the spec.
+# Object id -> layout, from the "Sensor data" table of BTHome v2 (bthome.io/format, see
+# SPEC_VERSION): name, bytes, signed, factor, unit.
 _SENSORS: dict[int, _Obj] = {
     0x01: _Obj("battery", 1, False, 1, "%"),
     0x02: _Obj("temperature", 2, True, 0.01, "°C"),
@@ -68,7 +70,13 @@ _SENSORS: dict[int, _Obj] = {
     0x5C: _Obj("power", 4, True, 0.01, "W"),
     0x5D: _Obj("current", 2, True, 0.001, "A"),
     0x5E: _Obj("direction", 2, False, 0.01, "°"),
-    0x5F: _Obj("precipitation", 2, False, 1, "mm"),
+    0x5F: _Obj("precipitation", 2, False, 0.1, "mm"),
+    0x60: _Obj("channel", 1, False, 1, None),
+    0x61: _Obj("rotational_speed", 2, False, 1, "rpm"),
+    0x62: _Obj("speed", 4, True, 0.000001, "m/s"),
+    0x63: _Obj("acceleration", 4, True, 0.000001, "m/s²"),
+    0x64: _Obj("light_level", 1, False, 1, None),
+    0x65: _Obj("settings_revision", 1, False, 1, None),
     0xF0: _Obj("device_type_id", 2, False, 1, None),
 }
 _BINARY: dict[int, str] = {
@@ -79,11 +87,24 @@ _BINARY: dict[int, str] = {
     0x24: "plug", 0x25: "presence", 0x26: "problem", 0x27: "running", 0x28: "safety",
     0x29: "smoke", 0x2A: "sound", 0x2B: "tamper", 0x2C: "vibration", 0x2D: "window",
 }
+# The "Events" table: event id -> event. Id 0x00 is "None" (no event for this button or
+# dimmer: it only holds its place, so `3A003A01` is a press of the second button); any id
+# not listed is not an event either.
 _BUTTON_EVENTS = {0x01: "press", 0x02: "double_press", 0x03: "triple_press",
                   0x04: "long_press", 0x05: "long_double_press", 0x06: "long_triple_press",
-                  0x80: "hold_press"}
+                  0x80: "hold_press", 0x81: "hold_release"}
 _DIMMER_EVENTS = {0x01: "rotate_left", 0x02: "rotate_right"}
+# "Commands" (object 0x3B): opcode -> command; 0x05-0xFF are reserved.
+_COMMANDS = {0x00: "off", 0x01: "on", 0x02: "toggle", 0x03: "step_up", 0x04: "step_down"}
 UUID_LE = b"\xd2\xfc"
+SPEC_VERSION = "BTHome v2 as of 2026-04 (object ids up to 0x65, command 0x3B, 0xF0-0xF2)"
+"""The edition of bthome.io/format this decoder implements (also in drivers/ble/README.md)."""
+_MAC_INCLUDED = 0x02
+"""Device info bit 1: legacy "MAC included" flag of early v2 firmware (see decode)."""
+REFUSED_PLAINTEXT = ("plaintext advert refused: a bindkey is configured for this sensor, so "
+                     "only its encrypted adverts are trusted (this one is unencrypted: "
+                     "injected, replayed from an older firmware, or encryption was turned off "
+                     "on the sensor)")
 
 
 def _decrypt(info: int, body: bytes, mac: bytes, key: bytes) -> bytes | str:
@@ -107,15 +128,37 @@ def _decrypt(info: int, body: bytes, mac: bytes, key: bytes) -> bytes | str:
 
 def decode(data: bytes, *, address: str | None = None,
            bindkey: bytes | None = None) -> Decoded | None:
-    """Decode BTHome v2 service data (the bytes after the UUID); None if not BTHome v2."""
+    """Decode BTHome v2 service data (the bytes after the UUID); None if not BTHome v2.
+
+    With a `bindkey` only encrypted adverts are accepted: a plaintext one comes back with
+    `refused="plaintext"` and no values, because anyone in radio range can send it.
+
+    Bit 1 of the device information byte is "reserved" in the current specification; early
+    v2 firmware used it as "MAC included" (the sender's MAC, reversed, before the objects),
+    and Home Assistant's reference decoder still honours it. So do we: ignoring it would
+    read the six MAC bytes as measurement objects. The embedded MAC is reported as
+    `info["mac"]` and, as in the reference, used for the decryption nonce.
+    """
     if not data:
         return None
     info = data[0]
     if (info >> 5) & 0x07 != 2:
         return None
+    encrypted = bool(info & 0x01)
+    if bindkey is not None and not encrypted:
+        return Decoded("bthome", error=REFUSED_PLAINTEXT, refused="plaintext")
     payload = bytes(data[1:])
+    info_fields: dict[str, Scalar] = {"encrypted": encrypted,
+                                      "trigger_based": bool(info & 0x04)}
+    if info & _MAC_INCLUDED:
+        if len(payload) < 6:
+            return Decoded("bthome", error="truncated embedded MAC address")
+        embedded = payload[5::-1]
+        payload = payload[6:]
+        info_fields["mac"] = ":".join(f"{b:02X}" for b in embedded)
+        address = str(info_fields["mac"])
     counter: int | None = None
-    if info & 0x01:
+    if encrypted:
         if bindkey is None:
             return Decoded("bthome", error="encrypted advert: configure the device's bindkey")
         mac = mac_bytes(address)
@@ -128,8 +171,6 @@ def decode(data: bytes, *, address: str | None = None,
         counter = int.from_bytes(payload[-8:-4], "little")
         payload = plain
     values, packet_id, error = _objects(payload)
-    info_fields: dict[str, Scalar] = {"encrypted": bool(info & 0x01),
-                                      "trigger_based": bool(info & 0x04)}
     if counter is not None:
         info_fields["counter"] = counter
     if packet_id is None:
@@ -137,18 +178,32 @@ def decode(data: bytes, *, address: str | None = None,
     return Decoded("bthome", tuple(values), error, packet_id, info_fields)
 
 
+class _Names:
+    """The spec's rule for repeats: temperature, temperature_2, temperature_3 ...
+
+    Every object takes its place in the numbering, also one that yields no value (a button
+    with event "None", an unknown event code), so a sensor's second button is `button_2`
+    in every advert.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def next(self, name: str) -> str:
+        n = self._seen.get(name, 0) + 1
+        self._seen[name] = n
+        return name if n == 1 else f"{name}_{n}"
+
+
 def _objects(p: bytes) -> tuple[list[Value], int | None, str | None]:
-    """Measurements in order; stops at the first unknown or truncated object, as the spec says."""
+    """Measurements in order; stops at an unknown (its length is not known) or cut object."""
     values: list[Value] = []
-    seen: dict[str, int] = {}
+    names = _Names()
     packet_id: int | None = None
     i = 0
 
-    def add(name: str, value: Scalar, unit: str | None, event: bool = False) -> None:
-        # the spec's rule for repeats: temperature, temperature_2, temperature_3 ...
-        n = seen.get(name, 0) + 1
-        seen[name] = n
-        values.append(Value(name if n == 1 else f"{name}_{n}", value, unit, event))
+    def add(name: str, value: Scalar, unit: str | None = None, event: bool = False) -> None:
+        values.append(Value(names.next(name), value, unit, event))
 
     while i < len(p):
         oid = p[i]
@@ -168,33 +223,58 @@ def _objects(p: bytes) -> tuple[list[Value], int | None, str | None]:
         elif (name := _BINARY.get(oid)) is not None:
             if i + 1 > len(p):
                 return values, packet_id, f"truncated object 0x{oid:02x} ({name})"
-            add(name, p[i] != 0, None)
+            add(name, p[i] != 0)
             i += 1
         elif oid in (0x53, 0x54):  # text / raw: a length byte, then that many bytes
             if i + 1 > len(p) or i + 1 + p[i] > len(p):
                 return values, packet_id, f"truncated object 0x{oid:02x}"
             blob = p[i + 1:i + 1 + p[i]]
             i += 1 + p[i]
-            add("text" if oid == 0x53 else "raw",
-                blob.decode("utf-8", "replace") if oid == 0x53 else blob.hex(), None)
+            if oid == 0x54:
+                add("raw", blob.hex())
+                continue
+            try:
+                add("text", blob.decode("utf-8"))
+            except UnicodeDecodeError:  # the spec says UTF-8; do not invent characters
+                names.next("text")
         elif oid == 0x3A:
             if i + 1 > len(p):
                 return values, packet_id, "truncated button event"
-            add("button", _BUTTON_EVENTS.get(p[i], "none"), None, event=p[i] != 0)
+            slot = names.next("button")
+            if (event := _BUTTON_EVENTS.get(p[i])) is not None:
+                values.append(Value(slot, event, None, True))
             i += 1
+        elif oid == 0x3B:  # command: length byte (low 5 bits: argument bytes), opcode, args
+            if i + 2 > len(p) or i + 2 + (p[i] & 0x1F) > len(p):
+                return values, packet_id, "truncated command"
+            size = p[i] & 0x1F
+            opcode, args = p[i + 1], p[i + 2:i + 2 + size]
+            i += 2 + size
+            slot = names.next("command")
+            if (command := _COMMANDS.get(opcode)) is not None:
+                values.append(Value(slot, command, None, True))
+                if args:
+                    values.append(Value(f"{slot}_args", args.hex(), None, True))
         elif oid == 0x3C:
             if i + 2 > len(p):
                 return values, packet_id, "truncated dimmer event"
-            kind = _DIMMER_EVENTS.get(p[i])
-            add("dimmer", p[i + 1] * (-1 if kind == "rotate_left" else 1) if kind else 0,
-                "steps", event=kind is not None)
+            slot = names.next("dimmer")
+            if (kind := _DIMMER_EVENTS.get(p[i])) is not None:
+                steps = p[i + 1] * (-1 if kind == "rotate_left" else 1)
+                values.append(Value(slot, steps, "steps", True))
             i += 2
         elif oid in (0xF1, 0xF2):
             size = 4 if oid == 0xF1 else 3
             if i + size > len(p):
                 return values, packet_id, "truncated firmware version"
-            add("firmware_version", ".".join(str(b) for b in reversed(p[i:i + size])), None)
+            add("firmware_version", ".".join(str(b) for b in reversed(p[i:i + size])))
             i += size
         else:
-            return values, packet_id, f"unknown object id 0x{oid:02x}; stopped decoding there"
+            # Objects have no length field: the size of an id this table does not know
+            # cannot be guessed, so nothing after it can be decoded (the spec says to stop).
+            rest = len(p) - i
+            return values, packet_id, (
+                f"unknown object id 0x{oid:02x} (newer than the BTHome v2 table this decoder "
+                f"implements): its length is not known, so the {rest} byte(s) after it were "
+                "not decoded")
     return values, packet_id, None

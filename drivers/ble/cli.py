@@ -105,6 +105,8 @@ def decode_command(args: argparse.Namespace) -> int:
     if decoded is None:
         raise ParkgateError("no known format in this advert (BTHome fcd2, 0x181A atc/pvvx, "
                             "Ruuvi 0x0499 format 5, iBeacon 0x004C)")
+    if decoded.refused:  # the agent would refuse it too: show no values from it
+        raise ParkgateError(f"{decoded.error} [{decoded.refused}]")
     out: dict[str, Any] = {"address": address, **decoded.as_dict()}
     print(json.dumps(out, ensure_ascii=False))
     return 1 if decoded.error else 0

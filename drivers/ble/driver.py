@@ -7,10 +7,11 @@ import contextlib
 import fnmatch
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from drivers.ble import ibeacon
-from drivers.ble.advert import APPLE_COMPANY, Decoded, Scalar, decode_advert
+from drivers.ble.advert import APPLE_COMPANY, Decoded, FormatChoice, Scalar, decode_advert
 from drivers.ble.gatt import ConnectionSlots, decode_value
 from drivers.ble.options import BleOptions, GattCharacteristic
 from drivers.ble.scanner import SharedScanner, classify, load_class
@@ -26,6 +27,12 @@ if TYPE_CHECKING:
 QUEUE_SIZE = 32
 DISCONNECT_TIMEOUT = 5.0
 CONNECT_BACKOFF_BASE = 1.0
+REFUSED_LOG_INTERVAL = 60.0
+"""Seconds between two log lines about refused adverts of one device (each is counted)."""
+COUNTER_RESTART = 100
+"""An encryption counter below this after a higher one is a sensor that restarted (a
+battery change), as Home Assistant's BTHome decoder takes it; at or above it, a counter
+lower than the last accepted one is an old advert replayed."""
 
 
 class Throttle:
@@ -96,6 +103,17 @@ class BleDriver(StreamingDriver):
         self._dropped = m.counter("ble_adverts_dropped",
                                   "Adverts dropped because the device fell behind",
                                   ["device"]).labels(device=dev)
+        self._refused = m.counter("ble_adverts_refused",
+                                  "Adverts refused as untrusted (plaintext from a sensor "
+                                  "with a bindkey, or an old encrypted one replayed); "
+                                  "nothing of them is reported",
+                                  ["device", "reason"])
+        self._refused_since_log = 0
+        # last accepted encryption counter per sender (an address pattern may match several)
+        self._counters: dict[str, int] = {}
+        self._refused_logged_at: float | None = None
+        # a sensor with a bindkey is an encrypted BTHome sensor: no other format is trusted
+        self._format: FormatChoice = "bthome" if self._bindkey is not None else options.format
         self._last_error: str | None = None
 
     # --- life cycle -------------------------------------------------------------------
@@ -196,10 +214,14 @@ class BleDriver(StreamingDriver):
                     self._mark_absent(emit, timeout)
                 present, deadline, last_packet = False, None, None
                 continue
+            decoded = self._decode(address, adv)
+            if decoded is not None and decoded.refused:
+                # not a sign of life either: an injected advert must not hide a dead sensor
+                self._refuse(address, decoded)
+                continue
             deadline = loop.time() + timeout
             if present is not True:
                 self._throttle.forget()
-            decoded = self._decode(address, adv)
             readings = self._advert_readings(adv, decoded, present is not True, last_packet)
             if decoded is not None and decoded.packet_id is not None:
                 last_packet = decoded.packet_id
@@ -207,12 +229,37 @@ class BleDriver(StreamingDriver):
             if readings:
                 emit(readings)
 
+    def _refuse(self, address: str, decoded: Decoded) -> None:
+        """Count a refused advert; log it at most every REFUSED_LOG_INTERVAL seconds."""
+        reason = decoded.refused or "other"
+        self._refused.labels(device=self.o.name, reason=reason).inc()
+        self._refused_since_log += 1
+        now = time.monotonic()
+        if (self._refused_logged_at is None
+                or now - self._refused_logged_at >= REFUSED_LOG_INTERVAL):
+            self.ctx.log.warning("ble advert refused", reason=reason, address=address,
+                                 refused=self._refused_since_log, error=decoded.error)
+            self._refused_logged_at = now
+            self._refused_since_log = 0
+
     def _decode(self, address: str, adv: AdvertisementData) -> Decoded | None:
+        fmt = self._format
         decoded = decode_advert(adv.service_data, adv.manufacturer_data, address=address,
-                                bindkey=self._bindkey, fmt=self.o.format)
+                                bindkey=self._bindkey, fmt=fmt)
+        if decoded is not None and decoded.refused:
+            return decoded
+        if decoded is not None and self._bindkey is not None:
+            counter = decoded.info.get("counter")
+            if isinstance(counter, int) and not isinstance(counter, bool):
+                last = self._counters.get(address)
+                if last is not None and COUNTER_RESTART <= counter < last:
+                    return replace(decoded, values=(), refused="replayed", error=(
+                        f"encrypted advert refused: its counter {counter} is below the last "
+                        f"one accepted ({last}), so it is an old advert replayed"))
+                self._counters[address] = counter
         error = decoded.error if decoded is not None else None
-        if decoded is None and self.o.format != "auto":
-            error = f"no {self.o.format} data in the advert"
+        if decoded is None and fmt != "auto":
+            error = f"no {fmt} data in the advert"
         if error:
             self._decode_errors.labels(device=self.o.name, reason=_error_kind(error)).inc()
             if error != self._last_error:  # log a problem once, not at the advert rate

@@ -80,7 +80,8 @@ class BleOptions(DeviceOptions):
     format: FormatChoice = Field(default="auto", description=(
         "auto | bthome | ruuvi | atc | pvvx | ibeacon"))
     bindkey: str | None = Field(default=None, description=(
-        "32 hex digits: the key of an encrypted BTHome sensor."))
+        "32 hex digits: the key of an encrypted BTHome sensor. With a bindkey only its "
+        "encrypted BTHome adverts are trusted: plaintext ones are refused and counted."))
     timeout: Duration = Field(default=60.0, gt=0, description=(
         "Adverts: report the sensor absent (present=0) after this long unheard. "
         "GATT: longest one read cycle may take."))

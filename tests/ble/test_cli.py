@@ -149,3 +149,19 @@ def test_help_lists_the_flags() -> None:
     assert "--manufacturer-data" in out.stdout
     assert "--bindkey" in out.stdout
     assert "--address" in out.stdout
+
+
+def test_decode_refuses_plaintext_when_a_bindkey_is_given() -> None:
+    # issue 19: a plaintext advert decoded to 23.56 °C although the sensor has a bindkey
+    out = parkgate("ble", "decode", "--service-data", "fcd2:40023409",
+                   "--address", "54:48:E6:8F:80:A5",
+                   "--bindkey", "231d39c1d7cc1ab1aee224cd096db932")
+    assert out.returncode != 0
+    assert out.stdout == ""  # no values from it
+    assert "plaintext advert refused" in out.stderr
+    assert "bindkey" in out.stderr
+    assert "23.56" not in out.stderr
+    # without --bindkey it is an ordinary plaintext advert
+    plain = parkgate("ble", "decode", "--service-data", "fcd2:40023409")
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)["values"] == {"temperature": 23.56}

@@ -45,13 +45,19 @@ BTHOME_FORMAT_EXAMPLES: list[tuple[str, str, Any]] = [
     ("48DC87", "volume", 34780), ("5587562A01", "volume_storage", 19551.879),
     ("49DC87", "volume_flow_rate", 34.78), ("4632", "uv_index", 5.0),
     ("4F87562A01", "water", 19551.879), ("5E9F8C", "direction", 359.99),
-    ("5FA00F", "precipitation", 4000), ("505d396164", "timestamp", 1684093277),
+    # precipitation's factor is 0.1 mm: 0x0FA0 = 4000 -> 400.0 mm (was taken as 4000 mm)
+    ("5FA00F", "precipitation", 400.0), ("505d396164", "timestamp", 1684093277),
+    # 0x60-0x64: bthome-ble's vectors for them; 0x65 (uint8, factor 1) built from the table
+    ("6001", "channel", 1), ("61AC0D", "rotational_speed", 3500),
+    ("624099DFFF", "speed", -2.123456), ("630057D0FF", "acceleration", -3.123456),
+    ("6402", "light_level", 2), ("6503", "settings_revision", 3),
     ("530C48656C6C6F20576F726C6421", "text", "Hello World!"),
     ("540C48656C6C6F20576F726C6421", "raw", "48656c6c6f20576f726c6421"),
     ("1501", "battery_low", True), ("1601", "battery_charging", True),
     ("1700", "carbon_monoxide", False), ("1A00", "door", False), ("2101", "motion", True),
     ("2D01", "window", True), ("3A01", "button", "press"), ("3A04", "button", "long_press"),
-    ("3A80", "button", "hold_press"), ("3C0103", "dimmer", -3), ("3C020A", "dimmer", 10),
+    ("3A80", "button", "hold_press"), ("3A81", "button", "hold_release"),
+    ("3B0002", "command", "toggle"), ("3C0103", "dimmer", -3), ("3C020A", "dimmer", 10),
     ("F00100", "device_type_id", 1), ("F100010204", "firmware_version", "4.2.1.0"),
     ("F2000106", "firmware_version", "6.1.0"),
 ]
@@ -85,12 +91,31 @@ def test_bthome_full_advertising_payload_example() -> None:
 
 
 def test_bthome_repeated_types_get_suffixes() -> None:
-    # bthome.io/format "Multiple measurements of the same type": temperature, temperature_2
+    # bthome.io/format "Multiple measurements of the same type": temperature, temperature_2;
+    # "Multiple events": 3A003A01 is no event for the first button, a press of the second
     decoded = bthome.decode(bytes.fromhex("4002CA0902C4093A003A01"))
     assert decoded is not None
     assert [(v.name, v.value, v.event) for v in decoded.values] == [
         ("temperature", 25.06, False), ("temperature_2", 25.0, False),
-        ("button", "none", False), ("button_2", "press", True)]
+        ("button_2", "press", True)]
+
+
+def test_bthome_unknown_event_codes_are_no_events_and_decoding_goes_on() -> None:
+    # button 0xFE, dimmer 0x07 and command opcode 0x09 are not in the spec's tables: no
+    # event, but their length is known, so the battery after them is still decoded
+    decoded = bthome.decode(bytes.fromhex("40 3AFE 3A02 3B02090102 3C0705 0161"))
+    assert decoded is not None
+    assert decoded.error is None
+    assert [(v.name, v.value, v.event) for v in decoded.values] == [
+        ("button_2", "double_press", True), ("battery", 97, False)]
+
+
+def test_bthome_command_with_arguments() -> None:
+    # bthome.io/format "Commands": 3B010305 is "step up" with one argument byte, 5
+    decoded = bthome.decode(bytes.fromhex("403B010305"))
+    assert decoded is not None
+    assert [(v.name, v.value, v.event) for v in decoded.values] == [
+        ("command", "step_up", True), ("command_args", "05", True)]
 
 
 def test_bthome_unknown_object_stops_decoding_but_keeps_earlier_values() -> None:
@@ -98,7 +123,52 @@ def test_bthome_unknown_object_stops_decoding_but_keeps_earlier_values() -> None
     assert decoded is not None
     assert [v.name for v in decoded.values] == ["temperature"]
     assert decoded.error is not None
-    assert "0xee" in decoded.error
+    assert "unknown object id 0xee" in decoded.error
+    assert "length is not known" in decoded.error
+    assert "4 byte(s) after it were not decoded" in decoded.error
+
+
+def test_bthome_new_objects_after_known_ones_are_not_lost() -> None:
+    # the advert: fcd2:4061ac0d was "unknown object id 0x61"; and what follows it
+    decoded = bthome.decode(bytes.fromhex("40 61AC0D 6001 0161"))
+    assert decoded is not None
+    assert decoded.error is None
+    assert [(v.name, v.value, v.unit) for v in decoded.values] == [
+        ("rotational_speed", 3500, "rpm"), ("channel", 1, None), ("battery", 97, "%")]
+
+
+def test_bthome_plaintext_from_a_keyed_sensor_is_refused() -> None:
+    # the advert: a plaintext 23.56 °C "from" a sensor that has a bindkey
+    decoded = decode_advert({BTHOME_UUID: bytes.fromhex("40023409")}, {}, address=ENC_MAC,
+                            bindkey=ENC_KEY)
+    assert decoded is not None
+    assert decoded.refused == "plaintext"
+    assert decoded.values == ()
+    assert decoded.error is not None
+    assert "bindkey" in decoded.error
+    # without a key the same advert is an ordinary plaintext reading
+    plain = decode_advert({BTHOME_UUID: bytes.fromhex("40023409")}, {}, address=ENC_MAC)
+    assert plain is not None
+    assert plain.refused is None
+    assert [(v.name, v.value) for v in plain.values] == [("temperature", 23.56)]
+
+
+def test_bthome_legacy_mac_included_flag() -> None:
+    # bit 1 of the device info byte ("MAC included" in early v2 firmware; reserved now):
+    # vectors of bthome-ble's tests/test_parser_v2.py (test_bthome_with_mac[_encrypted])
+    plain = bthome.decode(bytes.fromhex("42b2188d38c1a404138a01"))
+    assert plain is not None
+    assert plain.error is None
+    assert [(v.name, v.value) for v in plain.values] == [("pressure", 1008.83)]
+    assert plain.info["mac"] == "A4:C1:38:8D:18:B2"
+    enc = bthome.decode(bytes.fromhex("43a5808fe64854f196c06ffb4900112233f08ecbde"),
+                        address=None, bindkey=ENC_KEY)
+    assert enc is not None
+    assert enc.error is None
+    assert {v.name: v.value for v in enc.values} == {"temperature": 25.06, "humidity": 50.55}
+    assert enc.info["mac"] == ENC_MAC
+    assert bthome.decode(bytes.fromhex("42b2188d")) == Decoded(
+        "bthome", error="truncated embedded MAC address")
 
 
 # bthome.io/encryption: key, MAC and the encrypted service data of its worked example,

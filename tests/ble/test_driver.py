@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from drivers.ble import driver as driver_module
 from drivers.ble.driver import BleDriver, Throttle, _error_kind
@@ -176,6 +177,91 @@ async def test_encrypted_bthome_through_the_driver(replay: Any) -> None:
     assert set(values(got, "nokey")) == {"present", "rssi"}
     assert sample(metrics, "ble_decode_errors_total", device="nokey",
                   reason="no_bindkey") >= 1
+
+
+PLAINTEXT_FORGERY = "40023409"  # plaintext BTHome: 23.56 °C, as in issue 19
+
+
+async def test_plaintext_advert_from_a_keyed_sensor_is_refused_not_emitted(
+        replay: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # someone in radio range replays a plaintext advert with the keyed sensor's address,
+    # interleaved with the sensor's own encrypted adverts
+    forged = {"address": "54:48:E6:8F:80:A5", "rssi": -40,
+              "service_data": {"fcd2": PLAINTEXT_FORGERY}}
+    real = {"address": "54:48:E6:8F:80:A5", "rssi": -55,
+            "service_data": {"fcd2": ENC_SERVICE_DATA}}
+    replay([forged, real, forged, forged], interval=0.01)
+    monkeypatch.setattr(driver_module, "REFUSED_LOG_INTERVAL", 3600.0)
+    pool, metrics = ResourcePool(), Metrics()
+    with capture_logs() as logs:
+        keyed = make({"name": "enc", "address": "54:48:E6:8F:80:A5", "min_interval": "0s",
+                      "bindkey": "231d39c1d7cc1ab1aee224cd096db932"}, pool, metrics)
+        got = await run_until([keyed], lambda g: sample(
+            metrics, "ble_adverts_refused_total", device="enc", reason="plaintext") >= 30)
+    temps = [r.value for r in got if r.metric == "temperature"]
+    assert temps
+    assert set(temps) == {25.06}  # never the forged 23.56
+    assert {r.value for r in got if r.metric == "rssi"} == {-55}  # nor its signal
+    refusals = [e for e in logs if e["event"] == "ble advert refused"]
+    assert len(refusals) == 1  # 30+ refused adverts, one log line per interval
+    assert refusals[0]["reason"] == "plaintext"
+    assert sample(metrics, "ble_decode_errors_total", device="enc", reason="other") == 0
+
+
+async def test_refused_adverts_are_no_sign_of_life(replay: Any) -> None:
+    # only forged plaintext adverts: nothing is emitted and the sensor goes absent
+    forged = {"address": "54:48:E6:8F:80:A5", "rssi": -40,
+              "service_data": {"fcd2": PLAINTEXT_FORGERY}}
+    replay([forged], interval=0.01)
+    pool, metrics = ResourcePool(), Metrics()
+    keyed = make({"name": "enc", "address": "54:48:E6:8F:80:A5", "timeout": "300ms",
+                  "bindkey": "231d39c1d7cc1ab1aee224cd096db932"}, pool, metrics)
+    got = await run_until([keyed], bool)
+    assert [(r.metric, r.value) for r in got] == [("present", 0)]
+    assert sample(metrics, "ble_adverts_refused_total", device="enc",
+                  reason="plaintext") >= 10
+    assert sample(metrics, "ble_present", device="enc") == 0
+    # a keyed sensor is an encrypted BTHome sensor: a Ruuvi advert with its address is no
+    # reading of it either
+    ruuvi = {"address": "54:48:E6:8F:80:A5", "rssi": -40,
+             "manufacturer_data": {"0x0499": "0512FC5394C37C0004FFFC040CAC364200CDCBB8334C884F"}}
+    replay([ruuvi], interval=0.01)
+    keyed = make({"name": "enc2", "address": "54:48:E6:8F:80:A5",
+                  "bindkey": "231d39c1d7cc1ab1aee224cd096db932"}, pool, metrics)
+    got = await run_until([keyed], lambda g: "rssi" in values(g, "enc2"))
+    assert set(values(got, "enc2")) == {"present", "rssi"}
+
+
+def _sealed(objects: str, counter: int, mac: str = "54:48:E6:8F:80:A5",
+            key: str = "231d39c1d7cc1ab1aee224cd096db932") -> str:
+    """Encrypted BTHome service data, as bthome.io/encryption builds it."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+
+    ctr = counter.to_bytes(4, "little")
+    nonce = bytes.fromhex(mac.replace(":", "")) + b"\xd2\xfc\x41" + ctr
+    sealed = AESCCM(bytes.fromhex(key), tag_length=4).encrypt(nonce, bytes.fromhex(objects),
+                                                              None)
+    return (b"\x41" + sealed[:-4] + ctr + sealed[-4:]).hex()
+
+
+async def test_an_old_encrypted_advert_replayed_is_refused(replay: Any) -> None:
+    # the sensor's current advert (counter 6000, 25.00 °C) and one recorded earlier (counter
+    # 5000, 10.00 °C) replayed by someone else: it authenticates, but it is old
+    new = {"address": "54:48:E6:8F:80:A5", "rssi": -55,
+           "service_data": {"fcd2": _sealed("02c409", 6000)}}
+    old = {"address": "54:48:E6:8F:80:A5", "rssi": -40,
+           "service_data": {"fcd2": _sealed("02e803", 5000)}}
+    # and a restarted sensor (battery change) counts from 0 again: accepted
+    restarted = {"address": "54:48:E6:8F:80:A5", "rssi": -56,
+                 "service_data": {"fcd2": _sealed("02d007", 3)}}
+    replay([new, old, old, restarted], interval=0.01, repeat=False)
+    pool, metrics = ResourcePool(), Metrics()
+    keyed = make({"name": "enc", "address": "54:48:E6:8F:80:A5", "min_interval": "0s",
+                  "bindkey": "231d39c1d7cc1ab1aee224cd096db932"}, pool, metrics)
+    got = await run_until([keyed], lambda g: 20.0 in [r.value for r in g])
+    assert [r.value for r in got if r.metric == "temperature"] == [25.0, 20.0]
+    assert sample(metrics, "ble_adverts_refused_total", device="enc",
+                  reason="replayed") == 2
 
 
 async def test_local_name_pattern_and_recorded_bthome(replay: Any) -> None:
