@@ -196,8 +196,8 @@ class Ingest:
                                  "dropped", gateway=s.gateway, missing=a.missing_count,
                                  ranges=describe(a.missing))
             elif before and not a.missing:
-                self.log.info("gap closed: the seqs arrived or were announced as dropped", gateway=s.gateway,
-                              ranges=describe(before))
+                self.log.info("gap closed: the seqs arrived or were announced as dropped",
+                              gateway=s.gateway, ranges=describe(before))
             self._open_gaps[s.gateway] = a.missing
 
     # -- run ------------------------------------------------------------------------------

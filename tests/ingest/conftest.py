@@ -42,6 +42,8 @@ def pg() -> Iterator[Pg]:
     conn.close()
     yield Pg(PG_DSN, schema)
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        # a connection a failed test left open must not hang the run: fail the drop instead
+        conn.execute("SET lock_timeout = '20s'")
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
