@@ -112,7 +112,8 @@ def run(processes: int, readings: int, batch: int, gateways: int, tmp: Path) -> 
             cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
             pg_cpu = pg_backend_cpu() - pg0
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        assert first is not None and count == readings, (count, readings)
+        assert first is not None, "no row arrived"
+        assert count == readings, (count, readings)
         rows = last[1] - first[1]
         return {"processes": processes, "rows_per_s": rows / (last[0] - first[0]),
                 "ingest_cpu_s_per_100k": cpu / rows * 100_000,
