@@ -92,32 +92,59 @@ class Ingest:
         self.metrics.unacked.set(len(got) + self.queue.qsize())
         return got
 
-    def _batch(self, deliveries: list[Delivery]) -> tuple[Batch, dict[str, int]]:
+    def _one(self, d: Delivery) -> tuple[Batch, str]:
+        """One message as what it writes, and its kind."""
         batch = Batch()
+        msg = classify(d.payload)
+        if isinstance(msg, Data):
+            batch.rows.extend(msg.rows)
+            for reason, reading in msg.bad:
+                batch.rejected.append((d.topic, reason, reading.encode()))
+                self.metrics.rejected.labels(reason=reason).inc()
+        elif isinstance(msg, DropNotice):
+            batch.drops.extend((msg.gateway, f, la, r) for f, la, r in msg.ranges)
+            for f, la, r in msg.ranges:
+                self.log.info("gateway announced dropped readings", gateway=msg.gateway,
+                              first=f, last=la, reason=r)
+        elif isinstance(msg, Status):
+            self.metrics.online.labels(gateway=msg.gateway).set(
+                1 if msg.state == "online" else 0)
+        elif isinstance(msg, Rejected):
+            batch.rejected.append((d.topic, msg.reason, d.payload))
+            self.metrics.rejected.labels(reason=msg.reason).inc()
+            self.log.warning("message rejected: kept in the rejected table",
+                             topic=d.topic, reason=msg.reason, bytes=len(d.payload))
+        return batch, type(msg).__name__.lower()
+
+    async def _write(self, deliveries: list[Delivery]) -> dict[str, int]:
+        """Commit what the messages carry; returns messages per kind."""
+        parts = [self._one(d) for d in deliveries]
         kinds: dict[str, int] = {}
-        for d in deliveries:
-            msg = classify(d.payload)
-            kind = type(msg).__name__.lower()
+        batch = Batch()
+        for part, kind in parts:
             kinds[kind] = kinds.get(kind, 0) + 1
-            if isinstance(msg, Data):
-                batch.rows.extend(msg.rows)
-                for reason, reading in msg.bad:
-                    batch.rejected.append((d.topic, reason, reading.encode()))
-                    self.metrics.rejected.labels(reason=reason).inc()
-            elif isinstance(msg, DropNotice):
-                batch.drops.extend((msg.gateway, f, la, r) for f, la, r in msg.ranges)
-                for f, la, r in msg.ranges:
-                    self.log.info("gateway announced dropped readings", gateway=msg.gateway,
-                                  first=f, last=la, reason=r)
-            elif isinstance(msg, Status):
-                self.metrics.online.labels(gateway=msg.gateway).set(
-                    1 if msg.state == "online" else 0)
-            elif isinstance(msg, Rejected):
-                batch.rejected.append((d.topic, msg.reason, d.payload))
-                self.metrics.rejected.labels(reason=msg.reason).inc()
-                self.log.warning("message rejected: kept in the rejected table",
-                                 topic=d.topic, reason=msg.reason, bytes=len(d.payload))
-        return batch, kinds
+            batch.rows.extend(part.rows)
+            batch.drops.extend(part.drops)
+            batch.rejected.extend(part.rejected)
+        if not len(batch):
+            return kinds
+        try:
+            await self._commit(batch)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            # data PostgreSQL refuses (a NUL character in a text): one message at a time,
+            # and the one it refuses goes to the rejected table instead of blocking the rest
+            self.log.warning("database refused a batch; retrying message by message",
+                             error=str(exc).strip())
+            for d, (part, _kind) in zip(deliveries, parts, strict=True):
+                try:
+                    await self._commit(part)
+                except (psycopg.DataError, psycopg.IntegrityError) as one:
+                    reason = f"database refused: {str(one).strip()}"[:500]
+                    self.metrics.rejected.labels(reason="database refused").inc()
+                    self.log.warning("message rejected: kept in the rejected table",
+                                     topic=d.topic, reason=reason)
+                    await self._commit(Batch(rejected=[(d.topic, reason, d.payload)]))
+        return kinds
 
     async def _commit(self, batch: Batch) -> None:
         """Commit `batch`, reconnecting and retrying until it is in (or cancelled)."""
@@ -152,9 +179,7 @@ class Ingest:
     async def _writer(self) -> None:
         while True:
             deliveries = await self._collect()
-            batch, kinds = self._batch(deliveries)
-            if len(batch):
-                await self._commit(batch)
+            kinds = await self._write(deliveries)
             for d in deliveries:
                 d.source.ack(d)
             for kind, n in kinds.items():
