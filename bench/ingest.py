@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from procfs import cpu_seconds, terminate  # noqa: E402
 
-from tests.support import Mosquitto, write_config  # noqa: E402
+from tests.support import Mosquitto, free_port, wait_metric, write_config  # noqa: E402
 
 DSN = os.environ.get("PARKGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -74,22 +74,25 @@ def run(processes: int, readings: int, batch: int, gateways: int, tmp: Path) -> 
     broker = Mosquitto().start()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        cfg = write_config(tmp / f"ingest-{processes}.yaml", {
+        listens = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
+        cfgs = [write_config(tmp / f"ingest-{processes}-{i}.yaml", {
             "source": {"brokers": [broker.url], "share": "bench", "client_id": schema,
                        "receive_maximum": 200},
             "sink": {"postgres": DSN, "schema": schema, "timescale": False,
                      "batch_rows": 10000, "batch_delay": "100ms"},
             "gaps": {"interval": "5s"},
-            "metrics": {"listen": None},
-            "logging": {"level": "warning", "format": "json"}})
+            "metrics": {"listen": listens[i]},
+            "logging": {"level": "warning", "format": "json"}}) for i in range(processes)]
 
         def start(i: int) -> subprocess.Popen[bytes]:
-            return subprocess.Popen([sys.executable, "-m", "gateway", "ingest", "-c", str(cfg),
-                                     "--instance", str(i)], cwd=ROOT)
+            return subprocess.Popen([sys.executable, "-m", "gateway", "ingest", "-c",
+                                     str(cfgs[i]), "--instance", str(i)], cwd=ROOT)
 
         # create the schema and each process's session, then stop them: the broker queues
         procs = [start(i) for i in range(processes)]
-        time.sleep(4)
+        for listen in listens:
+            wait_metric(listen, f'parkgate_ingest_broker_connected{{broker="{broker.url}"}}',
+                        lambda v: v == 1, timeout=120)
         for p in procs:
             terminate(p)
         publish(broker.port, readings, batch, gateways)

@@ -37,11 +37,8 @@ def _add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 def _ingest(args: argparse.Namespace) -> int:
     """Imported only here: the agent never loads psycopg or the ingest."""
-    try:
-        from gateway.ingest.cli import run  # noqa: PLC0415
-    except ImportError as exc:
-        raise ParkgateError(f"parkgate ingest needs its extra: pip install 'parkgate[ingest]'"
-                            f" ({exc})") from None
+    from gateway.ingest.cli import run  # noqa: PLC0415
+
     return run(args)
 
 
