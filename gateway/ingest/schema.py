@@ -17,6 +17,8 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 
+from gateway.errors import FatalError
+
 SCHEMA_VERSION = 1
 
 
@@ -97,7 +99,7 @@ async def migrate(conn: AsyncConnection[Any], t: Tables, *, use_timescale: bool)
         found = await cur.fetchone()
         version = int(found[0]) if found else 0
         if version > SCHEMA_VERSION:
-            raise RuntimeError(f"table {t.schema}.{t.table} has schema version {version}, "
+            raise FatalError(f"table {t.schema}.{t.table} has schema version {version}, "
                                f"newer than this parkgate ({SCHEMA_VERSION}): upgrade parkgate")
         timescale = bool(found[1]) if found else (
             use_timescale and await timescale_available(conn))

@@ -8,7 +8,6 @@ same order (no deadlock cycle; PostgreSQL's detector and a retry cover the rest)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,5 +184,3 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError | psycopg.errors.DeadlockDetected
                       | psycopg.errors.SerializationFailure | psycopg.InterfaceError)
 
-
-__all__: Sequence[str] = ("Batch", "GatewayState", "Sink", "Written", "is_transient")

@@ -7,6 +7,7 @@ import datetime as dt
 
 import pytest
 
+from gateway.errors import FatalError
 from gateway.ingest.payload import Row
 from gateway.ingest.schema import SCHEMA_VERSION, Tables
 from gateway.ingest.sink import Batch, Sink
@@ -38,7 +39,7 @@ async def test_schema_is_created_versioned_and_reopened(pg: Pg) -> None:
     assert {"gateway", "seq", "site", "device", "metric", "ts", "value", "value_text", "unit",
             "quality"} <= cols
     pg.query("UPDATE {s}.parkgate_ingest_schema SET version = 99")
-    with pytest.raises(RuntimeError, match="newer than this parkgate"):
+    with pytest.raises(FatalError, match="newer than this parkgate"):
         await sink(pg)
 
 
