@@ -57,11 +57,12 @@ class Ingest:
         self.queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self.sources: list[Source] = []
         sink = self.cfg.sink
-        self.sink = Sink(sink.postgres.get_secret_value(), Tables(sink.db_schema, sink.table),
-                         timescale=sink.timescale, statement_timeout=sink.statement_timeout)
-        self.gap_sink = Sink(sink.postgres.get_secret_value(),
-                             Tables(sink.db_schema, sink.table), timescale=sink.timescale,
-                             statement_timeout=sink.statement_timeout)
+        # pg_stat_activity shows which process and which of its two connections
+        self.sink, self.gap_sink = (
+            Sink(sink.postgres.get_secret_value(), Tables(sink.db_schema, sink.table),
+                 timescale=sink.timescale, statement_timeout=sink.statement_timeout,
+                 application_name=f"parkgate-ingest {role} {client_id}")
+            for role in ("writer", "gaps"))
         self._stop = asyncio.Event()
         self._open_gaps: dict[str, list[tuple[int, int]]] = {}
         self.states: dict[str, GatewayState] = {}

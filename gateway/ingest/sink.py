@@ -59,8 +59,9 @@ class Sink:
     """One connection to PostgreSQL; `open()`, then `write()` and `check_gaps()`."""
 
     def __init__(self, dsn: str, tables: Tables, *, timescale: bool,
-                 statement_timeout: float) -> None:
+                 statement_timeout: float, application_name: str = "parkgate-ingest") -> None:
         self.dsn = dsn
+        self.application_name = application_name[:63]
         self.t = tables
         self.timescale = timescale
         self.statement_timeout_ms = int(statement_timeout * 1000)
@@ -88,7 +89,7 @@ class Sink:
         conn = await psycopg.AsyncConnection.connect(
             self.dsn, autocommit=True, connect_timeout=10,
             options=f"-c statement_timeout={self.statement_timeout_ms}",
-            application_name="parkgate-ingest")
+            application_name=self.application_name)
         try:
             await migrate(conn, self.t, use_timescale=self.timescale)
             await conn.execute(

@@ -170,3 +170,34 @@ def test_gap_from_the_agents_buffer_cap_is_reported_with_its_range(
         assert "gap closed" in ingests[0].output()
     finally:
         broker.close()
+
+
+def test_database_connections_killed_mid_flow_lose_and_duplicate_nothing(
+        tmp_path: Path, pg: Pg, broker: Mosquitto, gateways: list[GatewayProcess],
+        ingests: list[IngestProcess]) -> None:
+    path, listen = ingest_config(tmp_path, pg, [broker.url])
+    ingests.append(IngestProcess(path, "a").start())
+    wait_metric(listen, f'parkgate_ingest_broker_connected{{broker="{broker.url}"}}',
+                lambda v: v == 1, timeout=30)
+    client_id = yaml.safe_load(path.read_text())["source"]["client_id"] + "-a"
+    cfg = agent(tmp_path, broker.port, "gw-db")
+    gw = GatewayProcess(cfg).start()
+    gateways.append(gw)
+    wait_until(lambda: "gw-db" in stored(pg), 30, "first rows")
+    killed = 0
+    for _ in range(6):
+        time.sleep(0.7)
+        # what a PostgreSQL restart or a failover does to the ingest's connections
+        killed += len(pg.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = %s", f"parkgate-ingest writer {client_id}"))
+    assert killed >= 3
+    assert gw.stop() == 0
+    last = buffer_stats(cfg)["next_seq"] - 1
+    wait_until(lambda: stored(pg)["gw-db"] == (last, 1, last), 60, f"1..{last} stored once")
+    metrics = scrape(listen)
+    assert sum(v for k, v in metrics.items()
+               if k.startswith("parkgate_ingest_db_errors_total")) >= 1
+    wait_metric(listen, 'parkgate_ingest_missing_readings{gateway="gw-db"}', lambda v: v == 0,
+                timeout=20)
+    assert ingests[0].alive()
