@@ -35,6 +35,13 @@ def _add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
             broken.append(f"{ep.name}: {type(exc).__name__}: {exc}")
 
 
+def _ingest(args: argparse.Namespace) -> int:
+    """Imported only here: the agent never loads psycopg or the ingest."""
+    from gateway.ingest.cli import run  # noqa: PLC0415
+
+    return run(args)
+
+
 def build_parser(broken: list[str] | None = None, only: str | None = None
                  ) -> argparse.ArgumentParser:
     """The full argument parser, core commands first, then driver commands."""
@@ -50,6 +57,12 @@ def build_parser(broken: list[str] | None = None, only: str | None = None
     from gateway import commands  # noqa: PLC0415 - keeps `parkgate --help` light
 
     commands.register(sub)
+    p = sub.add_parser("ingest", help="consume the gateways' MQTT into PostgreSQL, exactly "
+                                      "once per (gateway, seq) (needs parkgate[ingest])")
+    p.add_argument("-c", "--config", required=True, metavar="FILE", help="ingest config file")
+    p.add_argument("--instance", default=None, metavar="N",
+                   help="appended to the MQTT client id: one stable id per process on a host")
+    p.set_defaults(handler=_ingest)
     _add_plugin_commands(sub, broken if broken is not None else [], only)
     return parser
 

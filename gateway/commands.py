@@ -27,6 +27,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from gateway.ingest.check import check_if_ingest  # noqa: PLC0415 - light: no psycopg
+
+    if (code := check_if_ingest(Path(args.file))) is not None:
+        return code
     try:
         loaded = load_config(Path(args.file))
     except ConfigProblems as exc:
