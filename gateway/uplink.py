@@ -1,8 +1,34 @@
 """MQTT uplink: buffered chunks -> batched QoS 1 publishes, deleted from the buffer on PUBACK.
 
-Brokers are tried in order; a failure moves to the next one, and after a full round the
-uplink waits with capped, jittered backoff (at the cap at once when a broker refuses our
-credentials). Up to `window` publishes are in flight at once.
+Brokers are tried in order; a failure moves to the next one. Up to `window` publishes are
+in flight at once.
+
+Reconnecting: after a full round failed, the uplink asks the cheapest question first: does
+any broker accept a TCP connection (a probe, closed at once, nothing sent)?
+- Yes, at once: the broker was up all along and what failed was TLS, MQTT or the session
+  (a broker busy after a restart, a CONNACK "server unavailable", a drop after a refused
+  publish). The full handshake costs the broker real work, so it waits a capped backoff
+  with full jitter that grows with each such failure (0.5, 1, 2 ... `backoff_max` s).
+  Refused credentials jump to `backoff_max` at once and skip the probe.
+- No: the broker is gone (an outage). The uplink probes at a short jittered interval that
+  grows with the outage's length, not with the number of probes (`ProbePacing`: 0.5 s at
+  first, 0.75 s after a minute, 3 s after ten, `backoff_max` after about an hour), and
+  connects as soon as a probe is accepted. Data flows again within about that interval
+  plus one handshake: under a second for outages up to a minute.
+
+What a fleet does to a broker cluster that comes back: while it is down, each gateway
+sends about two SYNs a second that the kernel answers with a RST; no TLS, no session, no
+log line on the broker. The first probe after a loss is fully jittered and later ones are
+jittered in the upper half, so after a few seconds the gateways' probe phases are
+independent: when the listener opens, connects arrive spread evenly over one probe
+interval (0.5-0.75 s for outages up to a minute, wider after longer ones) instead of at
+the same instants, as with a backoff schedule without jitter, or over 15 s, as with full
+jitter up to `backoff_max` (bench/fleet_reconnect.py). The spread cannot be much wider
+and still meet "data within a second". A broker that cannot take that rate refuses or
+times out handshakes, and each gateway whose handshake fails after a successful probe
+falls back to the exponential backoff, so the fleet spreads out further while the broker
+struggles. The price: a load balancer that accepts TCP while its brokers are down makes
+every probe succeed, and the uplink is back to the exponential backoff alone.
 
 Backlog policy: when a connection starts, the buffer's `next_seq` splits the data into a
 *backlog* (accepted before, oldest first) and *live* data (accepted since). While a backlog
@@ -44,6 +70,7 @@ from gateway.buffer import Buffer, Chunk
 from gateway.config import GatewaySection, MqttSection
 from gateway.metrics import Metrics
 from gateway.model import now_ms
+from gateway.reconnect import PROBE_TIMEOUT, Reconnect
 
 # CONNACK codes that mean "your credentials are wrong" (3.1.1: 4, 5; MQTT 5: 0x86, 0x87).
 AUTH_CODES = {4, 5, 0x86, 0x87}
@@ -65,9 +92,6 @@ class Broker:
         tls = parts.scheme == "mqtts"
         return cls(url, parts.hostname or "localhost", parts.port or (8883 if tls else 1883), tls)
 
-
-STABLE_S = 10.0
-"""A connection that lasted this long resets the reconnect backoff."""
 
 HOLD_BASE = 2.0
 HOLD_CAP = 300.0
@@ -317,8 +341,10 @@ class Uplink:
         return client
 
     async def run(self) -> None:
-        """Connect, publish, fail over and reconnect until cancelled."""
-        backoff = Backoff(base=0.5, cap=self.cfg.backoff_max)
+        """Connect, publish, fail over and reconnect until cancelled (policy: module doc)."""
+        reconnect = Reconnect(cap=self.cfg.backoff_max,
+                              probe_limit_s=min(PROBE_TIMEOUT, self.cfg.connect_timeout))
+        targets = [(b.host, b.port) for b in self.brokers]
         index = 0
         failures_this_round = 0
         while True:
@@ -336,7 +362,7 @@ class Uplink:
                     self.log.error("broker refused our credentials: check uplink.mqtt.username"
                                    " and password; readings stay in the buffer",
                                    broker=broker.url, code=code)
-                    delay = backoff.max_out()
+                    delay = reconnect.refused_credentials()
                 else:
                     reason = "refused"
                     self.log.warning("broker refused the connection", broker=broker.url,
@@ -357,22 +383,25 @@ class Uplink:
                 self.log.warning("uplink connection failed or lost", broker=broker.url,
                                  error=error, reason=reason, hint=hint)
                 self._failed(broker, reason, error)
-            since = self.state.connected_since
-            if since is not None and delay is None and time.monotonic() - since >= STABLE_S:
-                # the session had worked: a fresh round, no long wait (a broker that drops
-                # us right after CONNACK, say for a refused publish, gets the backoff)
-                backoff.reset()
-                failures_this_round = 0
+            if reconnect.ended(self.state.connected_since, time.monotonic()):
+                failures_this_round = 0  # the session had worked: a fresh round
             self._set_connected(None)
             index += 1
             failures_this_round += 1
             self.metrics.uplink_reconnects.inc()
             if delay is None and failures_this_round < len(self.brokers):
                 delay = 0.1  # try the next broker of the list right away
-            elif delay is None:
-                delay = backoff.next_delay()
-                failures_this_round = 0
-            await asyncio.sleep(delay)
+            if delay is not None:
+                await asyncio.sleep(delay)
+                continue
+            failures_this_round = 0
+            index = await reconnect.wait(targets, self.log, self._unreachable)
+
+    def _unreachable(self) -> None:
+        """A round of probes that no broker accepted: failed connection attempts, as before
+        probing, when the uplink tried the full handshake instead."""
+        self.metrics.uplink_reconnects.inc()
+        self.metrics.uplink_connect_errors.labels(reason="error").inc()
 
     def _failed(self, broker: Broker, reason: str, error: str) -> None:
         self.metrics.uplink_connect_errors.labels(reason=reason).inc()
