@@ -9,20 +9,20 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.reader import ReaderError
 
 from gateway.driver import DeviceOptions, DriverInfo, discover_drivers
 from gateway.errors import ConfigError
+from gateway.redact import Masker
+from gateway.substitute import Substituter
 from gateway.units import Duration, Size
+from gateway.yamlload import Loc, Positions, YamlProblem, load_yaml
 
 
 class _Section(BaseModel):
@@ -209,70 +209,9 @@ class LoadedConfig:
 
 # --- YAML with positions ------------------------------------------------------------------
 
-Loc = tuple[str | int, ...]
-
-
-def _positions(node: Any, loc: Loc, out: dict[Loc, tuple[int, int]]) -> None:
-    """Map every path in the YAML tree to its (line, col), 1-based."""
-    if isinstance(node, CommentedMap):
-        for key in node:
-            kline, kcol = node.lc.key(key)
-            vline, vcol = node.lc.value(key)
-            out[(*loc, str(key), "<key>")] = (kline + 1, kcol + 1)
-            out[(*loc, str(key))] = (vline + 1, vcol + 1)
-            _positions(node[key], (*loc, str(key)), out)
-    elif isinstance(node, CommentedSeq):
-        for i, item in enumerate(node):
-            line, col = node.lc.item(i)
-            out[(*loc, i)] = (line + 1, col + 1)
-            _positions(item, (*loc, i), out)
-
-
-_SUBST = re.compile(r"\$\$|\$\{([^}]*)\}")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _substitute(node: Any, loc: Loc, problems: list[tuple[Loc, str]], secrets: set[str]) -> Any:
-    """Replace ${ENV}, ${ENV:-default} and ${file:/path} in string scalars; `$$` is `$`."""
-    if isinstance(node, dict):
-        for key in list(node):
-            node[key] = _substitute(node[key], (*loc, str(key)), problems, secrets)
-        return node
-    if isinstance(node, list):
-        for i, item in enumerate(node):
-            node[i] = _substitute(item, (*loc, i), problems, secrets)
-        return node
-    if not isinstance(node, str) or "$" not in node:
-        return node
-
-    def repl(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        expr = m.group(1)
-        if expr.startswith("file:"):
-            path = Path(expr[5:])
-            try:
-                value = path.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                problems.append((loc, f"cannot read secret file {path}: {exc.strerror}"))
-                return ""
-        else:
-            name, _, default = expr.partition(":-")
-            if not _ENV_NAME.match(name):
-                message = f"${{{expr}}} is not ${{NAME}}, ${{NAME:-default}} or ${{file:/path}}"
-                problems.append((loc, message))
-                return ""
-            env = os.environ.get(name)
-            if env is None and ":-" not in expr:
-                problems.append((loc, f"environment variable {name} is not set"))
-                return ""
-            value = env if env is not None else default
-        if value:
-            secrets.add(value)
-        return value
-
-    return _SUBST.sub(repl, node)
-
+MAX_CONFIG_BYTES = 4 * 2**20
+"""A config file larger than this is refused before parsing (100 devices x 100 inline
+registers are 0.7 MiB)."""
 
 # --- validation ---------------------------------------------------------------------------
 
@@ -311,26 +250,21 @@ def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
 
 
 class _Reporter:
-    def __init__(self, file: str, positions: dict[Loc, tuple[int, int]]) -> None:
+    def __init__(self, file: str, positions: Positions | None = None) -> None:
         self.file = file
         self.positions = positions
         self.problems: list[Problem] = []
-        self.secrets: set[str] = set()
+        self.mask = Masker()
 
     def where(self, loc: Loc, *, key: bool = False) -> tuple[int, int]:
-        if key and (*loc, "<key>") in self.positions:
-            return self.positions[(*loc, "<key>")]
-        for n in range(len(loc), 0, -1):
-            if loc[:n] in self.positions:
-                return self.positions[loc[:n]]
-        return (1, 1)
+        found = self.positions.find(loc, key=key) if self.positions else None
+        return found or (1, 1)
 
     def add(self, loc: Loc, message: str, *, key: bool = False) -> None:
         line, col = self.where(loc, key=key)
         path = ".".join(str(p) for p in loc) or "(top)"
-        for secret in self.secrets:  # messages may echo a value; never a substituted secret
-            message = message.replace(secret, "***")
-        self.problems.append(Problem(self.file, line, col, path, message))
+        # messages may echo a value (in a repr, too); never a substituted secret
+        self.problems.append(Problem(self.file, line, col, self.mask(path), self.mask(message)))
 
     def add_validation(self, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> None:
         for err in exc.errors(include_url=False, include_input=False):
@@ -342,62 +276,39 @@ class _Reporter:
                 # point at the mapping that lacks the key, not at its first child
                 line, col = self.where((*prefix, *parent), key=True)
                 path = ".".join(str(p) for p in (*prefix, *loc))
-                self.problems.append(Problem(self.file, line, col, path,
+                self.problems.append(Problem(self.file, line, col, self.mask(path),
                                              "required key is missing"))
                 continue
             self.add((*prefix, *loc), _friendly(err, fields),
                      key=err["type"] == "extra_forbidden")
 
 
-def _load_yaml(path: Path, text: str) -> tuple[Any, dict[Loc, tuple[int, int]]]:
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
-    try:
-        doc = yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        what = " ".join(p for p in (exc.context, exc.problem) if p)
-        lines = text.splitlines()
-        if mark and mark.line < len(lines) and "${" in lines[mark.line]:
-            what += (" (inside {...} or [...], put quotes around a value that uses "
-                     '${...}, as in "${NAME}")')
-        raise ConfigProblems([Problem(str(path), line, col, "(yaml)",
-                                      f"YAML syntax error: {what}")]) from None
-    except ReaderError as exc:  # a character YAML does not allow (NUL, other controls)
-        pos = max(0, min(int(exc.position), len(text)))
-        line = text.count("\n", 0, pos) + 1
-        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
-        char = exc.character
-        code = char if isinstance(char, int) else ord(str(char)[:1] or "\0")
-        raise ConfigProblems([Problem(str(path), line, col, "(yaml)",
-                                      f"character U+{code:04X} is not allowed in a YAML file "
-                                      "(a binary or corrupted file?)")]) from None
-    except Exception as exc:  # noqa: BLE001 - ruamel raises a wide variety; report, don't crash
-        raise ConfigProblems([Problem(str(path), 1, 1, "(yaml)",
-                                      f"cannot parse YAML: {exc}")]) from None
-    positions: dict[Loc, tuple[int, int]] = {}
-    _positions(doc, (), positions)
-    return doc, positions
+def _yaml_problem(path: Path, text: str, exc: YamlProblem) -> ConfigProblems:
+    message = exc.message
+    lines = text.splitlines()
+    if "syntax error" in message and 0 < exc.line <= len(lines) and "${" in lines[exc.line - 1]:
+        message += (" (inside {...} or [...], put quotes around a value that uses "
+                    '${...}, as in "${NAME}")')
+    return ConfigProblems([Problem(str(path), exc.line, exc.col, "(yaml)", message)])
 
 
 def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None = None
                  ) -> LoadedConfig:
     """Validate config `text` (read from `path`); raise `ConfigProblems` listing everything."""
-    doc, positions = _load_yaml(path, text)
+    subst = Substituter()
+    try:
+        doc, positions = load_yaml(text, scalars=subst)
+    except YamlProblem as exc:
+        raise _yaml_problem(path, text, exc) from None
     rep = _Reporter(str(path), positions)
+    rep.mask = Masker(subst.secrets)
     if doc is None:
         rep.add((), "the file is empty: start from config/example.yaml")
         raise ConfigProblems(rep.problems)
     if not isinstance(doc, dict):
         rep.add((), "the top level must be a mapping with gateway:, uplink: and devices:")
         raise ConfigProblems(rep.problems)
-
-    subst_problems: list[tuple[Loc, str]] = []
-    secrets: set[str] = set()
-    _substitute(doc, (), subst_problems, secrets)
-    rep.secrets = secrets
-    for loc, msg in subst_problems:
+    for loc, msg in subst.problems:
         rep.add(loc, msg)
 
     raw: _RawConfig | None = None
@@ -408,11 +319,13 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
 
     raw_devices = doc.get("devices", [])
     devices = _validate_devices(raw_devices, rep, drivers)
+    del doc, raw_devices  # the YAML tree and its positions go once validated
+    rep.positions = None
 
     if rep.problems or raw is None:
         raise ConfigProblems(sorted(rep.problems, key=lambda p: (p.line, p.col)))
     config = Config.model_validate({**raw.model_dump(exclude={"devices"}), "devices": devices})
-    return LoadedConfig(config=config, path=path, secrets=frozenset(secrets))
+    return LoadedConfig(config=config, path=path, secrets=frozenset(subst.secrets))
 
 
 def _validate_devices(raw_devices: Any, rep: _Reporter,
@@ -456,20 +369,47 @@ def _validate_devices(raw_devices: Any, rep: _Reporter,
     return out
 
 
-def load_config(path: Path, drivers: Mapping[str, DriverInfo] | None = None) -> LoadedConfig:
-    """Read and validate the config file at `path`."""
+def read_config_text(path: Path, limit: int = MAX_CONFIG_BYTES) -> str:
+    """The text of a config file, refused (as a `ConfigProblems`) when it is not a regular
+    file of at most `limit` bytes of UTF-8."""
+
+    def problem(message: str, line: int = 1, col: int = 1) -> ConfigProblems:
+        return ConfigProblems([Problem(str(path), line, col, "(file)", message)])
+
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise problem("not a regular file")
+            data = f.read(limit + 1)
     except FileNotFoundError:
-        raise ConfigProblems([Problem(str(path), 1, 1, "(file)",
-                                      "file not found")]) from None
+        raise problem("file not found") from None
     except OSError as exc:
+        raise problem(f"cannot read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise problem(f"larger than {limit // 2**20} MiB: not a config file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start].decode("utf-8", "replace")
+        line = before.count("\n") + 1
+        col = len(before) - (before.rfind("\n") + 1) + 1
+        raise problem(f"not UTF-8 text (byte 0x{data[exc.start]:02x})", line, col) from None
+
+
+def load_config(path: Path, drivers: Mapping[str, DriverInfo] | None = None) -> LoadedConfig:
+    """Read and validate the config file at `path`.
+
+    Raises `ConfigProblems` and nothing else: an error nobody foresaw while loading
+    (MemoryError included) becomes one problem line, so a reload keeps the running config
+    and a start exits 2 with FILE:LINE:COL.
+    """
+    try:
+        return parse_config(read_config_text(path), path, drivers)
+    except ConfigProblems:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever fails here is a problem of this file
         raise ConfigProblems([Problem(str(path), 1, 1, "(file)",
-                                      f"cannot read: {exc.strerror}")]) from None
-    except UnicodeDecodeError:
-        raise ConfigProblems([Problem(str(path), 1, 1, "(file)",
-                                      "not UTF-8 text")]) from None
-    return parse_config(text, path, drivers)
+                                      f"cannot load: {type(exc).__name__}: {exc}")]) from exc
 
 
 def json_schema(drivers: Mapping[str, DriverInfo] | None = None) -> dict[str, Any]:

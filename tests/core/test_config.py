@@ -88,7 +88,7 @@ devices:
 def test_yaml_syntax_error_has_position() -> None:
     assert problems("a: [1, 2\nb: 3\n") == [
         "c.yaml:2:2: (yaml): YAML syntax error: while parsing a flow sequence "
-        "expected ',' or ']', but got ':'"]
+        "did not find expected ',' or ']'"]
 
 
 def test_unquoted_substitution_in_flow_mapping_gets_a_hint() -> None:
