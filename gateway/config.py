@@ -295,6 +295,9 @@ def _yaml_problem(path: Path, text: str, exc: YamlProblem) -> ConfigProblems:
 def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None = None
                  ) -> LoadedConfig:
     """Validate config `text` (read from `path`); raise `ConfigProblems` listing everything."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigProblems([Problem(str(path), 1, 1, "(file)", f"larger than "
+                                      f"{MAX_CONFIG_BYTES // 2**20} MiB: not a config file?")])
     subst = Substituter()
     try:
         doc, positions = load_yaml(text, scalars=subst)
@@ -407,7 +410,7 @@ def load_config(path: Path, drivers: Mapping[str, DriverInfo] | None = None) -> 
         return parse_config(read_config_text(path), path, drivers)
     except ConfigProblems:
         raise
-    except Exception as exc:  # noqa: BLE001 - whatever fails here is a problem of this file
+    except Exception as exc:  # whatever else fails here is a problem of this file
         raise ConfigProblems([Problem(str(path), 1, 1, "(file)",
                                       f"cannot load: {type(exc).__name__}: {exc}")]) from exc
 

@@ -83,8 +83,8 @@ class Substituter:
             if value is None:
                 return ""
             if len(value) > self.budget:
-                self.problems.append((loc, f"substitutions add more than "
-                                           f"{MAX_SUBSTITUTED_BYTES // 1024} KiB in all"))
+                message = f"substitutions add more than {MAX_SUBSTITUTED_BYTES // 1024} KiB in all"
+                self.problems.append((loc, message))
                 self.budget = -1  # report once
                 return ""
             self.budget -= len(value)
@@ -113,8 +113,8 @@ class Substituter:
             return cached
         name, _, default = expr.partition(":-")
         if not _ENV_NAME.match(name):
-            self.problems.append((loc, f"${{{expr}}} is not ${{NAME}}, ${{NAME:-default}} or "
-                                       "${file:/path}"))
+            message = f"${{{expr}}} is not ${{NAME}}, ${{NAME:-default}} or ${{file:/path}}"
+            self.problems.append((loc, message))
             return None
         env = self.environ.get(name)
         if env is None and ":-" not in expr:

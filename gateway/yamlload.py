@@ -45,6 +45,7 @@ _INT = re.compile(r"[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+|0b[01_]+")
 _FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?")
 _INF = re.compile(r"[-+]?\.(?:inf|Inf|INF)")
 _NAN = re.compile(r"\.(?:nan|NaN|NAN)")
+_PLAIN_CACHE = 4096
 _INTERN_MAX = 64
 """Short strings are interned: a site repeats `holding`, `uint16` and `r17` thousands of
 times, and the resolved register map keeps some of them."""
@@ -61,7 +62,7 @@ class Limits:
     """Nesting of mappings and sequences (a config needs 6)."""
 
 
-class YamlProblem(Exception):  # noqa: N818 - a problem report, not an error taxonomy entry
+class YamlProblem(Exception):
     """The text is not YAML we load; `line` and `col` are 1-based."""
 
     def __init__(self, line: int, col: int, message: str) -> None:
@@ -79,10 +80,6 @@ class _Pos:
     """key -> (key position, value position) for a mapping."""
     items: list[int] | None
     """Item positions for a sequence."""
-
-
-def _pack(line: int, col: int) -> int:
-    return (line << 24) | min(col, 2**24 - 1)
 
 
 def _unpack(packed: int) -> tuple[int, int]:
@@ -144,7 +141,8 @@ class _Frame:
     anchor: str | None
     start: int
     """`_Builder.count` when the container started: its size is the difference at its end."""
-    start_pos: int = 0
+    start_pos: int
+    is_list: bool
     key: Any = None
     key_pos: int = 0
     has_key: bool = False
@@ -152,9 +150,17 @@ class _Frame:
 
 
 _MISSING = object()
+_SCALAR = yaml.ScalarEvent
+_ALIAS = yaml.AliasEvent
+_MAP_START = yaml.MappingStartEvent
+_SEQ_START = yaml.SequenceStartEvent
+_ENDS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+_PLAIN_STRING_START = frozenset("0123456789+-.tTfFnN~")
 
 
 class _Builder:
+    """One pass over the events; a loop with locals because it runs once per value."""
+
     def __init__(self, text: str, limits: Limits, scalars: Scalars | None) -> None:
         self.text = text
         self.limits = limits
@@ -167,18 +173,17 @@ class _Builder:
     def fail(self, mark: Any, message: str) -> YamlProblem:
         return YamlProblem(mark.line + 1, mark.column + 1, message)
 
-    def grow(self, n: int, mark: Any) -> None:
-        self.count += n
-        if self.count > self.limits.nodes:
-            raise self.fail(mark, f"more than {self.limits.nodes:,} values (counting what "
-                                  "each alias * repeats): a config this large is a mistake, "
-                                  "or aliases that multiply")
+    def too_many(self, mark: Any) -> YamlProblem:
+        return self.fail(mark, f"more than {self.limits.nodes:,} values (counting what each "
+                               "alias * repeats): a config this large is a mistake, or "
+                               "aliases that multiply")
 
     def loc(self) -> Loc:
+        """Where the next value goes."""
         if not self.stack:
             return ()
         top = self.stack[-1]
-        if isinstance(top.container, list):
+        if top.is_list:
             return (*top.loc, len(top.container))
         if top.has_key:
             return (*top.loc, top.key if isinstance(top.key, str | int) else str(top.key))
@@ -187,128 +192,152 @@ class _Builder:
     def build(self) -> tuple[Any, Positions]:
         loader = _Loader(self.text)
         try:
-            root: Any = _MISSING
-            documents = 0
-            while True:
-                event = loader.get_event()
-                if event is None or isinstance(event, yaml.StreamEndEvent):
-                    break
-                if isinstance(event, yaml.DocumentStartEvent):
-                    documents += 1
-                    if documents > 1:
-                        raise self.fail(event.start_mark, "only one YAML document is allowed "
-                                                          "(a second one starts here)")
-                    continue
-                if isinstance(event, yaml.StreamStartEvent | yaml.DocumentEndEvent):
-                    continue
-                done = self.event(event)
-                if done is not _MISSING:
-                    root = done
+            root = self._run(loader.get_event)
         finally:
             loader.dispose()
-        return (None if root is _MISSING else root), Positions(
-            None if root is _MISSING else root, self.index)
+        return root, Positions(root, self.index)
 
-    def event(self, event: Any) -> Any:
-        """Feed one event; returns the root value once it is complete."""
-        mark = event.start_mark
-        if isinstance(event, yaml.ScalarEvent):
-            is_key = bool(self.stack) and isinstance(self.stack[-1].container, dict) and \
-                not self.stack[-1].has_key
-            value = self.scalar(event, is_key)
-            self.grow(1, mark)
-            if event.anchor:
-                self.anchors[event.anchor] = (value, 1)
-            return self.add(value, mark)
-        if isinstance(event, yaml.AliasEvent):
-            target = self.anchors.get(event.anchor)
-            if target is None:
-                raise self.fail(mark, f"alias *{event.anchor} has no anchor &{event.anchor} "
-                                      "before it")
-            value, size = target
-            self.grow(size, mark)
-            return self.add(value, mark)
-        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
-            self.check_tag(event.tag, mark)
-            if len(self.stack) >= self.limits.depth:
-                raise self.fail(mark, f"nested deeper than {self.limits.depth} levels")
-            self.grow(1, mark)
-            mapping = isinstance(event, yaml.MappingStartEvent)
-            container: dict[Any, Any] | list[Any] = {} if mapping else []
-            pos = _Pos({} if mapping else None, None if mapping else [])
-            self.index[id(container)] = pos
-            # the frame's own position is known to its parent: add() records it at the end
-            self.stack.append(_Frame(container, pos, self.loc(), event.anchor, self.count - 1))
-            self.stack[-1].start_pos = _pack(mark.line + 1, mark.column + 1)
-            return _MISSING
-        if isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
-            frame = self.stack.pop()
-            if frame.merges:
-                self.merge(frame, mark)
-            if frame.anchor:
-                self.anchors[frame.anchor] = (frame.container, self.count - frame.start)
-            line, col = _unpack(frame.start_pos)
-            return self.add(frame.container, _Mark(line - 1, col - 1))
-        raise self.fail(mark, f"unexpected YAML event {type(event).__name__}")
+    def _run(self, get_event: Callable[[], Any]) -> Any:
+        stack = self.stack
+        anchors = self.anchors
+        index = self.index
+        max_nodes = self.limits.nodes
+        max_depth = self.limits.depth
+        scalars = self.scalars
+        intern = sys.intern
+        plain: dict[str, Any] = {}  # a site repeats `holding`, `uint16`, `1s` and `0`..`99`
+        root: Any = None
+        documents = 0
+        while True:
+            event = get_event()
+            cls = type(event)
+            mark = event.start_mark
+            if cls is _SCALAR:
+                tag = event.tag
+                text = event.value
+                if tag is None and event.implicit[0]:  # plain: the YAML 1.2 core schema
+                    value = plain.get(text, _MISSING)
+                    if value is _MISSING:
+                        value = _resolve(text) if (not text or text[0] in _PLAIN_STRING_START) \
+                            else text
+                        if value.__class__ is str and len(value) <= _INTERN_MAX:
+                            value = intern(value)
+                        if len(plain) < _PLAIN_CACHE and "$" not in text:
+                            plain[text] = value
+                elif tag is None or tag in (_STR, "!"):
+                    value = text
+                else:
+                    self.check_tag(tag, mark)
+                    value = _typed(tag, text)
+                    if value is _MISSING:
+                        raise self.fail(mark, f"{text!r} is not a valid {tag.rsplit(':')[-1]}")
+                if value.__class__ is str:
+                    if scalars is not None and "$" in value and stack and (
+                            stack[-1].is_list or stack[-1].has_key):  # values, not keys
+                        value = scalars(value, self.loc())
+                    if len(value) <= _INTERN_MAX:
+                        value = intern(value)
+                self.count += 1
+                if self.count > max_nodes:
+                    raise self.too_many(mark)
+                if event.anchor:
+                    anchors[event.anchor] = (value, 1)
+            elif cls is _ALIAS:
+                target = anchors.get(event.anchor)
+                if target is None:
+                    raise self.fail(mark, f"alias *{event.anchor} has no anchor "
+                                          f"&{event.anchor} before it")
+                value, size = target
+                self.count += size
+                if self.count > max_nodes:
+                    raise self.too_many(mark)
+            elif cls is _MAP_START or cls is _SEQ_START:
+                self.check_tag(event.tag, mark)
+                if len(stack) >= max_depth:
+                    raise self.fail(mark, f"nested deeper than {max_depth} levels")
+                self.count += 1
+                if self.count > max_nodes:
+                    raise self.too_many(mark)
+                is_list = cls is _SEQ_START
+                container: dict[Any, Any] | list[Any] = [] if is_list else {}
+                pos = _Pos(None, []) if is_list else _Pos({}, None)
+                index[id(container)] = pos
+                stack.append(_Frame(container, pos, self.loc(), event.anchor, self.count - 1,
+                                    ((mark.line + 1) << 24) | (mark.column + 1), is_list))
+                continue
+            elif cls in _ENDS:
+                frame = stack.pop()
+                if frame.merges:
+                    self.merge(frame)
+                value = frame.container
+                if frame.anchor:
+                    anchors[frame.anchor] = (value, self.count - frame.start)
+                packed = frame.start_pos
+                if not stack:
+                    root = value
+                    continue
+                self.add(stack[-1], value, packed)
+                continue
+            elif cls is yaml.DocumentStartEvent:
+                documents += 1
+                if documents > 1:
+                    raise self.fail(mark, "only one YAML document is allowed (a second one "
+                                          "starts here)")
+                continue
+            elif cls is yaml.StreamEndEvent or event is None:
+                return root
+            else:
+                continue
+            # a scalar or an alias: into the open container
+            packed = ((mark.line + 1) << 24) | (mark.column + 1)
+            if not stack:
+                root = value
+                continue
+            top = stack[-1]
+            if top.is_list:
+                top.container.append(value)  # type: ignore[union-attr]
+                top.pos.items.append(packed)  # type: ignore[union-attr]
+            elif not top.has_key:
+                if value.__class__ is dict or value.__class__ is list:
+                    raise self.fail(mark, "a key must be a plain value, not a mapping or a list")
+                top.key, top.key_pos, top.has_key = value, packed, True
+            else:
+                self.add(top, value, packed)
 
     def check_tag(self, tag: str | None, mark: Any) -> None:
         if tag is not None and tag not in _TAGS:
             raise self.fail(mark, f"YAML tag {tag} is not supported here (write the value "
                                   "without a tag)")
 
-    def scalar(self, event: Any, is_key: bool) -> Any:
-        self.check_tag(event.tag, event.start_mark)
-        text: str = event.value
-        tag = event.tag
-        if tag is None and event.implicit[0]:  # plain: resolve by the YAML 1.2 core schema
-            value = _resolve(text)
-        elif tag is None or tag in (_STR, "!"):
-            value = text
-        else:
-            value = _typed(tag, text)
-            if value is _MISSING:
-                raise self.fail(event.start_mark, f"{text!r} is not a valid {tag.rsplit(':')[-1]}")
-        if isinstance(value, str):
-            if not is_key and self.scalars is not None and "$" in value:
-                value = self.scalars(value, self.loc())
-            if len(value) <= _INTERN_MAX:
-                value = sys.intern(value)
-        return value
-
-    def add(self, value: Any, mark: Any) -> Any:
-        """Put a finished value into the open container (or return it as the root)."""
-        packed = _pack(mark.line + 1, mark.column + 1)
-        if not self.stack:
-            return value
-        top = self.stack[-1]
-        if isinstance(top.container, list):
-            assert top.pos.items is not None
-            top.container.append(value)
-            top.pos.items.append(packed)
-            return _MISSING
+    def add(self, top: _Frame, value: Any, packed: int) -> None:
+        """Put a finished value into the open container."""
+        if top.is_list:
+            top.container.append(value)  # type: ignore[union-attr]
+            top.pos.items.append(packed)  # type: ignore[union-attr]
+            return
         if not top.has_key:
-            if isinstance(value, dict | list):
-                raise self.fail(mark, "a key must be a plain value, not a mapping or a list")
-            top.key, top.key_pos, top.has_key = value, packed, True
-            return _MISSING
+            line, col = _unpack(packed)
+            raise YamlProblem(line, col, "a key must be a plain value, not a mapping or a list")
         key, kpos = top.key, top.key_pos
         top.has_key = False
-        assert top.pos.keys is not None
+        keys = top.pos.keys
+        assert keys is not None
+        assert isinstance(top.container, dict)
         if key == "<<":
             top.merges = [*(top.merges or []), (value, kpos)]
-            return _MISSING
+            return
         if key in top.container:
-            kline, kcol = _unpack(top.pos.keys[key][0])
+            kline, kcol = _unpack(keys[key][0])
             line, col = _unpack(kpos)
             raise YamlProblem(line, col, f"duplicate key {key!r} (first at line {kline}, "
                                          f"column {kcol})")
         top.container[key] = value
-        top.pos.keys[key] = (kpos, packed)
-        return _MISSING
+        keys[key] = (kpos, packed)
 
-    def merge(self, frame: _Frame, mark: Any) -> None:
+    def merge(self, frame: _Frame) -> None:
         """`<<: *defaults` (or a list of them): keys the mapping does not set itself."""
-        assert isinstance(frame.container, dict) and frame.pos.keys is not None
+        assert isinstance(frame.container, dict)
+        assert frame.pos.keys is not None
         for value, kpos in frame.merges or ():
             sources = value if isinstance(value, list) else [value]
             for source in sources:
@@ -322,19 +351,10 @@ class _Builder:
                         frame.pos.keys[k] = (kpos, kpos)
 
 
-@dataclass(frozen=True, slots=True)
-class _Mark:
-    line: int
-    column: int
-
-
 def _resolve(text: str) -> Any:
     """A plain scalar by the YAML 1.2 core schema."""
     if text in _NULL:
         return None
-    first = text[0]
-    if first not in "0123456789+-.tTfFnN~":
-        return text
     if text in _BOOL:
         return _BOOL[text]
     if _INT.fullmatch(text):
