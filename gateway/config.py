@@ -7,15 +7,27 @@ the offending key or value, so `parkgate check` can print `FILE:LINE:COL: path: 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import stat
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.driver import DeviceOptions, DriverInfo, discover_drivers
 from gateway.errors import ConfigError
@@ -98,27 +110,126 @@ class MqttSection(_Section):
         description="Longest wait between reconnect rounds (full jitter below it); bad "
                     "credentials wait this long at once.")
 
+    allow_plaintext_password: bool = Field(
+        default=False,
+        description="Send the password over plain mqtt:// to a broker that is not on this "
+                    "host. Off: such a config is refused (anyone on the path reads it).")
+
     @field_validator("brokers")
     @classmethod
     def _urls(cls, urls: list[str]) -> list[str]:
         for url in urls:
-            if not re.match(r"^mqtts?://[^/:\s]+(:\d{1,5})?/?$", url):
-                raise ValueError(
-                    f"{url!r} is not a broker URL: write mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+            problem = broker_url_problem(url)
+            if problem:
+                raise ValueError(problem)
         return urls
 
     @field_validator("topic", "status_topic")
     @classmethod
     def _template(cls, topic: str) -> str:
-        try:
-            topic.format(site="s", gateway="g", device="d")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"topic template may use only {{site}}, {{gateway}} and {{device}} ({exc})"
-            ) from None
-        if "+" in topic or "#" in topic:
-            raise ValueError("a topic to publish to cannot contain the wildcards + or #")
+        problem = publish_topic_problem(topic)
+        if problem:
+            raise ValueError(problem)
         return topic
+
+    @model_validator(mode="after")
+    def _plaintext(self) -> MqttSection:
+        plain = [url for url in self.brokers if url.startswith("mqtt://")]
+        if not plain:
+            return self
+        if self.tls.model_fields_set:
+            raise _error(("tls", next(iter(sorted(self.tls.model_fields_set)))),
+                         f"tls: is set but {plain[0]} is plain mqtt://, so it would not be "
+                         "used and the password and readings would go unencrypted: write "
+                         "mqtts://HOST:8883 (or remove tls:)")
+        remote = [url for url in plain if not _loopback(url)]
+        if self.password is not None and remote and not self.allow_plaintext_password:
+            raise _error(("password",),
+                         f"the password would go unencrypted to {remote[0]}: use "
+                         "mqtts://, or set allow_plaintext_password: true if the network "
+                         "path is trusted")
+        return self
+
+
+def _error(loc: tuple[str, ...], message: str) -> ValidationError:
+    """A validation error at `loc` inside the model being validated (not at the model)."""
+    return ValidationError.from_exception_data("config", [InitErrorDetails(
+        type=PydanticCustomError("config", message), loc=loc, input=None)])
+
+
+_BROKER = re.compile(r"(mqtts?)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?/?")
+
+
+def broker_url_problem(url: str) -> str | None:
+    """Why `url` is not `mqtt[s]://HOST[:PORT]`, or None. Never echoes credentials."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        shown = f"{scheme}://***@{rest.split('/', 1)[0].rsplit('@', 1)[1]}"
+        return (f"{shown}: credentials in a broker URL are not used (and would show in "
+                "/metrics, /readyz and the status message): put them in uplink.mqtt.username "
+                "and password (password: ${file:/etc/parkgate/mqtt-password} keeps it out of "
+                "this file)")
+    m = _BROKER.fullmatch(url)
+    if not m or not 1 <= int(m.group(3) or 1883) <= 65535:
+        return f"{url!r} is not a broker URL: write mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+    return None
+
+
+def _loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+TOPIC_MAX_BYTES = 65_535
+"""MQTT's limit on a topic name, in UTF-8 bytes."""
+NAME_MAX = 64
+_PLACEHOLDERS = frozenset({"site", "gateway", "device"})
+"""Longest gateway id, site and device name: what `{gateway}`, `{site}`, `{device}` add."""
+
+
+def publish_topic_problem(template: str) -> str | None:
+    """Why no broker would take a topic made from `template`, or None.
+
+    MQTT 3.1.1/5: UTF-8 without U+0000 (brokers refuse control characters and
+    noncharacters too), 1 to 65,535 bytes, no wildcards in a publish topic; `$` topics are
+    the broker's own. Checked with every placeholder at its longest.
+    """
+    try:
+        # a format spec such as {device:>99999999} would build a string of that size
+        for _text, name, spec, conversion in string.Formatter().parse(template):
+            if name is not None and (name not in _PLACEHOLDERS or spec or conversion):
+                raise ValueError(f"'{{{name}{'!' + conversion if conversion else ''}"
+                                 f"{':' + spec if spec else ''}}}'")
+        longest = template.format(site="s" * NAME_MAX, gateway="g" * NAME_MAX,
+                                  device="d" * NAME_MAX)
+    except (KeyError, IndexError, ValueError) as exc:
+        return f"topic template may use only {{site}}, {{gateway}} and {{device}} ({exc})"
+    if not template:
+        return "a topic cannot be empty"
+    if "+" in template or "#" in template:
+        return "a topic to publish to cannot contain the wildcards + or #"
+    if template.startswith("$"):
+        return "topics starting with $ belong to the broker ($SYS/...): choose another"
+    for char in template:
+        code = ord(char)
+        if code == 0:
+            return "a topic cannot contain a NUL character (U+0000): no broker accepts it"
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            return f"a topic cannot contain the control character U+{code:04X}"
+        if 0xD800 <= code <= 0xDFFF:
+            return f"a topic must be UTF-8 text: U+{code:04X} is half a surrogate pair"
+        if 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE:
+            return f"a topic cannot contain the noncharacter U+{code:04X}"
+    size = len(longest.encode("utf-8"))
+    if size > TOPIC_MAX_BYTES:
+        return (f"topic is {size:,} bytes with {{site}}, {{gateway}} and {{device}} at their "
+                f"longest ({NAME_MAX} characters); MQTT allows {TOPIC_MAX_BYTES:,}")
+    return None
 
 
 class UplinkSection(_Section):
@@ -183,10 +294,19 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        # one problem is one line, whatever a key or a parser message contains
-        path = self.path.replace("\r", "\\r").replace("\n", "\\n")
-        message = " ".join(self.message.split())
-        return f"{self.file}:{self.line}:{self.col}: {path}: {message}"
+        # one problem is one line whatever a key, a value or a parser message holds, and no
+        # character of the file reaches the terminal as a control sequence (ESC, BEL, ...)
+        return (f"{printable(self.file)}:{self.line}:{self.col}: {printable(self.path)}: "
+                f"{printable(self.message)}")
+
+
+def printable(text: str) -> str:
+    """`text` with every control, format and line-separator character escaped the way
+    Python writes it in a string literal (\\n, \\x1b, \\u2028)."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] if char in "\t\n\r"
+                   else ascii(char)[1:-1] for char in text)
 
 
 class ConfigProblems(ConfigError):
@@ -327,7 +447,10 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
 
     if rep.problems or raw is None:
         raise ConfigProblems(sorted(rep.problems, key=lambda p: (p.line, p.col)))
-    config = Config.model_validate({**raw.model_dump(exclude={"devices"}), "devices": devices})
+    # every part is validated already: assemble, do not validate (or dump) again
+    sections = {name: getattr(raw, name) for name in Config.model_fields if name != "devices"}
+    config = Config.model_construct(raw.model_fields_set | {"devices"}, **sections,
+                                    devices=tuple(devices))
     return LoadedConfig(config=config, path=path, secrets=frozenset(subst.secrets))
 
 
