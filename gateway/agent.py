@@ -200,8 +200,8 @@ class Agent:
         ignored = [section for section in ("gateway", "buffer", "uplink", "metrics", "agent")
                    if getattr(new.config, section) != getattr(old, section)]
         secrets = self.loaded.secrets | new.secrets
-        if new.config.logging != old.logging or secrets != self.loaded.secrets:
-            # new secrets are masked from the first line the new devices log
+        logs.add_secrets(secrets)  # whether or not `logging:` changed
+        if new.config.logging != old.logging:
             logs.configure(new.config.logging.level, new.config.logging.format, secrets)
         if ignored:
             self.log.warning("config reload: these sections changed and need a restart "

@@ -27,7 +27,15 @@ class Redactor:
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.mask = Masker(secrets)
+        self.secrets = frozenset(secrets)
+        self.mask = Masker(self.secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Mask these too, from the next line on (also in loggers bound earlier)."""
+        more = self.secrets | frozenset(secrets)
+        if more != self.secrets:
+            self.secrets = more
+            self.mask = Masker(more)
 
     def keys(self, _logger: Any, _name: str, event: MutableMapping[str, Any]
              ) -> MutableMapping[str, Any]:
@@ -60,6 +68,16 @@ class Redactor:
         return event
 
 
+# One instance for the process: a bound logger keeps the processors it was bound with, so
+# secrets learnt on a reload must reach the object those processors already hold.
+_REDACTOR = Redactor()
+
+
+def add_secrets(secrets: Iterable[str]) -> None:
+    """Mask these values in every log line from now on, in every logger."""
+    _REDACTOR.add(secrets)
+
+
 def configure(level: str = "info", fmt: str = "auto", secrets: Iterable[str] = ()) -> None:
     """Configure structlog for the process (logging is process-wide by nature)."""
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
@@ -68,7 +86,8 @@ def configure(level: str = "info", fmt: str = "auto", secrets: Iterable[str] = (
     # Libraries (aiomqtt, paho, pymodbus) log through the standard library: render their
     # records with the same processors, so journald sees JSON lines only.
     handler = logging.StreamHandler(sys.stdout)
-    redactor = Redactor(secrets)
+    redactor = _REDACTOR
+    redactor.add(secrets)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
                            structlog.processors.TimeStamper(fmt="iso", utc=True)],
