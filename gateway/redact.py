@@ -15,15 +15,26 @@ MIN_SECRET_LEN = 4
 """Shorter values would mask innocent text everywhere."""
 
 
+_DEPTH = 3
+"""Escaping applied up to this many times over: a repr inside an exception's repr inside
+a JSON log line is three."""
+
+
+def _escapes(text: str) -> set[str]:
+    return {repr(text)[1:-1], repr(text.replace("'", '"'))[1:-1], ascii(text)[1:-1],
+            json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]}
+
+
 def forms(secret: str) -> set[str]:
-    """The ways `secret` can appear in formatted text."""
+    """The ways `secret` can appear in formatted text: raw, and escaped by repr(), ascii()
+    or JSON, up to three times over."""
     out = {secret}
-    for text in (secret, repr(secret)[1:-1], ascii(secret)[1:-1],
-                 repr(secret.replace("'", '"'))[1:-1]):
-        out.add(text)
-        out.add(json.dumps(text)[1:-1])
-        out.add(json.dumps(text, ensure_ascii=False)[1:-1])
-    out.add(secret.encode("unicode_escape").decode("ascii"))
+    layer = {secret}
+    for _ in range(_DEPTH):
+        layer = {escaped for text in layer for escaped in _escapes(text)} - out
+        if not layer:
+            break
+        out |= layer
     return {f for f in out if f}
 
 
