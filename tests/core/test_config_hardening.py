@@ -58,38 +58,47 @@ class Ran:
         return self.out.splitlines()
 
 
-# the limits are set by the child itself (preexec_fn is unsafe in a process with threads)
-_LIMITED = ("import resource, runpy, sys; "
-            f"resource.setrlimit(resource.RLIMIT_AS, ({LIMIT_AS}, {LIMIT_AS})); "
-            f"resource.setrlimit(resource.RLIMIT_CPU, ({LIMIT_CPU}, {LIMIT_CPU})); "
-            "sys.argv[0] = 'parkgate'; runpy.run_module('gateway', run_name='__main__')")
+# The child sets its limits itself (preexec_fn is unsafe in a process with threads) and
+# writes its own peak RSS on the way out: VmHWM starts afresh at exec, while the rusage
+# of a forked child counts the test process's memory too.
+_LIMITED = ("import os, resource, runpy, sys\n"
+            f"resource.setrlimit(resource.RLIMIT_AS, ({LIMIT_AS}, {LIMIT_AS}))\n"
+            f"resource.setrlimit(resource.RLIMIT_CPU, ({LIMIT_CPU}, {LIMIT_CPU}))\n"
+            "sys.argv[0] = 'parkgate'\n"
+            "try:\n"
+            "    runpy.run_module('gateway', run_name='__main__')\n"
+            "finally:\n"
+            "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+            "    open(os.environ['PG_HWM'], 'w').write(hwm.split()[1])\n")
 
 
 def parkgate(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> Ran:
-    """`parkgate ARGS` in a child with bounded memory and CPU, and that child's rusage."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-c", _LIMITED, *args], cwd=ROOT,
-                                stdout=out, stderr=err, text=True,
-                                env={**os.environ, **(env or {})})
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _pid, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
-        finally:
-            timer.cancel()
+    """`parkgate ARGS` in a child with bounded memory and CPU: its exit code, output, CPU
+    seconds and peak RSS."""
+    with tempfile.TemporaryDirectory(prefix="pg-run-") as tmp:
+        out_path, err_path, hwm_path = (Path(tmp) / n for n in ("out", "err", "hwm"))
+        with out_path.open("w") as out, err_path.open("w") as err:
+            proc = subprocess.Popen([sys.executable, "-c", _LIMITED, *args], cwd=ROOT,
+                                    stdout=out, stderr=err, text=True,
+                                    env={**os.environ, **(env or {}), "PG_HWM": str(hwm_path)})
+            timer = threading.Timer(timeout, proc.kill)
+            timer.start()
+            try:
+                _pid, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time
+            finally:
+                timer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode == -signal.SIGKILL:
             raise TimeoutError(f"parkgate {' '.join(args)} still running after {timeout}s")
-        out.seek(0)
-        err.seek(0)
-        return Ran(proc.returncode, out.read(), err.read(), usage.ru_utime + usage.ru_stime,
-                   usage.ru_maxrss / 1024)
+        hwm_kib = int(hwm_path.read_text()) if hwm_path.exists() else 0
+        return Ran(proc.returncode, out_path.read_text(), err_path.read_text(),
+                   usage.ru_utime + usage.ru_stime, hwm_kib / 1024)
 
 
 def check(path: Path, **kw: Any) -> Ran:
     ran = parkgate("check", str(path), **kw)
     assert ran.cpu_s < MAX_CPU_S, ran
-    assert ran.maxrss_mib < MAX_RSS_MIB, ran
+    assert 0 < ran.maxrss_mib < MAX_RSS_MIB, ran
     assert "Traceback" not in ran.err, ran.err
     return ran
 
