@@ -12,7 +12,7 @@ import os
 import re
 import stat
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -370,13 +370,16 @@ def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
 
 
 class _Reporter:
-    def __init__(self, file: str, positions: Positions | None = None) -> None:
+    def __init__(self, file: str, positions: Callable[[], Positions] | None = None) -> None:
         self.file = file
-        self.positions = positions
+        self.find_positions = positions
+        self.positions: Positions | None = None
         self.problems: list[Problem] = []
         self.mask = Masker()
 
     def where(self, loc: Loc, *, key: bool = False) -> tuple[int, int]:
+        if self.positions is None and self.find_positions is not None:
+            self.positions = self.find_positions()  # only a file with problems pays for them
         found = self.positions.find(loc, key=key) if self.positions else None
         return found or (1, 1)
 
@@ -420,10 +423,11 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
                                       f"{MAX_CONFIG_BYTES // 2**20} MiB: not a config file?")])
     subst = Substituter()
     try:
-        doc, positions = load_yaml(text, scalars=subst)
+        doc, _ = load_yaml(text, scalars=subst, positions=False)
     except YamlProblem as exc:
         raise _yaml_problem(path, text, exc) from None
-    rep = _Reporter(str(path), positions)
+    # the same structure again, with positions and without reading secrets a second time
+    rep = _Reporter(str(path), lambda: load_yaml(text)[1])
     rep.mask = Masker(subst.secrets)
     if doc is None:
         rep.add((), "the file is empty: start from config/example.yaml")
@@ -442,8 +446,8 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
 
     raw_devices = doc.get("devices", [])
     devices = _validate_devices(raw_devices, rep, drivers)
-    del doc, raw_devices  # the YAML tree and its positions go once validated
-    rep.positions = None
+    del doc, raw_devices  # the YAML tree and any positions go once validated
+    rep.positions = rep.find_positions = None
 
     if rep.problems or raw is None:
         raise ConfigProblems(sorted(rep.problems, key=lambda p: (p.line, p.col)))

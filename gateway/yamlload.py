@@ -158,13 +158,22 @@ _ENDS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 _PLAIN_STRING_START = frozenset("0123456789+-.tTfFnN~")
 
 
+class _NeedPositions(Exception):  # control flow inside this module, not an error
+    """Raised by a pass that keeps no positions when its message needs them."""
+
+
+_NO_POS = _Pos(None, None)
+
+
 class _Builder:
     """One pass over the events; a loop with locals because it runs once per value."""
 
-    def __init__(self, text: str, limits: Limits, scalars: Scalars | None) -> None:
+    def __init__(self, text: str, limits: Limits, scalars: Scalars | None, track: bool
+                 ) -> None:
         self.text = text
         self.limits = limits
         self.scalars = scalars
+        self.track = track
         self.count = 0
         self.anchors: dict[str, tuple[Any, int]] = {}
         self.index: dict[int, _Pos] = {}
@@ -204,6 +213,7 @@ class _Builder:
         max_nodes = self.limits.nodes
         max_depth = self.limits.depth
         scalars = self.scalars
+        track = self.track
         intern = sys.intern
         plain: dict[str, Any] = {}  # a site repeats `holding`, `uint16`, `1s` and `0`..`99`
         root: Any = None
@@ -260,8 +270,11 @@ class _Builder:
                     raise self.too_many(mark)
                 is_list = cls is _SEQ_START
                 container: dict[Any, Any] | list[Any] = [] if is_list else {}
-                pos = _Pos(None, []) if is_list else _Pos({}, None)
-                index[id(container)] = pos
+                if track:
+                    pos = _Pos(None, []) if is_list else _Pos({}, None)
+                    index[id(container)] = pos
+                else:
+                    pos = _NO_POS
                 stack.append(_Frame(container, pos, self.loc(), event.anchor, self.count - 1,
                                     ((mark.line + 1) << 24) | (mark.column + 1), is_list))
                 continue
@@ -296,7 +309,8 @@ class _Builder:
             top = stack[-1]
             if top.is_list:
                 top.container.append(value)  # type: ignore[union-attr]
-                top.pos.items.append(packed)  # type: ignore[union-attr]
+                if track:
+                    top.pos.items.append(packed)  # type: ignore[union-attr]
             elif not top.has_key:
                 if value.__class__ is dict or value.__class__ is list:
                     raise self.fail(mark, "a key must be a plain value, not a mapping or a list")
@@ -313,7 +327,8 @@ class _Builder:
         """Put a finished value into the open container."""
         if top.is_list:
             top.container.append(value)  # type: ignore[union-attr]
-            top.pos.items.append(packed)  # type: ignore[union-attr]
+            if self.track:
+                top.pos.items.append(packed)  # type: ignore[union-attr]
             return
         if not top.has_key:
             line, col = _unpack(packed)
@@ -321,23 +336,24 @@ class _Builder:
         key, kpos = top.key, top.key_pos
         top.has_key = False
         keys = top.pos.keys
-        assert keys is not None
         assert isinstance(top.container, dict)
         if key == "<<":
             top.merges = [*(top.merges or []), (value, kpos)]
             return
         if key in top.container:
+            if keys is None:
+                raise _NeedPositions  # to say where the first one is
             kline, kcol = _unpack(keys[key][0])
             line, col = _unpack(kpos)
             raise YamlProblem(line, col, f"duplicate key {key!r} (first at line {kline}, "
                                          f"column {kcol})")
         top.container[key] = value
-        keys[key] = (kpos, packed)
+        if keys is not None:
+            keys[key] = (kpos, packed)
 
     def merge(self, frame: _Frame) -> None:
         """`<<: *defaults` (or a list of them): keys the mapping does not set itself."""
         assert isinstance(frame.container, dict)
-        assert frame.pos.keys is not None
         for value, kpos in frame.merges or ():
             sources = value if isinstance(value, list) else [value]
             for source in sources:
@@ -348,7 +364,8 @@ class _Builder:
                 for k, v in source.items():
                     if k not in frame.container:
                         frame.container[k] = v
-                        frame.pos.keys[k] = (kpos, kpos)
+                        if frame.pos.keys is not None:
+                            frame.pos.keys[k] = (kpos, kpos)
 
 
 def _resolve(text: str) -> Any:
@@ -399,15 +416,20 @@ def _typed(tag: str, text: str) -> Any:
     return _MISSING  # !!map / !!seq on a scalar
 
 
-def load_yaml(text: str, *, limits: Limits | None = None, scalars: Scalars | None = None
-              ) -> tuple[Any, Positions]:
+def load_yaml(text: str, *, limits: Limits | None = None, scalars: Scalars | None = None,
+              positions: bool = True) -> tuple[Any, Positions]:
     """Parse one YAML document into dicts, lists and scalars, with positions.
 
-    Raises `YamlProblem` for text that is not YAML, or that breaks `limits`.
+    Without `positions` the pass keeps none (a third faster; a valid file needs none):
+    the Positions returned then know nothing, and `load_yaml(text)` again finds them
+    when a problem must be placed. Raises `YamlProblem` for text that is not YAML, or that
+    breaks `limits`.
     """
-    builder = _Builder(text, limits or Limits(), scalars)
     try:
-        return builder.build()
+        try:
+            return _Builder(text, limits or Limits(), scalars, positions).build()
+        except _NeedPositions:
+            return _Builder(text, limits or Limits(), scalars, True).build()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(p for p in (exc.context, exc.problem) if p)

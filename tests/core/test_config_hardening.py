@@ -254,6 +254,9 @@ def test_credentials_in_a_broker_url_are_refused(tmp_path: Path) -> None:
         "message): put them in uplink.mqtt.username and password (password: "
         "${file:/etc/parkgate/mqtt-password} keeps it out of this file)"], ran
     assert "tok3n" not in ran.out + ran.err
+    started = parkgate("run", "-c", str(cfg))  # nothing starts that could publish the URL
+    assert started.code == 2, started
+    assert "tok3n" not in started.out + started.err
 
 
 def test_tls_settings_with_a_plain_broker_are_refused(tmp_path: Path) -> None:
