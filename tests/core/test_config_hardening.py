@@ -315,7 +315,9 @@ def test_log_lines_never_carry_a_secret(capsys: pytest.CaptureFixture[str]) -> N
     """A secret inside an exception message reached the log in the formatted traceback;
     one with a backslash or a quote did so in its repr and JSON forms."""
     secrets = ["tok3n-s3cret", "back\\slash-s3cret", 'qu"ote-s3cret']
-    logs.configure("info", "json", secrets)
+    root = logging.getLogger()
+    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
+    logs.configure("info", "json", secrets)  # writes to capsys's stdout from here on
     try:
         log = structlog.get_logger().bind(component="test")
         for secret in secrets:
@@ -325,8 +327,10 @@ def test_log_lines_never_carry_a_secret(capsys: pytest.CaptureFixture[str]) -> N
                 log.exception("uplink failed", value=[secret], text=secret)
                 logging.getLogger("paho").error("library: %r", secret, exc_info=True)
         out = capsys.readouterr().out
-    finally:
-        logs.configure("info", "json")
+    finally:  # the next tests must not log into this test's captured (then closed) stdout
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.configure(**config)
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) == 6
     assert sum("Traceback" in line.get("exception", "") for line in lines) == 3
