@@ -13,7 +13,10 @@ fresh interpreter, so imports and earlier runs do not blur it:
   a `gc.collect()`, and the peak while loading (tracemalloc slows the load; it gets its own
   run);
 * `check_wall_s` / `check_cpu_s`: the whole `parkgate check FILE` command, interpreter start
-  and imports included, as a field engineer waits for it.
+  and imports included, as a field engineer waits for it;
+* `run_start_cpu_s` / `run_peak_rss_mib`: `parkgate run -c FILE` until its first log line
+  after loading ("parkgate starting") plus `--run-seconds`, with nobody answering on the
+  Modbus ports or the broker port: what loading costs the running agent.
 """
 
 from __future__ import annotations
@@ -28,22 +31,27 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.procfs import cpu_seconds, rss_mib, terminate  # noqa: E402 - after the path
+from tests.support import free_port  # noqa: E402
 
 HEADER = """\
-gateway: {id: bench-gw, site: bench}
-buffer: {path: /tmp/parkgate-bench-config/buffer.db}
+gateway: {{id: bench-gw, site: bench}}
+buffer: {{path: {buffer}}}
 uplink:
   mqtt:
-    brokers: ["mqtt://127.0.0.1:1883"]
-metrics: {listen: "127.0.0.1:9881"}
-logging: {level: warning, format: json}
+    brokers: ["mqtt://127.0.0.1:{broker}"]
+metrics: {{listen: "127.0.0.1:{metrics}"}}
+logging: {{level: info, format: json}}
 devices:
 """
 
 
-def config_text(devices: int, registers: int) -> str:
+def config_text(devices: int, registers: int, buffer: Path = Path("/tmp/pg-bench/buffer.db")
+                ) -> str:
     """The YAML of `devices` Modbus TCP devices with `registers` inline registers each."""
-    out = [HEADER]
+    out = [HEADER.format(buffer=buffer, broker=free_port(), metrics=free_port())]
     for d in range(devices):
         out.append(f"- name: dev{d}\n  driver: modbus\n  unit: 1\n  interval: 1s\n"
                    f"  transport:\n    type: tcp\n    host: 127.0.0.1\n    port: {15000 + d}\n"
@@ -101,15 +109,35 @@ def check(path: Path) -> dict[str, float]:
             "check_maxrss_mib": after.ru_maxrss / 1024}
 
 
+def run(path: Path, seconds: float) -> dict[str, float]:
+    """CPU seconds until the agent logged its start, and its peak RSS `seconds` later."""
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if b"parkgate starting" in line:
+                break
+        else:
+            raise SystemExit(f"parkgate run exited with {proc.wait()}")
+        started = cpu_seconds(proc.pid)
+        time.sleep(seconds)
+        peak = rss_mib(proc.pid)[1]
+    finally:
+        terminate(proc)
+    return {"run_start_cpu_s": started, "run_peak_rss_mib": peak}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, default=100)
     p.add_argument("--registers", type=int, default=100)
     p.add_argument("--runs", type=int, default=3, help="best of N for the timings")
+    p.add_argument("--run-seconds", type=float, default=5.0)
     p.add_argument("--keep", type=Path, default=None, help="write the config here and keep it")
     args = p.parse_args()
-    text = config_text(args.devices, args.registers)
     with tempfile.TemporaryDirectory(prefix="pg-bench-cfg-") as tmp:
+        text = config_text(args.devices, args.registers, Path(tmp) / "buffer.db")
         path = args.keep or Path(tmp) / "site.yaml"
         path.write_text(text)
         runs = [probe(path, "cpu") for _ in range(args.runs)]
@@ -120,6 +148,7 @@ def main() -> None:
             "load_cpu_s": round(min(r["load_cpu_s"] for r in runs), 3),
             **{k: round(v, 2) for k, v in probe(path, "mem").items()},
             **{k: round(min(c[k] for c in checks), 3) for k in checks[0]},
+            **{k: round(v, 2) for k, v in run(path, args.run_seconds).items()},
         }
     for key, value in row.items():
         print(f"{key:<18} {value}")
