@@ -369,6 +369,11 @@ def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
     return []
 
 
+MAX_PROBLEMS = 100
+"""Problems listed in full; past them a file is not worth reading further (and a machine-made
+file with 35,000 misspelt keys would cost seconds of did-you-mean searches)."""
+
+
 class _Reporter:
     def __init__(self, file: str, positions: Callable[[], Positions] | None = None) -> None:
         self.file = file
@@ -376,6 +381,22 @@ class _Reporter:
         self.positions: Positions | None = None
         self.problems: list[Problem] = []
         self.mask = Masker()
+        self.unlisted = 0
+
+    @property
+    def full(self) -> bool:
+        """MAX_PROBLEMS listed: count the rest, do not place or explain them."""
+        return len(self.problems) >= MAX_PROBLEMS
+
+    def result(self) -> ConfigProblems:
+        """The problems in file order, and a last line when some were not listed."""
+        problems = sorted(self.problems, key=lambda p: (p.line, p.col))
+        if self.full:
+            more = f"{self.unlisted:,} more problems" if self.unlisted else "more problems"
+            problems.append(Problem(self.file, 1, 1, "(file)",
+                                    f"{more} not listed after the first {MAX_PROBLEMS}: fix "
+                                    "these and check again"))
+        return ConfigProblems(problems)
 
     def where(self, loc: Loc, *, key: bool = False) -> tuple[int, int]:
         if self.positions is None and self.find_positions is not None:
@@ -384,6 +405,9 @@ class _Reporter:
         return found or (1, 1)
 
     def add(self, loc: Loc, message: str, *, key: bool = False) -> None:
+        if self.full:
+            self.unlisted += 1
+            return
         line, col = self.where(loc, key=key)
         path = ".".join(str(p) for p in loc) or "(top)"
         # messages may echo a value (in a repr, too); never a substituted secret
@@ -391,6 +415,9 @@ class _Reporter:
 
     def add_validation(self, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> None:
         for err in exc.errors(include_url=False, include_input=False):
+            if self.full:
+                self.unlisted += 1
+                continue
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(
                 "function-")))
             parent = loc[:-1] if loc else ()
@@ -450,7 +477,7 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
     rep.positions = rep.find_positions = None
 
     if rep.problems or raw is None:
-        raise ConfigProblems(sorted(rep.problems, key=lambda p: (p.line, p.col)))
+        raise rep.result()
     # every part is validated already: assemble, do not validate (or dump) again
     sections = {name: getattr(raw, name) for name in Config.model_fields if name != "devices"}
     config = Config.model_construct(raw.model_fields_set | {"devices"}, **sections,
@@ -467,6 +494,8 @@ def _validate_devices(raw_devices: Any, rep: _Reporter,
     out: list[DeviceOptions] = []
     for i, dev in enumerate(raw_devices):
         loc: Loc = ("devices", i)
+        if rep.full:
+            break  # the rest is not listed anyway: `result()` says there is more
         if not isinstance(dev, dict):
             continue  # reported by the top-level model as a wrong type
         name = dev.get("name")
