@@ -96,7 +96,7 @@ class Metrics:
                                       registry=r)
         # Known label values exist from the start at 0, so rate() and alerts see a series
         # before the first drop or failure.
-        for reason in ("max_bytes", "max_age", "write_failed"):
+        for reason in ("max_bytes", "max_age", "write_failed", "too_large"):
             self.buffer_dropped.labels(reason=reason)
         for reason in ("auth", "refused", "tls", "error"):
             self.uplink_connect_errors.labels(reason=reason)

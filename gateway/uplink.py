@@ -40,6 +40,7 @@ from structlog.typing import FilteringBoundLogger
 
 from gateway import __version__
 from gateway.backoff import Backoff
+from gateway.batching import max_payload, pack, seq_ranges, split_items
 from gateway.buffer import Buffer, Chunk
 from gateway.config import GatewaySection, MqttSection
 from gateway.metrics import Metrics
@@ -104,12 +105,17 @@ class _Stream:
 
 @dataclass(slots=True)
 class _Message:
+    """Chunks of one device going out together: one payload, or the parts of one chunk
+    too large for a message (acknowledged in the buffer once every part is)."""
+
     topic: str
     device: str
-    payload: bytes
+    payloads: list[bytes]
     firsts: list[int]
     readings: int
     stream: _Stream
+    too_large: list[int] = field(default_factory=list)
+    """Seqs of readings larger than any message may be: dropped when the chunk is acked."""
 
 
 @dataclass(slots=True)
@@ -234,6 +240,24 @@ class _PubackCodes:
                 self._refused.pop(mid, None)
 
 
+class _Connack:
+    """The broker's Maximum Packet Size from an MQTT 5 CONNACK, which aiomqtt 2.x drops."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        # aiomqtt <3 exposes no CONNACK properties: wrap its paho client (pinned <3)
+        inner: Any = client._client
+        self.max_packet: int | None = None
+        on_connect = inner.on_connect
+
+        def on_connect_hook(c: Any, userdata: Any, flags: Any, reason_code: Any,
+                            properties: Any = None) -> None:
+            size = getattr(properties, "MaximumPacketSize", None)
+            self.max_packet = int(size) if size else None
+            on_connect(c, userdata, flags, reason_code, properties)
+
+        inner.on_connect = on_connect_hook
+
+
 def tls_context(cfg: MqttSection) -> ssl.SSLContext:
     """The TLS context for `mqtts://` brokers: verification on unless `verify: false`."""
     tls = cfg.tls
@@ -277,6 +301,8 @@ class Uplink:
         self._mqtt_log.addHandler(self._last_error)
         self.on_state: Callable[[UplinkState], None] | None = None
         self._holds: dict[str, _Hold] = {}
+        self._max_bytes = cfg.max_message_bytes
+        """The largest PUBLISH packet of this connection (config or the broker's CONNACK)."""
 
     def topic_for(self, device: str) -> str:
         """The data topic of a device."""
@@ -394,10 +420,14 @@ class Uplink:
     async def _session(self, broker: Broker) -> None:
         client = self._client(broker)
         codes = _PubackCodes(client)
+        connack = _Connack(client)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(client)  # CONNACK refusals: MqttCodeError
+            self._max_bytes = min(self.cfg.max_message_bytes,
+                                  connack.max_packet or self.cfg.max_message_bytes)
             self.log.info("uplink connected", broker=broker.url,
-                          protocol=self.cfg.protocol, tls=broker.tls)
+                          protocol=self.cfg.protocol, tls=broker.tls,
+                          max_message_bytes=self._max_bytes)
             self._set_connected(broker)
             await client.publish(self.status_topic, self._status("online", broker), qos=1,
                                  retain=True, timeout=self.cfg.publish_timeout)
@@ -566,17 +596,29 @@ class Uplink:
             return None, 1.0
         max_readings = self.cfg.batch.max_readings
         first = pending[0]
+        budget = self._budget(first.device)
+        body = first.body.encode()
+        if len(body) > budget:
+            del pending[0]
+            return self._split(first, body, budget, stream), 0.0
         taken = [0]
+        bodies = [body]
         total = first.count
+        size = len(body)
+        full = False
         for i in range(1, len(pending)):
             c = pending[i]
             if c.device != first.device:
                 continue
-            if total + c.count > max_readings:
+            body = c.body.encode()
+            if total + c.count > max_readings or size + 1 + len(body) > budget:
+                full = True
                 break
             taken.append(i)
+            bodies.append(body)
             total += c.count
-        if stream.stop is None and total < max_readings and not self._draining:
+            size += 1 + len(body)
+        if stream.stop is None and total < max_readings and not full and not self._draining:
             age = (now_ms() - first.accepted_ms) / 1000
             # a negative age means the wall clock stepped back: send rather than wait on it
             if 0 <= age < self.cfg.batch.max_delay:
@@ -588,34 +630,54 @@ class Uplink:
             chosen = set(taken)
             picked = [pending[i] for i in taken]
             stream.pending = [c for i, c in enumerate(pending) if i not in chosen]
-        return self._message(picked, stream), 0.0
+        return self._message(picked, bodies, stream), 0.0
 
-    def _message(self, chunks: list[Chunk], stream: _Stream) -> _Message:
-        body = ",".join(c.body for c in chunks).encode()
+    def _budget(self, device: str) -> int:
+        """Bytes of readings (JSON items and commas) one message of `device` may carry."""
+        return (max_payload(self._max_bytes, self.topic_for(device), self.cfg.protocol == "5")
+                - len(self._prefix) - len(b"]}"))
+
+    def _message(self, chunks: list[Chunk], bodies: list[bytes], stream: _Stream) -> _Message:
         return _Message(topic=self.topic_for(chunks[0].device), device=chunks[0].device,
-                        payload=self._prefix + body + b"]}",
+                        payloads=[self._prefix + b",".join(bodies) + b"]}"],
                         firsts=[c.first for c in chunks],
                         readings=sum(c.count for c in chunks), stream=stream)
+
+    def _split(self, chunk: Chunk, body: bytes, budget: int, stream: _Stream) -> _Message:
+        """One chunk larger than a message: its readings in parts that fit; a reading
+        that cannot fit on its own is left out (and dropped once the parts are acked)."""
+        items = [i.encode() for i in split_items(body.decode())]
+        packed = pack([len(i) for i in items], budget)
+        payloads = [self._prefix + b",".join(items[i] for i in part) + b"]}"
+                    for part in packed.parts]
+        return _Message(topic=self.topic_for(chunk.device), device=chunk.device,
+                        payloads=payloads, firsts=[chunk.first],
+                        readings=sum(len(part) for part in packed.parts), stream=stream,
+                        too_large=[chunk.first + i for i in packed.too_large])
 
     async def _publish(self, client: aiomqtt.Client, codes: _PubackCodes, msg: _Message,
                        conn: _Connection) -> None:
         started = time.perf_counter()
         try:
-            await client.publish(msg.topic, msg.payload, qos=1,
-                                 timeout=self.cfg.publish_timeout)
-        except aiomqtt.MqttError as exc:
-            codes.forget()
-            raise aiomqtt.MqttError(f"publish not acknowledged: {exc}") from exc
-        except BaseException:
-            codes.forget()
-            raise
+            for payload in msg.payloads:  # more than one: the parts of a split chunk
+                try:
+                    await client.publish(msg.topic, payload, qos=1,
+                                         timeout=self.cfg.publish_timeout)
+                except aiomqtt.MqttError as exc:
+                    codes.forget()
+                    raise aiomqtt.MqttError(f"publish not acknowledged: {exc}") from exc
+                except BaseException:
+                    codes.forget()
+                    raise
+                if (refusal := codes.refused()) is not None:
+                    self._refused(msg, refusal, conn)  # not delivered: the chunks stay
+                    return
         finally:
             msg.stream.inflight -= 1
-        if (refusal := codes.refused()) is not None:
-            self._refused(msg, refusal, conn)  # not delivered: the chunks stay buffered
-            return
         # acknowledged: the buffer deletes these chunks at its next commit
         self.buffer.ack(msg.firsts)
+        if msg.too_large:
+            self._too_large(msg)
         if self._holds and (hold := self._holds.pop(msg.device, None)) is not None:
             self.log.info("broker accepts this device's publishes again",
                           device=msg.device, topic=msg.topic,
@@ -624,6 +686,15 @@ class Uplink:
         self.metrics.uplink_published.inc(msg.readings)
         self.metrics.uplink_messages.inc()
         self.state.published += msg.readings
+
+    def _too_large(self, msg: _Message) -> None:
+        """Readings that no message can carry: counted and logged by seq, not retried."""
+        self.metrics.buffer_dropped.labels(reason="too_large").inc(len(msg.too_large))
+        self.log.error("readings too large for any message the broker accepts: dropped; "
+                       "check the device's values or raise the broker's maximum packet size "
+                       "(uplink.mqtt.max_message_bytes for MQTT 3.1.1 brokers)",
+                       device=msg.device, topic=msg.topic, dropped=len(msg.too_large),
+                       seqs=seq_ranges(msg.too_large), max_message_bytes=self._max_bytes)
 
     def _refused(self, msg: _Message, reason: str, conn: _Connection) -> None:
         """Hold the device back; the others go on."""
