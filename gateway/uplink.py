@@ -45,6 +45,13 @@ from gateway.buffer import Buffer, Chunk
 from gateway.config import GatewaySection, MqttSection
 from gateway.metrics import Metrics
 from gateway.model import now_ms
+from gateway.session import (
+    QuickLosses,
+    default_client_id,
+    disconnect_code,
+    install_suffix,
+    taken_over,
+)
 
 # CONNACK codes that mean "your credentials are wrong" (3.1.1: 4, 5; MQTT 5: 0x86, 0x87).
 AUTH_CODES = {4, 5, 0x86, 0x87}
@@ -161,6 +168,10 @@ class UplinkState:
     history: list[str] = field(default_factory=list)
 
 
+class SessionTakenOver(aiomqtt.MqttError):
+    """The broker disconnected us because another client connected with our client id."""
+
+
 class _NamedTLSContext(ssl.SSLContext):
     """Checks the broker's certificate against `tls.server_name` instead of the URL's host.
 
@@ -258,6 +269,19 @@ class _Connack:
         inner.on_connect = on_connect_hook
 
 
+def _disconnection(client: aiomqtt.Client) -> BaseException | None:
+    """Why aiomqtt's connection ended, if it did; marks the error retrieved.
+
+    aiomqtt 2.x sets an exception on a future nobody awaits once the session is over;
+    asyncio would log it as "Future exception was never retrieved" on every disconnect.
+    """
+    # aiomqtt <3 keeps the disconnection only on this private future (pinned <3)
+    future: asyncio.Future[None] = client._disconnected
+    if future.done() and not future.cancelled():
+        return future.exception()
+    return None
+
+
 def tls_context(cfg: MqttSection) -> ssl.SSLContext:
     """The TLS context for `mqtts://` brokers: verification on unless `verify: false`."""
     tls = cfg.tls
@@ -287,7 +311,8 @@ class Uplink:
         self.log = log.bind(component="uplink")
         self.brokers = [Broker.parse(u) for u in cfg.brokers]
         self.state = UplinkState()
-        self.client_id = cfg.client_id or f"parkgate-{gateway.id}"
+        self.client_id = cfg.client_id or ""
+        """`uplink.mqtt.client_id`, else `default_client_id()` (resolved when run starts)."""
         self.status_topic = cfg.status_topic.format(site=gateway.site, gateway=gateway.id,
                                                     device="status")
         self._prefix = ('{"v":1,"gateway":' + json.dumps(gateway.id) + ',"site":'
@@ -297,11 +322,12 @@ class Uplink:
         self._draining = False
         # paho reports socket-level causes (a TLS alert, a reset) only through its logger
         self._last_error = _LastError()
-        self._mqtt_log = logging.getLogger(f"parkgate.mqtt.{self.client_id}")
+        self._mqtt_log = logging.getLogger(f"parkgate.mqtt.{gateway.id}")
         self._mqtt_log.addHandler(self._last_error)
         self.on_state: Callable[[UplinkState], None] | None = None
         self._holds: dict[str, _Hold] = {}
         self._max_bytes = cfg.max_message_bytes
+        self._quick_losses = QuickLosses()
         """The largest PUBLISH packet of this connection (config or the broker's CONNACK)."""
 
     def topic_for(self, device: str) -> str:
@@ -344,6 +370,14 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect, publish, fail over and reconnect until cancelled."""
+        if not self.client_id:
+            suffix = install_suffix(self.buffer.cfg.path)
+            if suffix is None:
+                self.log.warning("cannot keep a per-install client id suffix next to the "
+                                 "buffer; two gateways with the same gateway.id would take "
+                                 "each other's MQTT session: set uplink.mqtt.client_id",
+                                 path=str(self.buffer.cfg.path))
+            self.client_id = default_client_id(self.gw.site, self.gw.id, suffix)
         backoff = Backoff(base=0.5, cap=self.cfg.backoff_max)
         index = 0
         failures_this_round = 0
@@ -368,6 +402,8 @@ class Uplink:
                     self.log.warning("broker refused the connection", broker=broker.url,
                                      error=str(exc))
                 self._failed(broker, reason, str(exc))
+            except SessionTakenOver as exc:
+                self._taken_over(broker, str(exc), "reason_code")
             except sqlite3.DatabaseError as exc:  # the buffer's own recovery handles the file
                 self.log.error("uplink could not read the buffer", error=str(exc))
                 self._failed(broker, "error", f"buffer: {exc}")
@@ -383,6 +419,7 @@ class Uplink:
                 self.log.warning("uplink connection failed or lost", broker=broker.url,
                                  error=error, reason=reason, hint=hint)
                 self._failed(broker, reason, error)
+                self._lost_soon(broker)
             since = self.state.connected_since
             if since is not None and delay is None and time.monotonic() - since >= STABLE_S:
                 # the session had worked: a fresh round, no long wait (a broker that drops
@@ -399,6 +436,25 @@ class Uplink:
                 delay = backoff.next_delay()
                 failures_this_round = 0
             await asyncio.sleep(delay)
+
+    def _taken_over(self, broker: Broker, error: str, evidence: str) -> None:
+        self.metrics.uplink_session_takeovers.labels(evidence=evidence).inc()
+        self.log.error("MQTT session taken over: another client connected with our client "
+                       "id, the broker disconnected us; two gateways with the same gateway.id "
+                       "or client_id? Each must have its own", broker=broker.url,
+                       client_id=self.client_id, evidence=evidence, error=error)
+        self._failed(broker, "takeover", error)
+
+    def _lost_soon(self, broker: Broker) -> None:
+        """MQTT 3.1.1 has no reason code: suspect a takeover from losses right after CONNACK."""
+        since = self.state.connected_since
+        if since is not None and self._quick_losses.lost(time.monotonic() - since, STABLE_S):
+            self.metrics.uplink_session_takeovers.labels(evidence="quick_losses").inc()
+            self.log.warning("MQTT session lost again and again right after connecting: "
+                             "another client may use our client id (two gateways with the "
+                             "same gateway.id or client_id?), or the broker drops us for "
+                             "what we publish", broker=broker.url, client_id=self.client_id,
+                             losses=self._quick_losses.streak)
 
     def _failed(self, broker: Broker, reason: str, error: str) -> None:
         self.metrics.uplink_connect_errors.labels(reason=reason).inc()
@@ -421,13 +477,27 @@ class Uplink:
         client = self._client(broker)
         codes = _PubackCodes(client)
         connack = _Connack(client)
+        try:
+            await self._connected(client, codes, connack, broker)
+        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+            if isinstance(exc, MqttConnectError):
+                raise
+            lost = _disconnection(client)
+            if taken_over(lost):
+                raise SessionTakenOver(f"session taken over ({lost})") from exc
+            raise
+        finally:
+            _disconnection(client)  # retrieved: no "Future exception was never retrieved"
+
+    async def _connected(self, client: aiomqtt.Client, codes: _PubackCodes, connack: _Connack,
+                         broker: Broker) -> None:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(client)  # CONNACK refusals: MqttCodeError
             self._max_bytes = min(self.cfg.max_message_bytes,
                                   connack.max_packet or self.cfg.max_message_bytes)
             self.log.info("uplink connected", broker=broker.url,
                           protocol=self.cfg.protocol, tls=broker.tls,
-                          max_message_bytes=self._max_bytes)
+                          max_message_bytes=self._max_bytes, client_id=self.client_id)
             self._set_connected(broker)
             await client.publish(self.status_topic, self._status("online", broker), qos=1,
                                  retain=True, timeout=self.cfg.publish_timeout)
@@ -478,10 +548,13 @@ class Uplink:
 
         try:
             while True:
+                if disconnected.done():  # the cause, before the publishes it failed
+                    lost = disconnected.exception() if not disconnected.cancelled() else None
+                    code = disconnect_code(lost)
+                    raise aiomqtt.MqttError("connection lost" if lost is None or not code
+                                            else f"connection lost: {lost}")
                 if failure:
                     raise failure[0]
-                if disconnected.done():
-                    raise aiomqtt.MqttError("connection lost")
                 started = False
                 wait_s = 1.0
                 hold_in = self._release_holds(conn, live, loop.time()) if conn.skipped else None
