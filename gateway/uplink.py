@@ -683,8 +683,11 @@ class Uplink:
             c = pending[i]
             if c.device != first.device:
                 continue
+            if total + c.count > max_readings:
+                full = True
+                break
             body = c.body.encode()
-            if total + c.count > max_readings or size + 1 + len(body) > budget:
+            if size + 1 + len(body) > budget:
                 full = True
                 break
             taken.append(i)
