@@ -114,6 +114,20 @@ def test_same_gateway_id_gets_its_own_session(tmp_path: Path,
         first = ids[0]
         for a in agents:
             assert a.stop() == 0, a.output()
+        # both share (gateway, seq) numbering, so account per device
+        issued = lost = 0
+        for a, name in zip(agents, "ab", strict=True):
+            stats = a.buffer_stats()
+            assert stats["rows"] == 0, stats
+            want = set(range(1, int(stats["next_seq"])))
+            issued += len(want)
+
+            def got(c: SeqCollector, dev: str = f"dev-{name}") -> set[int]:
+                return {s for x in c.arrivals if x.device == dev for s in x.seqs}
+
+            col.wait_for(lambda c, want=want, got=got: want <= got(c), 10)
+            lost += len(want - got(col))
+        assert lost == 0, lost
         assert reconnects == [0, 0], (reconnects, agents[0].output())
         assert ids[0] != ids[1], ids
         assert all(i.startswith("parkgate-test-test-gw-") for i in ids), ids
@@ -125,6 +139,7 @@ def test_same_gateway_id_gets_its_own_session(tmp_path: Path,
             time.sleep(0.1)
         assert _connected(agents[0])[-1]["client_id"] == first
         report(FaultRow("two gateways with one gateway.id (default client id)", 1,
+                        issued=issued, lost=lost,
                         notes=f"{sum(reconnects):.0f} reconnects, client ids {ids}"))
     finally:
         for a in agents:
