@@ -282,6 +282,11 @@ def _disconnection(client: aiomqtt.Client) -> BaseException | None:
     return None
 
 
+def _utf8_len(text: str) -> int:
+    """Bytes of `text` in UTF-8; without encoding it when it is ASCII (nearly always)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def tls_context(cfg: MqttSection) -> ssl.SSLContext:
     """The TLS context for `mqtts://` brokers: verification on unless `verify: false`."""
     tls = cfg.tls
@@ -670,14 +675,12 @@ class Uplink:
         max_readings = self.cfg.batch.max_readings
         first = pending[0]
         budget = self._budget(first.device)
-        body = first.body.encode()
-        if len(body) > budget:
+        size = _utf8_len(first.body)
+        if size > budget:
             del pending[0]
-            return self._split(first, body, budget, stream), 0.0
+            return self._split(first, budget, stream), 0.0
         taken = [0]
-        bodies = [body]
         total = first.count
-        size = len(body)
         full = False
         for i in range(1, len(pending)):
             c = pending[i]
@@ -686,14 +689,13 @@ class Uplink:
             if total + c.count > max_readings:
                 full = True
                 break
-            body = c.body.encode()
-            if size + 1 + len(body) > budget:
+            nbytes = _utf8_len(c.body)
+            if size + 1 + nbytes > budget:
                 full = True
                 break
             taken.append(i)
-            bodies.append(body)
             total += c.count
-            size += 1 + len(body)
+            size += 1 + nbytes
         if stream.stop is None and total < max_readings and not full and not self._draining:
             age = (now_ms() - first.accepted_ms) / 1000
             # a negative age means the wall clock stepped back: send rather than wait on it
@@ -706,23 +708,24 @@ class Uplink:
             chosen = set(taken)
             picked = [pending[i] for i in taken]
             stream.pending = [c for i, c in enumerate(pending) if i not in chosen]
-        return self._message(picked, bodies, stream), 0.0
+        return self._message(picked, stream), 0.0
 
     def _budget(self, device: str) -> int:
         """Bytes of readings (JSON items and commas) one message of `device` may carry."""
         return (max_payload(self._max_bytes, self.topic_for(device), self.cfg.protocol == "5")
                 - len(self._prefix) - len(b"]}"))
 
-    def _message(self, chunks: list[Chunk], bodies: list[bytes], stream: _Stream) -> _Message:
+    def _message(self, chunks: list[Chunk], stream: _Stream) -> _Message:
+        body = ",".join(c.body for c in chunks).encode()
         return _Message(topic=self.topic_for(chunks[0].device), device=chunks[0].device,
-                        payloads=[self._prefix + b",".join(bodies) + b"]}"],
+                        payloads=[self._prefix + body + b"]}"],
                         firsts=[c.first for c in chunks],
                         readings=sum(c.count for c in chunks), stream=stream)
 
-    def _split(self, chunk: Chunk, body: bytes, budget: int, stream: _Stream) -> _Message:
+    def _split(self, chunk: Chunk, budget: int, stream: _Stream) -> _Message:
         """One chunk larger than a message: its readings in parts that fit; a reading
         that cannot fit on its own is left out (and dropped once the parts are acked)."""
-        items = [i.encode() for i in split_items(body.decode())]
+        items = [i.encode() for i in split_items(chunk.body)]
         packed = pack([len(i) for i in items], budget)
         payloads = [self._prefix + b",".join(items[i] for i in part) + b"]}"
                     for part in packed.parts]
