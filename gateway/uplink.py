@@ -11,6 +11,12 @@ readings reach the platform within about one round trip even behind hours of old
 The platform therefore sees seqs out of order during a drain; it de-duplicates and sorts by
 (gateway, seq) and `ts` as usual.
 
+Message size: a batch never exceeds the broker's Maximum Packet Size (MQTT 5 CONNACK) or
+`max_message_bytes` (3.1.1 brokers cannot say theirs): batches of several chunks stop
+short of it, a larger chunk goes in parts (acknowledged in the buffer when every part is),
+and a reading that cannot fit on its own is dropped and counted, never retried: a broker
+that cuts off an oversized publish would otherwise get the same one after every reconnect.
+
 Refused topics: when the broker refuses a publish in its PUBACK (MQTT 5: an ACL that does
 not yet list a new device, a quota), only that device is held back, with its own backoff;
 its readings stay in the buffer and the other devices keep flowing. When the hold ends, the
