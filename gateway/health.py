@@ -113,53 +113,66 @@ class HttpServer:
         self.heartbeat = heartbeat
         self.ready = ready
         self.log = log
-        self.sock: socket.socket | None = None
+        self.sockets: list[socket.socket] = []
         self._short = False
 
     async def start(self) -> None:
         """Bind the socket (so readiness can be signalled only once it is up)."""
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM,
+        infos = await loop.getaddrinfo(self.host or None, self.port, type=socket.SOCK_STREAM,
                                        flags=socket.AI_PASSIVE)
-        family, kind, proto, _name, addr = infos[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(addr)
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-        self.port = sock.getsockname()[1]
+        # every address of the name, as asyncio.start_server does ("localhost": ::1 and
+        # 127.0.0.1); an explicit port 0 becomes the first socket's port for the rest
+        for family, kind, proto, _name, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((addr[0], self.port, *addr[2:]))
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                for s in self.sockets:
+                    s.close()
+                self.sockets = []
+                raise
+            self.sockets.append(sock)
+            self.port = sock.getsockname()[1]
         self.log.info("metrics server listening", url=f"http://{self.host}:{self.port}/metrics")
 
     async def serve(self) -> None:
         """Serve until cancelled."""
-        assert self.sock is not None
-        sock = self.sock
-        loop = asyncio.get_running_loop()
-        slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        assert self.sockets
+        slots = asyncio.Semaphore(MAX_CONNECTIONS)  # shared by every listening socket
         try:
             async with asyncio.TaskGroup() as tg:
-                while True:
-                    await slots.acquire()
-                    try:
-                        await self._wait_for_descriptors()
-                        conn, _addr = await loop.sock_accept(sock)
-                    except OSError as exc:  # EMFILE: the descriptors went elsewhere meanwhile
-                        slots.release()
-                        self.log.warning("metrics server cannot accept a connection now",
-                                         error=str(exc))
-                        await asyncio.sleep(1.0)
-                        continue
-                    except BaseException:
-                        slots.release()
-                        raise
-                    tg.create_task(self._connection(conn, slots), name="http.connection")
+                for sock in self.sockets:
+                    tg.create_task(self._accept(sock, slots, tg),
+                                   name=f"http.accept[{sock.getsockname()[0]}]")
         finally:
-            sock.close()
+            for sock in self.sockets:
+                sock.close()
+
+    async def _accept(self, sock: socket.socket, slots: asyncio.Semaphore,
+                      tg: asyncio.TaskGroup) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await slots.acquire()
+            try:
+                await self._wait_for_descriptors()
+                conn, _addr = await loop.sock_accept(sock)
+            except OSError as exc:  # EMFILE: the descriptors went elsewhere meanwhile
+                slots.release()
+                self.log.warning("metrics server cannot accept a connection now",
+                                 error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
+            except BaseException:
+                slots.release()
+                raise
+            tg.create_task(self._connection(conn, slots), name="http.connection")
 
     async def _wait_for_descriptors(self) -> None:
         """Hold off accepting while only the reserve of descriptors is left."""

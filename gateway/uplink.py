@@ -338,8 +338,8 @@ class Uplink:
         self.on_state: Callable[[UplinkState], None] | None = None
         self._holds: dict[str, _Hold] = {}
         self._max_bytes = cfg.max_message_bytes
-        self._quick_losses = QuickLosses()
         """The largest PUBLISH packet of this connection (config or the broker's CONNACK)."""
+        self._quick_losses = QuickLosses()
 
     def topic_for(self, device: str) -> str:
         """The data topic of a device."""
