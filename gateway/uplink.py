@@ -340,6 +340,9 @@ class Uplink:
         self._max_bytes = cfg.max_message_bytes
         """The largest PUBLISH packet of this connection (config or the broker's CONNACK)."""
         self._quick_losses = QuickLosses()
+        self._lost_with: tuple[int | None, int] = (None, 0)
+        """The largest message in flight at the last connection loss, and how many losses
+        in a row it was."""
 
     def topic_for(self, device: str) -> str:
         """The data topic of a device."""
@@ -541,8 +544,9 @@ class Uplink:
         conn = _Connection()
         window = self.cfg.window
         live_slots = max(1, int(window * self.cfg.live_share))
-        inflight: set[asyncio.Task[None]] = set()
+        inflight: dict[asyncio.Task[None], _Message] = {}
         failure: list[BaseException] = []
+        unsent: list[_Message] = []
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         # aiomqtt 2.x never fails pending publishes when the connection drops; without this
@@ -550,11 +554,12 @@ class Uplink:
         disconnected: asyncio.Future[None] = client._disconnected
 
         def done(task: asyncio.Task[None], msg: _Message) -> None:
-            inflight.discard(task)
+            inflight.pop(task, None)
             conn.inflight_firsts.difference_update(msg.firsts)
             self.metrics.uplink_inflight.set(len(inflight))
             if not task.cancelled() and task.exception() is not None:
                 failure.append(task.exception())  # type: ignore[arg-type]
+                unsent.append(msg)
             wake.set()
 
         try:
@@ -582,7 +587,7 @@ class Uplink:
                     conn.inflight_firsts.update(msg.firsts)
                     task = asyncio.create_task(self._publish(client, codes, msg, conn),
                                                name=f"uplink.publish[{msg.firsts[0]}]")
-                    inflight.add(task)
+                    inflight[task] = msg
                     task.add_done_callback(functools.partial(done, msg=msg))
                     self.metrics.uplink_inflight.set(len(inflight))
                     started = True
@@ -602,6 +607,9 @@ class Uplink:
                 if buffer.changed.is_set():
                     buffer.changed.clear()
                     live.at_end = False
+        except (aiomqtt.MqttError, OSError, TimeoutError):
+            self._lost_while_sending([*unsent, *inflight.values()])
+            raise
         finally:
             for task in list(inflight):
                 task.cancel()
@@ -771,6 +779,21 @@ class Uplink:
         self.metrics.uplink_published.inc(msg.readings)
         self.metrics.uplink_messages.inc()
         self.state.published += msg.readings
+
+    def _lost_while_sending(self, messages: list[_Message]) -> None:
+        """A broker that limits message size without saying so (MQTT 3.1.1) cuts the
+        connection on the same oversized message after every reconnect: name it."""
+        sizes = [(max(map(len, m.payloads), default=0), m.firsts[0]) for m in messages]
+        size, first = max(sizes, default=(0, None))
+        streak = self._lost_with[1] + 1 if first is not None and first == self._lost_with[0] \
+            else 1
+        self._lost_with = (first, streak)
+        if first is not None and streak % 3 == 0:
+            self.log.warning("the connection was lost again while the same message was in "
+                             "flight: if the broker limits message size (MQTT 3.1.1 brokers "
+                             "cannot say so), set uplink.mqtt.max_message_bytes below its "
+                             "size", seq=first, message_bytes=size, losses=streak,
+                             max_message_bytes=self._max_bytes)
 
     def _too_large(self, msg: _Message) -> None:
         """Readings that no message can carry: counted and logged by seq, not retried."""

@@ -81,6 +81,28 @@ def test_broker_max_packet_size(tmp_path: Path, report: Callable[[FaultRow], Non
         broker.close()
 
 
+def test_unannounced_limit_is_named(tmp_path: Path) -> None:
+    """A 3.1.1 broker cannot announce its limit: without `max_message_bytes` the agent
+    cannot split, but the log names the setting once the same message fails again."""
+    broker = Mosquitto(persistent=True, extra=f"max_packet_size {MAX_PACKET}").start()
+    cfg = config(tmp_path, broker.port, [sim("chatty", "50ms", 40)],
+                 mqtt={"protocol": "3.1.1"})
+    agent = Agent(tmp_path, cfg).start()
+    try:
+        deadline = time.monotonic() + 40
+        hints: list[dict[str, object]] = []
+        while not hints and time.monotonic() < deadline:
+            time.sleep(0.5)
+            hints = [e for e in agent.log_lines()
+                     if "uplink.mqtt.max_message_bytes" in str(e.get("event"))]
+        assert hints, agent.output()
+        assert int(hints[0]["message_bytes"]) > MAX_PACKET  # type: ignore[call-overload]
+        assert hints[0]["level"] == "warning"
+    finally:
+        agent.proc.kill()
+        broker.close()
+
+
 def _two_gateways(tmp_path: Path, port: int, mqtt: dict[str, object]) -> list[Agent]:
     """Two agents with the same gateway.id (a copied config), their own buffers and devices."""
     agents = []
