@@ -9,7 +9,6 @@ carries a per-install suffix, and a takeover is named as such in the log and a m
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -46,11 +45,15 @@ def install_suffix(buffer_path: Path) -> str | None:
     """
     path = install_id_path(buffer_path)
     for _ in range(2):
-        with contextlib.suppress(FileNotFoundError):
-            text = path.read_text(encoding="ascii", errors="replace").strip()
+        try:
+            text = _read_small(path)
             if _SUFFIX.match(text):
                 return text
             path.unlink()  # damaged: replace it (a new session, once)
+        except FileNotFoundError:
+            pass
+        except OSError:  # unreadable (permissions, a directory): the caller says so
+            return None
         suffix = secrets.token_hex(4)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -65,6 +68,15 @@ def install_suffix(buffer_path: Path) -> str | None:
             os.close(fd)
         return suffix
     return None
+
+
+def _read_small(path: Path) -> str:
+    """The first bytes of a regular file, not following a symlink (never /dev/zero)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        return os.read(fd, 64).decode("ascii", errors="replace").strip()
+    finally:
+        os.close(fd)
 
 
 def default_client_id(site: str, gateway: str, suffix: str | None) -> str:
