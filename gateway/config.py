@@ -97,6 +97,12 @@ class MqttSection(_Section):
     status_topic: str = "parkgate/{site}/{gateway}/status"
     qos: Literal[1] = Field(default=1, description="QoS 1: at-least-once delivery.")
     batch: BatchSection = Field(default_factory=BatchSection)
+    max_message_bytes: Size = Field(
+        default=128_000, ge=512, le=268_435_455,
+        description="Largest MQTT PUBLISH packet (topic, headers and payload) to send; "
+                    "batches are split to fit. An MQTT 5 broker's own maximum packet size "
+                    "applies when smaller. Default 128000: AWS IoT and other cloud "
+                    "platforms cap messages at 128-256 KB.")
     window: int = Field(default=16, ge=1, le=1000, description="Publishes in flight at once.")
     live_share: float = Field(
         default=0.25, ge=0.0, le=1.0,

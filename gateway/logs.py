@@ -8,8 +8,9 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
-from structlog.typing import FilteringBoundLogger
+from structlog.typing import FilteringBoundLogger, Processor
 
+from gateway.logthrottle import LogThrottle, ThrottleFilter
 from gateway.redact import MASK, Masker
 
 SECRET_KEYS = frozenset({"password", "passwd", "secret", "token", "bindkey", "key", "api_key"})
@@ -78,6 +79,13 @@ def add_secrets(secrets: Iterable[str]) -> None:
     _REDACTOR.add(secrets)
 
 
+def _render_exc_info(console: bool) -> Processor:
+    """exc_info as text for JSON lines; the console renderer prints tracebacks itself."""
+    if console:
+        return lambda _logger, _name, event: event
+    return structlog.processors.format_exc_info
+
+
 def configure(level: str = "info", fmt: str = "auto", secrets: Iterable[str] = ()) -> None:
     """Configure structlog for the process (logging is process-wide by nature)."""
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
@@ -85,14 +93,18 @@ def configure(level: str = "info", fmt: str = "auto", secrets: Iterable[str] = (
                      else structlog.processors.JSONRenderer())
     # Libraries (aiomqtt, paho, pymodbus) log through the standard library: render their
     # records with the same processors, so journald sees JSON lines only.
+    throttle = LogThrottle()  # repeated lines: a burst per kind and minute, then counted
     handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(ThrottleFilter(throttle))
     redactor = _REDACTOR
     redactor.add(secrets)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
                            structlog.processors.TimeStamper(fmt="iso", utc=True)],
+        # a library's exc_info as the formatted traceback text, not `<traceback object>`
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    redactor.keys, renderer, redactor.rendered]))
+                    redactor.keys, _render_exc_info(console), renderer,
+                    redactor.rendered]))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(LEVELS[level], logging.WARNING))
@@ -100,6 +112,7 @@ def configure(level: str = "info", fmt: str = "auto", secrets: Iterable[str] = (
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            throttle.processor,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redactor.keys,
             structlog.processors.format_exc_info,
