@@ -90,7 +90,10 @@ class MqttSection(_Section):
     brokers: list[str] = Field(min_length=1, description="Tried in order; failover on error.")
     username: str | None = None
     password: SecretStr | None = None
-    client_id: str | None = Field(default=None, description="Default: parkgate-{gateway}.")
+    client_id: str | None = Field(
+        default=None,
+        description="Default: parkgate-{site}-{gateway}-{suffix}, the suffix kept next to "
+                    "the buffer (one session per install).")
     protocol: Literal["3.1.1", "5"] = "5"
     tls: TlsSection = Field(default_factory=TlsSection)
     topic: str = "parkgate/{site}/{gateway}/{device}"
@@ -113,8 +116,9 @@ class MqttSection(_Section):
                                       description="PUBACK later than this: reconnect.")
     backoff_max: Duration = Field(
         default=15.0, ge=1.0,
-        description="Longest wait between reconnect rounds (full jitter below it); bad "
-                    "credentials wait this long at once.")
+        description="Longest wait between reconnect rounds: caps the handshake backoff "
+                    "(full jitter below it) and the TCP probe interval of a long outage; "
+                    "bad credentials wait this long at once.")
 
     allow_plaintext_password: bool = Field(
         default=False,
