@@ -46,6 +46,9 @@ TOTALS_SQL = ("SELECT COALESCE(SUM(last-first+1),0), COUNT(*), COALESCE(SUM(LENG
               " MIN(accepted) FROM chunks")
 """Readings, chunks, bytes and the oldest accept time of a buffer (also `buffer stats`)."""
 
+YIELD_S = 0.002
+"""Longest stretch of encoding in a commit before other tasks get the loop."""
+
 MAX_PENDING = 500_000
 """Readings held in memory while SQLite cannot write (disk full); beyond it the oldest go."""
 
@@ -603,12 +606,16 @@ class Buffer:
         if len(self._pending) < self.high_water:
             self._room.set()
         started = time.perf_counter()
-        # Encoding runs here on the loop, one chunk at a time with a yield in between: in
+        # Encoding runs here on the loop, a slice at a time with a yield in between: in
         # the SQLite thread it holds the GIL in long stretches, and in one piece it blocks
         # the loop for tens of ms; both make device polls late (see bench/pipeline.py).
+        # A yield after every YIELD_S of encoding, not after every chunk: a loop pass per
+        # chunk of a 100-reading poll cost more than the encoding it interrupted.
         rows: list[tuple[int, int, str, int, str]] = []
         seq = self._store.next_seq
         accepted = now_ms()
+        clock = time.perf_counter
+        slice_end = clock() + YIELD_S
         try:
             for part in group_chunks(pending, self.chunk_max):
                 try:
@@ -619,7 +626,9 @@ class Buffer:
                                    "quality", device=str(part[0].device))
                 rows.append((seq, seq + len(part) - 1, str(part[0].device), accepted, body))
                 seq += len(part)
-                await asyncio.sleep(0)
+                if clock() >= slice_end:
+                    await asyncio.sleep(0)
+                    slice_end = clock() + YIELD_S
         except asyncio.CancelledError:
             # nothing was handed to SQLite yet: keep the readings for close() to commit
             self._pending[:0] = pending
@@ -659,7 +668,7 @@ class Buffer:
         self.metrics.buffer_commit_duration.observe(time.perf_counter() - started)
         try:
             dropped = await self._call(self._store.enforce_limits, self.cfg.max_bytes,
-                                       self.cfg.max_age)
+                                       self.cfg.max_age) if self._over_limits() else {}
         except (sqlite3.DatabaseError, OSError) as exc:
             dropped = {}
             self.metrics.buffer_write_errors.inc()
@@ -672,6 +681,16 @@ class Buffer:
             self.changed.set()
         self._update_gauges()
         return True
+
+    def _over_limits(self) -> bool:
+        """Whether `enforce_limits` may drop something: saves a trip to the SQLite thread
+        per commit (it checks again there, on the same figures)."""
+        s = self._store
+        if s.bytes > self.cfg.max_bytes:
+            return True
+        max_age = self.cfg.max_age
+        return max_age is not None and s.oldest_ms is not None and \
+            s.oldest_ms < now_ms() - int(max_age * 1000)
 
     def _recover(self, reason: str) -> None:
         self._store.close()
