@@ -229,7 +229,7 @@ def meters(tmp: Path, env: dict[str, str], window: float, inline: bool,
         cfg = base_config(work, broker.port, devs,
                           logging={"level": "warning", "format": "json"})
         path = write_config(work / "parkgate.yaml", cfg)
-        wait_until(lambda: "serving" in (work / "emulator.log").read_text(), 30,
+        wait_until(lambda: "serving" in (work / "emulator.log").read_text(), 90,
                    "the emulator")
         title = f"{devices} x {registers} at 1 s, " + ("inline registers" if inline
                                                      else "one profile file")
