@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from modbus import EMULATOR, wait_until, write_profile  # noqa: E402
+from modbus import EMULATOR, _busy, wait_until, write_profile  # noqa: E402
 from procfs import terminate  # noqa: E402
 
 from tests.support import Mosquitto, base_config, free_port, write_config  # noqa: E402
@@ -204,6 +204,8 @@ def meters(tmp: Path, env: dict[str, str], window: float, inline: bool,
     write_profile(profile, registers)
     ports = (devices + per_port - 1) // per_port
     base = free_port()
+    while any(_busy(base + i) for i in range(ports)):
+        base = free_port()
     emu_log = (work / "emulator.log").open("wb")
     emu = subprocess.Popen(
         [sys.executable, str(EMULATOR), "--profile", str(profile), "--tcp",
@@ -229,8 +231,13 @@ def meters(tmp: Path, env: dict[str, str], window: float, inline: bool,
         cfg = base_config(work, broker.port, devs,
                           logging={"level": "warning", "format": "json"})
         path = write_config(work / "parkgate.yaml", cfg)
-        wait_until(lambda: "serving" in (work / "emulator.log").read_text(), 90,
-                   "the emulator")
+        def emulator_ready() -> bool:
+            if emu.poll() is not None:
+                raise SystemExit("footprint: the emulator died:\n"
+                                 + (work / "emulator.log").read_text()[-2000:])
+            return "serving" in (work / "emulator.log").read_text()
+
+        wait_until(emulator_ready, 90, "the emulator")
         title = f"{devices} x {registers} at 1 s, " + ("inline registers" if inline
                                                      else "one profile file")
         show(title, run_agent(path, cfg["metrics"]["listen"], env, window))

@@ -434,8 +434,8 @@ class Uplink:
         failure: list[BaseException] = []
         loop = asyncio.get_running_loop()
         # Publishes ending wake this loop through a plain future, and one task waits for the
-        # buffer's next change across iterations: two tasks created and cancelled per wake-up
-        # (about 100 a second at 100 meters) cost 2 % of a core (bench/modbus.py --profile).
+        # buffer's next change across iterations, instead of two tasks created and cancelled
+        # per wake-up (about 100 wake-ups a second at 100 meters, bench/modbus.py --profile).
         wake: list[asyncio.Future[None]] = [loop.create_future()]
         changed: asyncio.Future[Any] | None = None
         # aiomqtt 2.x never fails pending publishes when the connection drops; without this

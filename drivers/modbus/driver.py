@@ -44,8 +44,9 @@ class Codecs:
 
     Meters of one profile plan equal reads, so they share one decoder per read instead of
     compiling a closure per register each: at 100 meters x 100 registers that is 3.5 MiB
-    less (tracemalloc). Decoding takes the device name as an argument, nothing per device
-    is kept in here. Lives in the resource pool, so it goes with the last Modbus device.
+    less in tracemalloc and 5.7 MiB less peak RSS (bench/footprint.py). Decoding takes the
+    device name as an argument, nothing per device is kept in here. Lives in the resource
+    pool, so it goes with the last Modbus device.
     """
 
     def __init__(self) -> None:
