@@ -271,3 +271,82 @@ async def test_flush_ends_while_readings_keep_arriving(tmp_path: Path) -> None:
     await buf.flush()
     assert (await buf.stats()).pending == 0
     await buf.close()
+
+
+def _mode(path: Path) -> int:
+    return path.lstat().st_mode & 0o777
+
+
+async def test_buffer_files_are_created_owner_only_outside_systemd(tmp_path: Path) -> None:
+    """Readings may be private (meter data, locations): no other user reads the files.
+
+    The umask is cleared so the test proves the buffer sets the mode itself, as it must
+    when an engineer runs `parkgate run` from a shell rather than under the unit's UMask.
+    """
+    import os
+
+    old = os.umask(0)
+    try:
+        buf = make(tmp_path / "b.db")
+        await buf.open()
+        buf.add(readings(10))
+        await buf.flush()
+        files = [tmp_path / n for n in ("b.db", "b.db-wal", "b.db-shm", "b.db.seq")]
+        assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+        await buf.close()
+    finally:
+        os.umask(old)
+
+
+async def test_seq_tmp_file_is_never_written_through_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "b.db.seq.tmp").symlink_to(victim)
+    buf = make(tmp_path / "b.db")
+    await buf.open()
+    buf.add(readings(3))
+    await buf.flush()
+    await buf.close()
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "b.db.seq").is_symlink()
+    assert int((tmp_path / "b.db.seq").read_text()) > 3  # the reservation was written
+    assert _mode(tmp_path / "b.db.seq") == 0o600
+
+
+def _stats_cli(tmp_path: Path, synchronous: str, capsys: pytest.CaptureFixture[str]
+               ) -> dict[str, Any]:
+    from gateway.cli import main
+
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(json.dumps({
+        "gateway": {"id": "gw", "site": "s"},
+        "buffer": {"path": str(tmp_path / "b.db"), "synchronous": synchronous},
+        "uplink": {"mqtt": {"brokers": ["mqtt://127.0.0.1:1"]}},
+        "devices": [{"name": "d1", "driver": "sim"}]}))
+    capsys.readouterr()
+    assert main(["buffer", "stats", "-c", str(cfg)]) == 0
+    doc: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return doc
+
+
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+@pytest.mark.parametrize("deleted", [False, True])
+async def test_buffer_stats_prints_the_next_seq_the_agent_will_use(
+        tmp_path: Path, synchronous: str, deleted: bool,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """With synchronous=normal, or a deleted database, the agent resumes above the `.seq`
+    reservation; `buffer stats` once printed the database's own figure instead."""
+    buf = make(tmp_path / "b.db", synchronous=synchronous)
+    await buf.open()
+    buf.add(readings(5))
+    await buf.flush()
+    await buf.close()
+    if deleted:
+        for name in ("b.db", "b.db-wal", "b.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+    printed = _stats_cli(tmp_path, synchronous, capsys)["next_seq"]
+    agent = make(tmp_path / "b.db", synchronous=synchronous)
+    await agent.open()
+    assert printed == agent.next_seq
+    assert agent.next_seq == (6 if synchronous == "full" and not deleted else 1_000_001)
+    await agent.close()
