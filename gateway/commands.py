@@ -115,7 +115,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seconds", type=float, default=None,
                    help="stop after this long (default: until Ctrl-C)")
     p.add_argument("--config", default=None, metavar="FILE",
-                   help="demo config (default: config/demo.yaml)")
+                   help="demo config (default: the demo.yaml shipped with parkgate)")
     p.set_defaults(handler=_demo)
 
     p = sub.add_parser("buffer", help="inspect the durable buffer")
