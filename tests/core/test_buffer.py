@@ -52,6 +52,9 @@ async def test_seq_assigned_in_order_and_kept_across_reopen(tmp_path: Path) -> N
     stats = await buf.stats()
     assert (stats.readings, stats.chunks) == (280, 4)
     assert stats.oldest_age_seconds is not None and 0 <= stats.oldest_age_seconds < 60
+    await asyncio.sleep(0.02)  # at least 10 ms old: seconds, not milliseconds
+    await buf.refresh_gauges()
+    assert 0.01 <= sample(buf, "parkgate_buffer_oldest_age_seconds") < 60
     # the uplink's reads: a range, and one device's chunks (a re-read after a refusal)
     assert [c.first for c in await buf.fetch(101, 251, 100)] == [101, 201]
     assert [(c.device, c.first) for c in await buf.fetch(0, None, 100, "d2")] == [("d2", 251)]
