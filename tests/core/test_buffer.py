@@ -212,7 +212,7 @@ def test_encoder_matches_json_and_handles_odd_values() -> None:
     rs = [Reading("d", "m", 1.5, 1, "V"), Reading("d", 'q"x', math.nan, 2),
           Reading("d", "b", True, 3, None, "uncertain"), Reading("d", "s", "héllo", 4),
           Reading("d", "n", None, 5, quality="bad"), Reading("d", "i", -math.inf, 6),
-          Reading("d", "o", b"x", 7)]
+          Reading("d", "o", b"x", 7), Reading("d", "f", False, 8)]
     out = json.loads("[" + ChunkEncoder().encode(10, rs) + "]")
     assert out[0] == {"seq": 10, "device": "d", "metric": "m", "value": 1.5, "unit": "V",
                       "ts": 1, "quality": "good"}
@@ -222,7 +222,8 @@ def test_encoder_matches_json_and_handles_odd_values() -> None:
     assert out[4]["value"] is None
     assert (out[5]["value"], out[5]["quality"]) == (None, "bad")
     assert out[6]["value"] == "b'x'"
-    assert [o["seq"] for o in out] == list(range(10, 17))
+    assert out[7]["value"] is False
+    assert [o["seq"] for o in out] == list(range(10, 18))
 
 
 @pytest.mark.parametrize("synchronous", ["full", "normal"])
