@@ -664,8 +664,18 @@ class Buffer:
             self._acks[:0] = acks
             self._acks_committing = []
             raise
+        commit = asyncio.ensure_future(self._call(self._store.commit, rows, acks))
         try:
-            await self._call(self._store.commit, rows, acks)
+            await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            # The SQLite thread ends this commit whatever happens to this task: wait for it,
+            # or the next flush numbers readings from the old seq (a UNIQUE failure) while
+            # these are neither pending nor known to be stored.
+            await asyncio.wait([commit])
+            if commit.exception() is not None:  # nothing was written: back in front
+                self._pending[:0] = pending
+                self._acks[:0] = acks
+            raise
         except (sqlite3.DatabaseError, OSError) as exc:  # OSError: the seq side file (ENOSPC)
             # nothing was written: put it back in front of what arrived meanwhile
             self._pending[:0] = pending
