@@ -44,6 +44,7 @@ from gateway.buffer import Buffer, Chunk
 from gateway.config import GatewaySection, MqttSection
 from gateway.metrics import Metrics
 from gateway.model import now_ms
+from gateway.notices import NoticeSender, notice_topic
 
 # CONNACK codes that mean "your credentials are wrong" (3.1.1: 4, 5; MQTT 5: 0x86, 0x87).
 AUTH_CODES = {4, 5, 0x86, 0x87}
@@ -277,6 +278,9 @@ class Uplink:
         self._mqtt_log.addHandler(self._last_error)
         self.on_state: Callable[[UplinkState], None] | None = None
         self._holds: dict[str, _Hold] = {}
+        self._notices = NoticeSender(buffer, notice_topic(cfg.topic, gateway.site, gateway.id),
+                                     gateway=gateway.id, site=gateway.site, log=self.log,
+                                     sent=metrics.uplink_drop_notices)
 
     def topic_for(self, device: str) -> str:
         """The data topic of a device."""
@@ -403,9 +407,15 @@ class Uplink:
                                  retain=True, timeout=self.cfg.publish_timeout)
             if (refusal := codes.refused()) is not None:
                 self.log.warning("broker refused the status message", reason=refusal)
+            # drop notices go beside the data, on their own task (gateway/notices.py)
+            notices = asyncio.create_task(
+                self._notices.run(functools.partial(self._publish_notice, client, codes)),
+                name="uplink.notices")
             try:
                 await self._pump(client, codes)
             finally:
+                notices.cancel()
+                await asyncio.gather(notices, return_exceptions=True)
                 if self._draining:
                     with contextlib.suppress(Exception):
                         await client.publish(self.status_topic,
@@ -624,6 +634,16 @@ class Uplink:
         self.metrics.uplink_published.inc(msg.readings)
         self.metrics.uplink_messages.inc()
         self.state.published += msg.readings
+
+    async def _publish_notice(self, client: aiomqtt.Client, codes: _PubackCodes, topic: str,
+                              payload: bytes) -> str | None:
+        """Publish a drop notice QoS 1; None once acknowledged, else the broker's refusal."""
+        try:
+            await client.publish(topic, payload, qos=1, timeout=self.cfg.publish_timeout)
+        except BaseException:
+            codes.forget()
+            raise
+        return codes.refused()
 
     def _refused(self, msg: _Message, reason: str, conn: _Connection) -> None:
         """Hold the device back; the others go on."""
