@@ -158,3 +158,47 @@ async def test_schema_1_buffer_is_migrated_with_its_readings(tmp_path: Path) -> 
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert db.execute("SELECT count(*) FROM dropped").fetchone()[0] == 0
     db.close()
+
+
+async def test_sender_caps_ranges_per_notice_and_keeps_refused_ones(tmp_path: Path) -> None:
+    buf = make(tmp_path / "b.db")
+    await buf.open()
+    buf.add(readings(500 * 100))
+    await buf.flush()
+    # every other chunk dropped: 250 ranges that cannot coalesce, more than MAX_RANGES
+    firsts = [c.first for c in await buf.fetch(0, None, 1000)][::2]
+    await buf.drop(firsts[:100], "too_large")
+    await buf.drop(firsts[100:], "max_age")
+    assert len(await buf.pending_drops(1000)) == 250
+    sent: list[tuple[str, dict[str, object]]] = []
+    answers = ["Quota exceeded"]  # the broker refuses the first one
+
+    async def publish(topic: str, payload: bytes) -> str | None:
+        sent.append((topic, json.loads(payload)))
+        return answers.pop() if answers else None
+
+    metrics = buf.metrics
+    sender = notices.NoticeSender(buf, "t/s/g/dropped", gateway="g", site="s",
+                                  log=logs.get_logger(), sent=metrics.uplink_drop_notices)
+    task = asyncio.create_task(sender.run(publish))
+    try:
+        async with asyncio.timeout(10):
+            while await buf.pending_drops(1):
+                await asyncio.sleep(0.05)
+        assert [len(m["dropped"]) for _t, m in sent] == [  # type: ignore[arg-type]
+            notices.MAX_RANGES, notices.MAX_RANGES, 250 - notices.MAX_RANGES]
+        assert sent[0] == sent[1]  # the refused notice went again, unchanged
+        assert metrics.registry.get_sample_value("parkgate_uplink_drop_notices_total") == 2
+        got = {s for _t, m in sent[1:] for r in m["dropped"]  # type: ignore[attr-defined]
+               for s in range(r["first"], r["last"] + 1)}
+        assert len(got) == 250 * 100
+        # a new drop wakes the sender
+        await buf.drop([firsts[0] + 100], "too_large")
+        async with asyncio.timeout(5):
+            while len(sent) < 4:
+                await asyncio.sleep(0.05)
+        assert sent[3][1]["dropped"] == [{"first": 101, "last": 200, "reason": "too_large"}]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await buf.close()
