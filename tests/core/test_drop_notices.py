@@ -88,6 +88,9 @@ def test_a_frozen_broker_and_a_size_cap_give_a_notice_of_exactly_the_missing_seq
         received = set(col.seqs())
         never = set(range(1, last + 1)) - received
         announced = col.announced()
+        print(f"dropped={dropped:.0f} never_arrived={len(never)} announced={len(announced)}"
+              f" announced_and_received={len(announced & received)}"
+              f" notices={len(col.notices)}")
         assert never, "the cap dropped nothing that never arrived"
         # every seq that never arrived was announced, and every announced seq that did not
         # arrive never did: the notice is exactly the gap, nothing lost silently
