@@ -190,12 +190,19 @@ class Agent:
                                problem=str(problem))
             self.notifier.ready()
             return False
+        except Exception as exc:  # noqa: BLE001 - a reload must never take the agent down
+            self.metrics.config_reload_failures.inc()
+            self.log.error("config reload failed; keeping the running config",
+                           error=f"{type(exc).__name__}: {exc}", config=str(path))
+            self.notifier.ready()
+            return False
         old = self.config
         ignored = [section for section in ("gateway", "buffer", "uplink", "metrics", "agent")
                    if getattr(new.config, section) != getattr(old, section)]
+        secrets = self.loaded.secrets | new.secrets
+        logs.add_secrets(secrets)  # whether or not `logging:` changed
         if new.config.logging != old.logging:
-            logs.configure(new.config.logging.level, new.config.logging.format,
-                           self.loaded.secrets | new.secrets)
+            logs.configure(new.config.logging.level, new.config.logging.format, secrets)
         if ignored:
             self.log.warning("config reload: these sections changed and need a restart "
                              "(systemctl restart parkgate); keeping their running values",
@@ -203,7 +210,7 @@ class Agent:
         changes = await self.supervisor.apply(new.config.devices)
         self.config = old.model_copy(update={"devices": new.config.devices,
                                              "logging": new.config.logging})
-        self.loaded = LoadedConfig(self.config, path, self.loaded.secrets | new.secrets)
+        self.loaded = LoadedConfig(self.config, path, secrets)
         self.metrics.config_reloads.inc()
         self.log.info("config reloaded", **changes)
         self.notifier.ready()

@@ -1,4 +1,4 @@
-"""The one retry policy: capped exponential backoff with full jitter."""
+"""The one retry policy: capped exponential backoff with full jitter, and probe pacing."""
 
 from __future__ import annotations
 
@@ -39,3 +39,29 @@ class Backoff:
     def reset(self) -> None:
         """Forget past failures after a success."""
         self.attempts = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProbePacing:
+    """Intervals between cheap reachability probes while a peer is gone (pure functions).
+
+    The interval grows with how long the outage has lasted, not with how many probes
+    failed: `ceiling(t) = min(cap, base + t / slope)`, 0.5 s at first, 0.75 s after a
+    minute, 3 s after ten, `cap` after about an hour. So the wait after the peer returns
+    is at most `base` plus about 0.4 % of the outage, and a long outage costs few probes.
+    """
+
+    base: float = 0.5
+    slope: float = 240.0
+    cap: float = 15.0
+
+    def ceiling(self, outage_s: float) -> float:
+        """The longest interval `outage_s` seconds into an outage."""
+        return min(self.cap, self.base + max(0.0, outage_s) / self.slope)
+
+    def delay(self, outage_s: float, rng: random.Random, *, first: bool = False) -> float:
+        """The wait before the next probe: full jitter for the `first` one (a fleet that
+        lost its broker at the same instant spreads its probe phases at once), upper-half
+        jitter after it (no burst of short intervals)."""
+        ceiling = self.ceiling(outage_s)
+        return rng.uniform(0.0 if first else ceiling / 2, ceiling)

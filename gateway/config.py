@@ -7,22 +7,34 @@ the offending key or value, so `parkgate check` can print `FILE:LINE:COL: path: 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
-from collections.abc import Mapping
+import stat
+import string
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.reader import ReaderError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.driver import DeviceOptions, DriverInfo, discover_drivers
 from gateway.errors import ConfigError
+from gateway.redact import Masker
+from gateway.substitute import Substituter
 from gateway.units import Duration, Size
+from gateway.yamlload import Loc, Positions, YamlProblem, load_yaml
 
 
 class _Section(BaseModel):
@@ -78,13 +90,22 @@ class MqttSection(_Section):
     brokers: list[str] = Field(min_length=1, description="Tried in order; failover on error.")
     username: str | None = None
     password: SecretStr | None = None
-    client_id: str | None = Field(default=None, description="Default: parkgate-{gateway}.")
+    client_id: str | None = Field(
+        default=None,
+        description="Default: parkgate-{site}-{gateway}-{suffix}, the suffix kept next to "
+                    "the buffer (one session per install).")
     protocol: Literal["3.1.1", "5"] = "5"
     tls: TlsSection = Field(default_factory=TlsSection)
     topic: str = "parkgate/{site}/{gateway}/{device}"
     status_topic: str = "parkgate/{site}/{gateway}/status"
     qos: Literal[1] = Field(default=1, description="QoS 1: at-least-once delivery.")
     batch: BatchSection = Field(default_factory=BatchSection)
+    max_message_bytes: Size = Field(
+        default=128_000, ge=512, le=268_435_455,
+        description="Largest MQTT PUBLISH packet (topic, headers and payload) to send; "
+                    "batches are split to fit. An MQTT 5 broker's own maximum packet size "
+                    "applies when smaller. Default 128000: AWS IoT and other cloud "
+                    "platforms cap messages at 128-256 KB.")
     window: int = Field(default=16, ge=1, le=1000, description="Publishes in flight at once.")
     live_share: float = Field(
         default=0.25, ge=0.0, le=1.0,
@@ -95,30 +116,130 @@ class MqttSection(_Section):
                                       description="PUBACK later than this: reconnect.")
     backoff_max: Duration = Field(
         default=15.0, ge=1.0,
-        description="Longest wait between reconnect rounds (full jitter below it); bad "
-                    "credentials wait this long at once.")
+        description="Longest wait between reconnect rounds: caps the handshake backoff "
+                    "(full jitter below it) and the TCP probe interval of a long outage; "
+                    "bad credentials wait this long at once.")
+
+    allow_plaintext_password: bool = Field(
+        default=False,
+        description="Send the password over plain mqtt:// to a broker that is not on this "
+                    "host. Off: such a config is refused (anyone on the path reads it).")
 
     @field_validator("brokers")
     @classmethod
     def _urls(cls, urls: list[str]) -> list[str]:
         for url in urls:
-            if not re.match(r"^mqtts?://[^/:\s]+(:\d{1,5})?/?$", url):
-                raise ValueError(
-                    f"{url!r} is not a broker URL: write mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+            problem = broker_url_problem(url)
+            if problem:
+                raise ValueError(problem)
         return urls
 
     @field_validator("topic", "status_topic")
     @classmethod
     def _template(cls, topic: str) -> str:
-        try:
-            topic.format(site="s", gateway="g", device="d")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"topic template may use only {{site}}, {{gateway}} and {{device}} ({exc})"
-            ) from None
-        if "+" in topic or "#" in topic:
-            raise ValueError("a topic to publish to cannot contain the wildcards + or #")
+        problem = publish_topic_problem(topic)
+        if problem:
+            raise ValueError(problem)
         return topic
+
+    @model_validator(mode="after")
+    def _plaintext(self) -> MqttSection:
+        plain = [url for url in self.brokers if url.startswith("mqtt://")]
+        if not plain:
+            return self
+        if self.tls.model_fields_set:
+            raise _error(("tls", next(iter(sorted(self.tls.model_fields_set)))),
+                         f"tls: is set but {plain[0]} is plain mqtt://, so it would not be "
+                         "used and the password and readings would go unencrypted: write "
+                         "mqtts://HOST:8883 (or remove tls:)")
+        remote = [url for url in plain if not _loopback(url)]
+        if self.password is not None and remote and not self.allow_plaintext_password:
+            raise _error(("password",),
+                         f"the password would go unencrypted to {remote[0]}: use "
+                         "mqtts://, or set allow_plaintext_password: true if the network "
+                         "path is trusted")
+        return self
+
+
+def _error(loc: tuple[str, ...], message: str) -> ValidationError:
+    """A validation error at `loc` inside the model being validated (not at the model)."""
+    return ValidationError.from_exception_data("config", [InitErrorDetails(
+        type=PydanticCustomError("config", message), loc=loc, input=None)])
+
+
+_BROKER = re.compile(r"(mqtts?)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?/?")
+
+
+def broker_url_problem(url: str) -> str | None:
+    """Why `url` is not `mqtt[s]://HOST[:PORT]`, or None. Never echoes credentials."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        shown = f"{scheme}://***@{rest.split('/', 1)[0].rsplit('@', 1)[1]}"
+        return (f"{shown}: credentials in a broker URL are not used (and would show in "
+                "/metrics, /readyz and the status message): put them in uplink.mqtt.username "
+                "and password (password: ${file:/etc/parkgate/mqtt-password} keeps it out of "
+                "this file)")
+    m = _BROKER.fullmatch(url)
+    if not m or not 1 <= int(m.group(3) or 1883) <= 65535:
+        return f"{url!r} is not a broker URL: write mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+    return None
+
+
+def _loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+TOPIC_MAX_BYTES = 65_535
+"""MQTT's limit on a topic name, in UTF-8 bytes."""
+NAME_MAX = 64
+_PLACEHOLDERS = frozenset({"site", "gateway", "device"})
+"""Longest gateway id, site and device name: what `{gateway}`, `{site}`, `{device}` add."""
+
+
+def publish_topic_problem(template: str) -> str | None:
+    """Why no broker would take a topic made from `template`, or None.
+
+    MQTT 3.1.1/5: UTF-8 without U+0000 (brokers refuse control characters and
+    noncharacters too), 1 to 65,535 bytes, no wildcards in a publish topic; `$` topics are
+    the broker's own. Checked with every placeholder at its longest.
+    """
+    try:
+        # a format spec such as {device:>99999999} would build a string of that size
+        for _text, name, spec, conversion in string.Formatter().parse(template):
+            if name is not None and (name not in _PLACEHOLDERS or spec or conversion):
+                raise ValueError(f"'{{{name}{'!' + conversion if conversion else ''}"
+                                 f"{':' + spec if spec else ''}}}'")
+        longest = template.format(site="s" * NAME_MAX, gateway="g" * NAME_MAX,
+                                  device="d" * NAME_MAX)
+    except (KeyError, IndexError, ValueError) as exc:
+        return f"topic template may use only {{site}}, {{gateway}} and {{device}} ({exc})"
+    if not template:
+        return "a topic cannot be empty"
+    if "+" in template or "#" in template:
+        return "a topic to publish to cannot contain the wildcards + or #"
+    if template.startswith("$"):
+        return "topics starting with $ belong to the broker ($SYS/...): choose another"
+    for char in template:
+        code = ord(char)
+        if code == 0:
+            return "a topic cannot contain a NUL character (U+0000): no broker accepts it"
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            return f"a topic cannot contain the control character U+{code:04X}"
+        if 0xD800 <= code <= 0xDFFF:
+            return f"a topic must be UTF-8 text: U+{code:04X} is half a surrogate pair"
+        if 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE:
+            return f"a topic cannot contain the noncharacter U+{code:04X}"
+    size = len(longest.encode("utf-8"))
+    if size > TOPIC_MAX_BYTES:
+        return (f"topic is {size:,} bytes with {{site}}, {{gateway}} and {{device}} at their "
+                f"longest ({NAME_MAX} characters); MQTT allows {TOPIC_MAX_BYTES:,}")
+    return None
 
 
 class UplinkSection(_Section):
@@ -183,10 +304,19 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        # one problem is one line, whatever a key or a parser message contains
-        path = self.path.replace("\r", "\\r").replace("\n", "\\n")
-        message = " ".join(self.message.split())
-        return f"{self.file}:{self.line}:{self.col}: {path}: {message}"
+        # one problem is one line whatever a key, a value or a parser message holds, and no
+        # character of the file reaches the terminal as a control sequence (ESC, BEL, ...)
+        return (f"{printable(self.file)}:{self.line}:{self.col}: {printable(self.path)}: "
+                f"{printable(self.message)}")
+
+
+def printable(text: str) -> str:
+    """`text` with every control, format and line-separator character escaped the way
+    Python writes it in a string literal (\\n, \\x1b, \\u2028)."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] if char in "\t\n\r"
+                   else ascii(char)[1:-1] for char in text)
 
 
 class ConfigProblems(ConfigError):
@@ -209,70 +339,9 @@ class LoadedConfig:
 
 # --- YAML with positions ------------------------------------------------------------------
 
-Loc = tuple[str | int, ...]
-
-
-def _positions(node: Any, loc: Loc, out: dict[Loc, tuple[int, int]]) -> None:
-    """Map every path in the YAML tree to its (line, col), 1-based."""
-    if isinstance(node, CommentedMap):
-        for key in node:
-            kline, kcol = node.lc.key(key)
-            vline, vcol = node.lc.value(key)
-            out[(*loc, str(key), "<key>")] = (kline + 1, kcol + 1)
-            out[(*loc, str(key))] = (vline + 1, vcol + 1)
-            _positions(node[key], (*loc, str(key)), out)
-    elif isinstance(node, CommentedSeq):
-        for i, item in enumerate(node):
-            line, col = node.lc.item(i)
-            out[(*loc, i)] = (line + 1, col + 1)
-            _positions(item, (*loc, i), out)
-
-
-_SUBST = re.compile(r"\$\$|\$\{([^}]*)\}")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _substitute(node: Any, loc: Loc, problems: list[tuple[Loc, str]], secrets: set[str]) -> Any:
-    """Replace ${ENV}, ${ENV:-default} and ${file:/path} in string scalars; `$$` is `$`."""
-    if isinstance(node, dict):
-        for key in list(node):
-            node[key] = _substitute(node[key], (*loc, str(key)), problems, secrets)
-        return node
-    if isinstance(node, list):
-        for i, item in enumerate(node):
-            node[i] = _substitute(item, (*loc, i), problems, secrets)
-        return node
-    if not isinstance(node, str) or "$" not in node:
-        return node
-
-    def repl(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        expr = m.group(1)
-        if expr.startswith("file:"):
-            path = Path(expr[5:])
-            try:
-                value = path.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                problems.append((loc, f"cannot read secret file {path}: {exc.strerror}"))
-                return ""
-        else:
-            name, _, default = expr.partition(":-")
-            if not _ENV_NAME.match(name):
-                message = f"${{{expr}}} is not ${{NAME}}, ${{NAME:-default}} or ${{file:/path}}"
-                problems.append((loc, message))
-                return ""
-            env = os.environ.get(name)
-            if env is None and ":-" not in expr:
-                problems.append((loc, f"environment variable {name} is not set"))
-                return ""
-            value = env if env is not None else default
-        if value:
-            secrets.add(value)
-        return value
-
-    return _SUBST.sub(repl, node)
-
+MAX_CONFIG_BYTES = 4 * 2**20
+"""A config file larger than this is refused before parsing (100 devices x 100 inline
+registers are 0.7 MiB)."""
 
 # --- validation ---------------------------------------------------------------------------
 
@@ -310,30 +379,55 @@ def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
     return []
 
 
+MAX_PROBLEMS = 100
+"""Problems listed in full; past them a file is not worth reading further (and a machine-made
+file with 35,000 misspelt keys would cost seconds of did-you-mean searches)."""
+
+
 class _Reporter:
-    def __init__(self, file: str, positions: dict[Loc, tuple[int, int]]) -> None:
+    def __init__(self, file: str, positions: Callable[[], Positions] | None = None) -> None:
         self.file = file
-        self.positions = positions
+        self.find_positions = positions
+        self.positions: Positions | None = None
         self.problems: list[Problem] = []
-        self.secrets: set[str] = set()
+        self.mask = Masker()
+        self.unlisted = 0
+
+    @property
+    def full(self) -> bool:
+        """MAX_PROBLEMS listed: count the rest, do not place or explain them."""
+        return len(self.problems) >= MAX_PROBLEMS
+
+    def result(self) -> ConfigProblems:
+        """The problems in file order, and a last line when some were not listed."""
+        problems = sorted(self.problems, key=lambda p: (p.line, p.col))
+        if self.full:
+            more = f"{self.unlisted:,} more problems" if self.unlisted else "more problems"
+            problems.append(Problem(self.file, 1, 1, "(file)",
+                                    f"{more} not listed after the first {MAX_PROBLEMS}: fix "
+                                    "these and check again"))
+        return ConfigProblems(problems)
 
     def where(self, loc: Loc, *, key: bool = False) -> tuple[int, int]:
-        if key and (*loc, "<key>") in self.positions:
-            return self.positions[(*loc, "<key>")]
-        for n in range(len(loc), 0, -1):
-            if loc[:n] in self.positions:
-                return self.positions[loc[:n]]
-        return (1, 1)
+        if self.positions is None and self.find_positions is not None:
+            self.positions = self.find_positions()  # only a file with problems pays for them
+        found = self.positions.find(loc, key=key) if self.positions else None
+        return found or (1, 1)
 
     def add(self, loc: Loc, message: str, *, key: bool = False) -> None:
+        if self.full:
+            self.unlisted += 1
+            return
         line, col = self.where(loc, key=key)
         path = ".".join(str(p) for p in loc) or "(top)"
-        for secret in self.secrets:  # messages may echo a value; never a substituted secret
-            message = message.replace(secret, "***")
-        self.problems.append(Problem(self.file, line, col, path, message))
+        # messages may echo a value (in a repr, too); never a substituted secret
+        self.problems.append(Problem(self.file, line, col, self.mask(path), self.mask(message)))
 
     def add_validation(self, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> None:
         for err in exc.errors(include_url=False, include_input=False):
+            if self.full:
+                self.unlisted += 1
+                continue
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(
                 "function-")))
             parent = loc[:-1] if loc else ()
@@ -342,62 +436,43 @@ class _Reporter:
                 # point at the mapping that lacks the key, not at its first child
                 line, col = self.where((*prefix, *parent), key=True)
                 path = ".".join(str(p) for p in (*prefix, *loc))
-                self.problems.append(Problem(self.file, line, col, path,
+                self.problems.append(Problem(self.file, line, col, self.mask(path),
                                              "required key is missing"))
                 continue
             self.add((*prefix, *loc), _friendly(err, fields),
                      key=err["type"] == "extra_forbidden")
 
 
-def _load_yaml(path: Path, text: str) -> tuple[Any, dict[Loc, tuple[int, int]]]:
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
-    try:
-        doc = yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        what = " ".join(p for p in (exc.context, exc.problem) if p)
-        lines = text.splitlines()
-        if mark and mark.line < len(lines) and "${" in lines[mark.line]:
-            what += (" (inside {...} or [...], put quotes around a value that uses "
-                     '${...}, as in "${NAME}")')
-        raise ConfigProblems([Problem(str(path), line, col, "(yaml)",
-                                      f"YAML syntax error: {what}")]) from None
-    except ReaderError as exc:  # a character YAML does not allow (NUL, other controls)
-        pos = max(0, min(int(exc.position), len(text)))
-        line = text.count("\n", 0, pos) + 1
-        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
-        char = exc.character
-        code = char if isinstance(char, int) else ord(str(char)[:1] or "\0")
-        raise ConfigProblems([Problem(str(path), line, col, "(yaml)",
-                                      f"character U+{code:04X} is not allowed in a YAML file "
-                                      "(a binary or corrupted file?)")]) from None
-    except Exception as exc:  # noqa: BLE001 - ruamel raises a wide variety; report, don't crash
-        raise ConfigProblems([Problem(str(path), 1, 1, "(yaml)",
-                                      f"cannot parse YAML: {exc}")]) from None
-    positions: dict[Loc, tuple[int, int]] = {}
-    _positions(doc, (), positions)
-    return doc, positions
+def _yaml_problem(path: Path, text: str, exc: YamlProblem) -> ConfigProblems:
+    message = exc.message
+    lines = text.splitlines()
+    if "syntax error" in message and 0 < exc.line <= len(lines) and "${" in lines[exc.line - 1]:
+        message += (" (inside {...} or [...], put quotes around a value that uses "
+                    '${...}, as in "${NAME}")')
+    return ConfigProblems([Problem(str(path), exc.line, exc.col, "(yaml)", message)])
 
 
 def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None = None
                  ) -> LoadedConfig:
     """Validate config `text` (read from `path`); raise `ConfigProblems` listing everything."""
-    doc, positions = _load_yaml(path, text)
-    rep = _Reporter(str(path), positions)
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigProblems([Problem(str(path), 1, 1, "(file)", f"larger than "
+                                      f"{MAX_CONFIG_BYTES // 2**20} MiB: not a config file?")])
+    subst = Substituter()
+    try:
+        doc, _ = load_yaml(text, scalars=subst, positions=False)
+    except YamlProblem as exc:
+        raise _yaml_problem(path, text, exc) from None
+    # the same structure again, with positions and without reading secrets a second time
+    rep = _Reporter(str(path), lambda: load_yaml(text)[1])
+    rep.mask = Masker(subst.secrets)
     if doc is None:
         rep.add((), "the file is empty: start from config/example.yaml")
         raise ConfigProblems(rep.problems)
     if not isinstance(doc, dict):
         rep.add((), "the top level must be a mapping with gateway:, uplink: and devices:")
         raise ConfigProblems(rep.problems)
-
-    subst_problems: list[tuple[Loc, str]] = []
-    secrets: set[str] = set()
-    _substitute(doc, (), subst_problems, secrets)
-    rep.secrets = secrets
-    for loc, msg in subst_problems:
+    for loc, msg in subst.problems:
         rep.add(loc, msg)
 
     raw: _RawConfig | None = None
@@ -408,11 +483,16 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
 
     raw_devices = doc.get("devices", [])
     devices = _validate_devices(raw_devices, rep, drivers)
+    del doc, raw_devices  # the YAML tree and any positions go once validated
+    rep.positions = rep.find_positions = None
 
     if rep.problems or raw is None:
-        raise ConfigProblems(sorted(rep.problems, key=lambda p: (p.line, p.col)))
-    config = Config.model_validate({**raw.model_dump(exclude={"devices"}), "devices": devices})
-    return LoadedConfig(config=config, path=path, secrets=frozenset(secrets))
+        raise rep.result()
+    # every part is validated already: assemble, do not validate (or dump) again
+    sections = {name: getattr(raw, name) for name in Config.model_fields if name != "devices"}
+    config = Config.model_construct(raw.model_fields_set | {"devices"}, **sections,
+                                    devices=tuple(devices))
+    return LoadedConfig(config=config, path=path, secrets=frozenset(subst.secrets))
 
 
 def _validate_devices(raw_devices: Any, rep: _Reporter,
@@ -424,6 +504,8 @@ def _validate_devices(raw_devices: Any, rep: _Reporter,
     out: list[DeviceOptions] = []
     for i, dev in enumerate(raw_devices):
         loc: Loc = ("devices", i)
+        if rep.full:
+            break  # the rest is not listed anyway: `result()` says there is more
         if not isinstance(dev, dict):
             continue  # reported by the top-level model as a wrong type
         name = dev.get("name")
@@ -456,20 +538,47 @@ def _validate_devices(raw_devices: Any, rep: _Reporter,
     return out
 
 
-def load_config(path: Path, drivers: Mapping[str, DriverInfo] | None = None) -> LoadedConfig:
-    """Read and validate the config file at `path`."""
+def read_config_text(path: Path, limit: int = MAX_CONFIG_BYTES) -> str:
+    """The text of a config file, refused (as a `ConfigProblems`) when it is not a regular
+    file of at most `limit` bytes of UTF-8."""
+
+    def problem(message: str, line: int = 1, col: int = 1) -> ConfigProblems:
+        return ConfigProblems([Problem(str(path), line, col, "(file)", message)])
+
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise problem("not a regular file")
+            data = f.read(limit + 1)
     except FileNotFoundError:
-        raise ConfigProblems([Problem(str(path), 1, 1, "(file)",
-                                      "file not found")]) from None
+        raise problem("file not found") from None
     except OSError as exc:
+        raise problem(f"cannot read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise problem(f"larger than {limit // 2**20} MiB: not a config file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start].decode("utf-8", "replace")
+        line = before.count("\n") + 1
+        col = len(before) - (before.rfind("\n") + 1) + 1
+        raise problem(f"not UTF-8 text (byte 0x{data[exc.start]:02x})", line, col) from None
+
+
+def load_config(path: Path, drivers: Mapping[str, DriverInfo] | None = None) -> LoadedConfig:
+    """Read and validate the config file at `path`.
+
+    Raises `ConfigProblems` and nothing else: an error nobody foresaw while loading
+    (MemoryError included) becomes one problem line, so a reload keeps the running config
+    and a start exits 2 with FILE:LINE:COL.
+    """
+    try:
+        return parse_config(read_config_text(path), path, drivers)
+    except ConfigProblems:
+        raise
+    except Exception as exc:  # whatever else fails here is a problem of this file
         raise ConfigProblems([Problem(str(path), 1, 1, "(file)",
-                                      f"cannot read: {exc.strerror}")]) from None
-    except UnicodeDecodeError:
-        raise ConfigProblems([Problem(str(path), 1, 1, "(file)",
-                                      "not UTF-8 text")]) from None
-    return parse_config(text, path, drivers)
+                                      f"cannot load: {type(exc).__name__}: {exc}")]) from exc
 
 
 def json_schema(drivers: Mapping[str, DriverInfo] | None = None) -> dict[str, Any]:

@@ -85,6 +85,10 @@ class Metrics:
         self.uplink_publish_refused = Counter(
             f"{PREFIX}uplink_publish_refused", "Publishes the broker refused in its PUBACK "
             "(MQTT 5 reason code); their readings stay buffered", ["reason"], registry=r)
+        self.uplink_session_takeovers = Counter(
+            f"{PREFIX}uplink_session_takeovers", "MQTT sessions another client with our client id "
+            "took over: evidence reason_code (MQTT 5 DISCONNECT 0x8E) or quick_losses "
+            "(suspected: repeated losses right after connecting)", ["evidence"], registry=r)
         self.uplink_latency = Histogram(f"{PREFIX}uplink_publish_latency_seconds",
                                         "Publish to PUBACK", buckets=LATENCY_BUCKETS, registry=r)
         self.uplink_drop_notices = Counter(
@@ -99,10 +103,12 @@ class Metrics:
                                       registry=r)
         # Known label values exist from the start at 0, so rate() and alerts see a series
         # before the first drop or failure.
-        for reason in ("max_bytes", "max_age", "write_failed"):
+        for reason in ("max_bytes", "max_age", "write_failed", "too_large"):
             self.buffer_dropped.labels(reason=reason)
-        for reason in ("auth", "refused", "tls", "error"):
+        for reason in ("auth", "refused", "tls", "error", "takeover"):
             self.uplink_connect_errors.labels(reason=reason)
+        for evidence in ("reason_code", "quick_losses"):
+            self.uplink_session_takeovers.labels(evidence=evidence)
         self.loop_lag = Gauge(f"{PREFIX}event_loop_lag_seconds",
                               "How late the event loop ran a 1 s heartbeat", registry=r)
 

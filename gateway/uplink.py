@@ -1,8 +1,34 @@
 """MQTT uplink: buffered chunks -> batched QoS 1 publishes, deleted from the buffer on PUBACK.
 
-Brokers are tried in order; a failure moves to the next one, and after a full round the
-uplink waits with capped, jittered backoff (at the cap at once when a broker refuses our
-credentials). Up to `window` publishes are in flight at once.
+Brokers are tried in order; a failure moves to the next one. Up to `window` publishes are
+in flight at once.
+
+Reconnecting: after a full round failed, the uplink asks the cheapest question first: does
+any broker accept a TCP connection (a probe, closed at once, nothing sent)?
+- Yes, at once: the broker was up all along and what failed was TLS, MQTT or the session
+  (a broker busy after a restart, a CONNACK "server unavailable", a drop after a refused
+  publish). The full handshake costs the broker real work, so it waits a capped backoff
+  with full jitter that grows with each such failure (0.5, 1, 2 ... `backoff_max` s).
+  Refused credentials jump to `backoff_max` at once and skip the probe.
+- No: the broker is gone (an outage). The uplink probes at a short jittered interval that
+  grows with the outage's length, not with the number of probes (`ProbePacing`: 0.5 s at
+  first, 0.75 s after a minute, 3 s after ten, `backoff_max` after about an hour), and
+  connects as soon as a probe is accepted. Data flows again within about that interval
+  plus one handshake: under a second for outages up to a minute.
+
+What a fleet does to a broker cluster that comes back: while it is down, each gateway
+sends about two SYNs a second that the kernel answers with a RST; no TLS, no session, no
+log line on the broker. The first probe after a loss is fully jittered and later ones are
+jittered in the upper half, so after a few seconds the gateways' probe phases are
+independent: when the listener opens, connects arrive spread evenly over one probe
+interval (0.5-0.75 s for outages up to a minute, wider after longer ones) instead of at
+the same instants, as with a backoff schedule without jitter, or over 15 s, as with full
+jitter up to `backoff_max` (bench/fleet_reconnect.py). The spread cannot be much wider
+and still meet "data within a second". A broker that cannot take that rate refuses or
+times out handshakes, and each gateway whose handshake fails after a successful probe
+falls back to the exponential backoff, so the fleet spreads out further while the broker
+struggles. The price: a load balancer that accepts TCP while its brokers are down makes
+every probe succeed, and the uplink is back to the exponential backoff alone.
 
 Backlog policy: when a connection starts, the buffer's `next_seq` splits the data into a
 *backlog* (accepted before, oldest first) and *live* data (accepted since). While a backlog
@@ -10,6 +36,12 @@ drains, live data may hold up to `live_share` of the window (at least one slot),
 readings reach the platform within about one round trip even behind hours of old ones.
 The platform therefore sees seqs out of order during a drain; it de-duplicates and sorts by
 (gateway, seq) and `ts` as usual.
+
+Message size: a batch never exceeds the broker's Maximum Packet Size (MQTT 5 CONNACK) or
+`max_message_bytes` (3.1.1 brokers cannot say theirs): batches of several chunks stop
+short of it, a larger chunk goes in parts (acknowledged in the buffer when every part is),
+and a reading that cannot fit on its own is dropped and counted, never retried: a broker
+that cuts off an oversized publish would otherwise get the same one after every reconnect.
 
 Refused topics: when the broker refuses a publish in its PUBACK (MQTT 5: an ACL that does
 not yet list a new device, a quota), only that device is held back, with its own backoff;
@@ -40,11 +72,20 @@ from structlog.typing import FilteringBoundLogger
 
 from gateway import __version__
 from gateway.backoff import Backoff
+from gateway.batching import max_payload, pack, seq_ranges, split_items
 from gateway.buffer import Buffer, Chunk
 from gateway.config import GatewaySection, MqttSection
 from gateway.metrics import Metrics
 from gateway.model import now_ms
 from gateway.notices import NoticeSender, notice_topic
+from gateway.reconnect import PROBE_TIMEOUT, STABLE_S, Reconnect
+from gateway.session import (
+    QuickLosses,
+    default_client_id,
+    disconnect_code,
+    install_suffix,
+    taken_over,
+)
 
 # CONNACK codes that mean "your credentials are wrong" (3.1.1: 4, 5; MQTT 5: 0x86, 0x87).
 AUTH_CODES = {4, 5, 0x86, 0x87}
@@ -66,9 +107,6 @@ class Broker:
         tls = parts.scheme == "mqtts"
         return cls(url, parts.hostname or "localhost", parts.port or (8883 if tls else 1883), tls)
 
-
-STABLE_S = 10.0
-"""A connection that lasted this long resets the reconnect backoff."""
 
 HOLD_BASE = 2.0
 HOLD_CAP = 300.0
@@ -105,12 +143,17 @@ class _Stream:
 
 @dataclass(slots=True)
 class _Message:
+    """Chunks of one device going out together: one payload, or the parts of one chunk
+    too large for a message (acknowledged in the buffer once every part is)."""
+
     topic: str
     device: str
-    payload: bytes
+    payloads: list[bytes]
     firsts: list[int]
     readings: int
     stream: _Stream
+    too_large: list[int] = field(default_factory=list)
+    """Seqs of readings larger than any message may be: dropped when the chunk is acked."""
 
 
 @dataclass(slots=True)
@@ -154,6 +197,10 @@ class UplinkState:
     connected_since: float | None = None
     published: int = 0
     history: list[str] = field(default_factory=list)
+
+
+class SessionTakenOver(aiomqtt.MqttError):
+    """The broker disconnected us because another client connected with our client id."""
 
 
 class _NamedTLSContext(ssl.SSLContext):
@@ -235,6 +282,42 @@ class _PubackCodes:
                 self._refused.pop(mid, None)
 
 
+class _Connack:
+    """The broker's Maximum Packet Size from an MQTT 5 CONNACK, which aiomqtt 2.x drops."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        # aiomqtt <3 exposes no CONNACK properties: wrap its paho client (pinned <3)
+        inner: Any = client._client
+        self.max_packet: int | None = None
+        on_connect = inner.on_connect
+
+        def on_connect_hook(c: Any, userdata: Any, flags: Any, reason_code: Any,
+                            properties: Any = None) -> None:
+            size = getattr(properties, "MaximumPacketSize", None)
+            self.max_packet = int(size) if size else None
+            on_connect(c, userdata, flags, reason_code, properties)
+
+        inner.on_connect = on_connect_hook
+
+
+def _disconnection(client: aiomqtt.Client) -> BaseException | None:
+    """Why aiomqtt's connection ended, if it did; marks the error retrieved.
+
+    aiomqtt 2.x sets an exception on a future nobody awaits once the session is over;
+    asyncio would log it as "Future exception was never retrieved" on every disconnect.
+    """
+    # aiomqtt <3 keeps the disconnection only on this private future (pinned <3)
+    future: asyncio.Future[None] = client._disconnected
+    if future.done() and not future.cancelled():
+        return future.exception()
+    return None
+
+
+def _utf8_len(text: str) -> int:
+    """Bytes of `text` in UTF-8; without encoding it when it is ASCII (nearly always)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def tls_context(cfg: MqttSection) -> ssl.SSLContext:
     """The TLS context for `mqtts://` brokers: verification on unless `verify: false`."""
     tls = cfg.tls
@@ -264,7 +347,8 @@ class Uplink:
         self.log = log.bind(component="uplink")
         self.brokers = [Broker.parse(u) for u in cfg.brokers]
         self.state = UplinkState()
-        self.client_id = cfg.client_id or f"parkgate-{gateway.id}"
+        self.client_id = cfg.client_id or ""
+        """`uplink.mqtt.client_id`, else `default_client_id()` (resolved when run starts)."""
         self.status_topic = cfg.status_topic.format(site=gateway.site, gateway=gateway.id,
                                                     device="status")
         self._prefix = ('{"v":1,"gateway":' + json.dumps(gateway.id) + ',"site":'
@@ -274,13 +358,19 @@ class Uplink:
         self._draining = False
         # paho reports socket-level causes (a TLS alert, a reset) only through its logger
         self._last_error = _LastError()
-        self._mqtt_log = logging.getLogger(f"parkgate.mqtt.{self.client_id}")
+        self._mqtt_log = logging.getLogger(f"parkgate.mqtt.{gateway.id}")
         self._mqtt_log.addHandler(self._last_error)
         self.on_state: Callable[[UplinkState], None] | None = None
         self._holds: dict[str, _Hold] = {}
         self._notices = NoticeSender(buffer, notice_topic(cfg.topic, gateway.site, gateway.id),
                                      gateway=gateway.id, site=gateway.site, log=self.log,
                                      sent=metrics.uplink_drop_notices)
+        self._max_bytes = cfg.max_message_bytes
+        """The largest PUBLISH packet of this connection (config or the broker's CONNACK)."""
+        self._quick_losses = QuickLosses()
+        self._lost_with: tuple[int | None, int] = (None, 0)
+        """The largest message in flight at the last connection loss, and how many losses
+        in a row it was."""
 
     def topic_for(self, device: str) -> str:
         """The data topic of a device."""
@@ -321,8 +411,18 @@ class Uplink:
         return client
 
     async def run(self) -> None:
-        """Connect, publish, fail over and reconnect until cancelled."""
-        backoff = Backoff(base=0.5, cap=self.cfg.backoff_max)
+        """Connect, publish, fail over and reconnect until cancelled (policy: module doc)."""
+        if not self.client_id:
+            suffix = install_suffix(self.buffer.cfg.path)
+            if suffix is None:
+                self.log.warning("cannot keep a per-install client id suffix next to the "
+                                 "buffer; two gateways with the same gateway.id would take "
+                                 "each other's MQTT session: set uplink.mqtt.client_id",
+                                 path=str(self.buffer.cfg.path))
+            self.client_id = default_client_id(self.gw.site, self.gw.id, suffix)
+        reconnect = Reconnect(cap=self.cfg.backoff_max,
+                              probe_limit_s=min(PROBE_TIMEOUT, self.cfg.connect_timeout))
+        targets = [(b.host, b.port) for b in self.brokers]
         index = 0
         failures_this_round = 0
         while True:
@@ -340,12 +440,14 @@ class Uplink:
                     self.log.error("broker refused our credentials: check uplink.mqtt.username"
                                    " and password; readings stay in the buffer",
                                    broker=broker.url, code=code)
-                    delay = backoff.max_out()
+                    delay = reconnect.refused_credentials()
                 else:
                     reason = "refused"
                     self.log.warning("broker refused the connection", broker=broker.url,
                                      error=str(exc))
                 self._failed(broker, reason, str(exc))
+            except SessionTakenOver as exc:
+                self._taken_over(broker, str(exc), "reason_code")
             except sqlite3.DatabaseError as exc:  # the buffer's own recovery handles the file
                 self.log.error("uplink could not read the buffer", error=str(exc))
                 self._failed(broker, "error", f"buffer: {exc}")
@@ -361,22 +463,45 @@ class Uplink:
                 self.log.warning("uplink connection failed or lost", broker=broker.url,
                                  error=error, reason=reason, hint=hint)
                 self._failed(broker, reason, error)
-            since = self.state.connected_since
-            if since is not None and delay is None and time.monotonic() - since >= STABLE_S:
-                # the session had worked: a fresh round, no long wait (a broker that drops
-                # us right after CONNACK, say for a refused publish, gets the backoff)
-                backoff.reset()
-                failures_this_round = 0
+                self._lost_soon(broker)
+            if reconnect.ended(self.state.connected_since, time.monotonic()):
+                failures_this_round = 0  # the session had worked: a fresh round
             self._set_connected(None)
             index += 1
             failures_this_round += 1
             self.metrics.uplink_reconnects.inc()
             if delay is None and failures_this_round < len(self.brokers):
                 delay = 0.1  # try the next broker of the list right away
-            elif delay is None:
-                delay = backoff.next_delay()
-                failures_this_round = 0
-            await asyncio.sleep(delay)
+            if delay is not None:
+                await asyncio.sleep(delay)
+                continue
+            failures_this_round = 0
+            index = await reconnect.wait(targets, self.log, self._unreachable)
+
+    def _unreachable(self) -> None:
+        """A round of probes that no broker accepted: failed connection attempts, as before
+        probing, when the uplink tried the full handshake instead."""
+        self.metrics.uplink_reconnects.inc()
+        self.metrics.uplink_connect_errors.labels(reason="error").inc()
+
+    def _taken_over(self, broker: Broker, error: str, evidence: str) -> None:
+        self.metrics.uplink_session_takeovers.labels(evidence=evidence).inc()
+        self.log.error("MQTT session taken over: another client connected with our client "
+                       "id, the broker disconnected us; two gateways with the same gateway.id "
+                       "or client_id? Each must have its own", broker=broker.url,
+                       client_id=self.client_id, evidence=evidence, error=error)
+        self._failed(broker, "takeover", error)
+
+    def _lost_soon(self, broker: Broker) -> None:
+        """MQTT 3.1.1 has no reason code: suspect a takeover from losses right after CONNACK."""
+        since = self.state.connected_since
+        if since is not None and self._quick_losses.lost(time.monotonic() - since, STABLE_S):
+            self.metrics.uplink_session_takeovers.labels(evidence="quick_losses").inc()
+            self.log.warning("MQTT session lost again and again right after connecting: "
+                             "another client may use our client id (two gateways with the "
+                             "same gateway.id or client_id?), or the broker drops us for "
+                             "what we publish", broker=broker.url, client_id=self.client_id,
+                             losses=self._quick_losses.streak)
 
     def _failed(self, broker: Broker, reason: str, error: str) -> None:
         self.metrics.uplink_connect_errors.labels(reason=reason).inc()
@@ -398,10 +523,28 @@ class Uplink:
     async def _session(self, broker: Broker) -> None:
         client = self._client(broker)
         codes = _PubackCodes(client)
+        connack = _Connack(client)
+        try:
+            await self._connected(client, codes, connack, broker)
+        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+            if isinstance(exc, MqttConnectError):
+                raise
+            lost = _disconnection(client)
+            if taken_over(lost):
+                raise SessionTakenOver(f"session taken over ({lost})") from exc
+            raise
+        finally:
+            _disconnection(client)  # retrieved: no "Future exception was never retrieved"
+
+    async def _connected(self, client: aiomqtt.Client, codes: _PubackCodes, connack: _Connack,
+                         broker: Broker) -> None:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(client)  # CONNACK refusals: MqttCodeError
+            self._max_bytes = min(self.cfg.max_message_bytes,
+                                  connack.max_packet or self.cfg.max_message_bytes)
             self.log.info("uplink connected", broker=broker.url,
-                          protocol=self.cfg.protocol, tls=broker.tls)
+                          protocol=self.cfg.protocol, tls=broker.tls,
+                          max_message_bytes=self._max_bytes, client_id=self.client_id)
             self._set_connected(broker)
             await client.publish(self.status_topic, self._status("online", broker), qos=1,
                                  retain=True, timeout=self.cfg.publish_timeout)
@@ -440,28 +583,38 @@ class Uplink:
         conn = _Connection()
         window = self.cfg.window
         live_slots = max(1, int(window * self.cfg.live_share))
-        inflight: set[asyncio.Task[None]] = set()
+        inflight: dict[asyncio.Task[None], _Message] = {}
         failure: list[BaseException] = []
+        unsent: list[_Message] = []
         loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
+        # Publishes ending wake this loop through a plain future, and one task waits for the
+        # buffer's next change across iterations, instead of two tasks created and cancelled
+        # per wake-up (about 100 wake-ups a second at 100 meters, bench/modbus.py --profile).
+        wake: list[asyncio.Future[None]] = [loop.create_future()]
+        changed: asyncio.Future[Any] | None = None
         # aiomqtt 2.x never fails pending publishes when the connection drops; without this
         # the window would sit until publish_timeout (30 s) before the session ends
         disconnected: asyncio.Future[None] = client._disconnected
 
         def done(task: asyncio.Task[None], msg: _Message) -> None:
-            inflight.discard(task)
+            inflight.pop(task, None)
             conn.inflight_firsts.difference_update(msg.firsts)
             self.metrics.uplink_inflight.set(len(inflight))
             if not task.cancelled() and task.exception() is not None:
                 failure.append(task.exception())  # type: ignore[arg-type]
-            wake.set()
+                unsent.append(msg)
+            if not wake[0].done():
+                wake[0].set_result(None)
 
         try:
             while True:
+                if disconnected.done():  # the cause, before the publishes it failed
+                    lost = disconnected.exception() if not disconnected.cancelled() else None
+                    code = disconnect_code(lost)
+                    raise aiomqtt.MqttError("connection lost" if lost is None or not code
+                                            else f"connection lost: {lost}")
                 if failure:
                     raise failure[0]
-                if disconnected.done():
-                    raise aiomqtt.MqttError("connection lost")
                 started = False
                 wait_s = 1.0
                 hold_in = self._release_holds(conn, live, loop.time()) if conn.skipped else None
@@ -478,27 +631,28 @@ class Uplink:
                     conn.inflight_firsts.update(msg.firsts)
                     task = asyncio.create_task(self._publish(client, codes, msg, conn),
                                                name=f"uplink.publish[{msg.firsts[0]}]")
-                    inflight.add(task)
+                    inflight[task] = msg
                     task.add_done_callback(functools.partial(done, msg=msg))
                     self.metrics.uplink_inflight.set(len(inflight))
                     started = True
-                wake.clear()
-                changed = asyncio.ensure_future(buffer.changed.wait())
-                woken = asyncio.ensure_future(wake.wait())
-                waits: set[asyncio.Future[Any]] = {changed, woken, disconnected}
+                if wake[0].done():
+                    wake[0] = loop.create_future()
+                if changed is None or changed.done():
+                    changed = asyncio.ensure_future(buffer.changed.wait())
+                waits: set[asyncio.Future[Any]] = {changed, wake[0], disconnected}
                 timeout = None if started else max(0.001, wait_s)
                 if hold_in is not None:
                     timeout = max(0.001, min(hold_in, timeout or hold_in))
-                try:
-                    await asyncio.wait(waits, timeout=timeout,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    changed.cancel()
-                    woken.cancel()
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if buffer.changed.is_set():
                     buffer.changed.clear()
                     live.at_end = False
+        except (aiomqtt.MqttError, OSError, TimeoutError):
+            self._lost_while_sending([*unsent, *inflight.values()])
+            raise
         finally:
+            if changed is not None:
+                changed.cancel()
             for task in list(inflight):
                 task.cancel()
             if inflight:
@@ -576,17 +730,29 @@ class Uplink:
             return None, 1.0
         max_readings = self.cfg.batch.max_readings
         first = pending[0]
+        budget = self._budget(first.device)
+        size = _utf8_len(first.body)
+        if size > budget:
+            del pending[0]
+            return self._split(first, budget, stream), 0.0
         taken = [0]
         total = first.count
+        full = False
         for i in range(1, len(pending)):
             c = pending[i]
             if c.device != first.device:
                 continue
             if total + c.count > max_readings:
+                full = True
+                break
+            nbytes = _utf8_len(c.body)
+            if size + 1 + nbytes > budget:
+                full = True
                 break
             taken.append(i)
             total += c.count
-        if stream.stop is None and total < max_readings and not self._draining:
+            size += 1 + nbytes
+        if stream.stop is None and total < max_readings and not full and not self._draining:
             age = (now_ms() - first.accepted_ms) / 1000
             # a negative age means the wall clock stepped back: send rather than wait on it
             if 0 <= age < self.cfg.batch.max_delay:
@@ -600,32 +766,53 @@ class Uplink:
             stream.pending = [c for i, c in enumerate(pending) if i not in chosen]
         return self._message(picked, stream), 0.0
 
+    def _budget(self, device: str) -> int:
+        """Bytes of readings (JSON items and commas) one message of `device` may carry."""
+        return (max_payload(self._max_bytes, self.topic_for(device), self.cfg.protocol == "5")
+                - len(self._prefix) - len(b"]}"))
+
     def _message(self, chunks: list[Chunk], stream: _Stream) -> _Message:
         body = ",".join(c.body for c in chunks).encode()
         return _Message(topic=self.topic_for(chunks[0].device), device=chunks[0].device,
-                        payload=self._prefix + body + b"]}",
+                        payloads=[self._prefix + body + b"]}"],
                         firsts=[c.first for c in chunks],
                         readings=sum(c.count for c in chunks), stream=stream)
+
+    def _split(self, chunk: Chunk, budget: int, stream: _Stream) -> _Message:
+        """One chunk larger than a message: its readings in parts that fit; a reading
+        that cannot fit on its own is left out (and dropped once the parts are acked)."""
+        items = [i.encode() for i in split_items(chunk.body)]
+        packed = pack([len(i) for i in items], budget)
+        payloads = [self._prefix + b",".join(items[i] for i in part) + b"]}"
+                    for part in packed.parts]
+        return _Message(topic=self.topic_for(chunk.device), device=chunk.device,
+                        payloads=payloads, firsts=[chunk.first],
+                        readings=sum(len(part) for part in packed.parts), stream=stream,
+                        too_large=[chunk.first + i for i in packed.too_large])
 
     async def _publish(self, client: aiomqtt.Client, codes: _PubackCodes, msg: _Message,
                        conn: _Connection) -> None:
         started = time.perf_counter()
         try:
-            await client.publish(msg.topic, msg.payload, qos=1,
-                                 timeout=self.cfg.publish_timeout)
-        except aiomqtt.MqttError as exc:
-            codes.forget()
-            raise aiomqtt.MqttError(f"publish not acknowledged: {exc}") from exc
-        except BaseException:
-            codes.forget()
-            raise
+            for payload in msg.payloads:  # more than one: the parts of a split chunk
+                try:
+                    await client.publish(msg.topic, payload, qos=1,
+                                         timeout=self.cfg.publish_timeout)
+                except aiomqtt.MqttError as exc:
+                    codes.forget()
+                    raise aiomqtt.MqttError(f"publish not acknowledged: {exc}") from exc
+                except BaseException:
+                    codes.forget()
+                    raise
+                if (refusal := codes.refused()) is not None:
+                    self._refused(msg, refusal, conn)  # not delivered: the chunks stay
+                    return
         finally:
             msg.stream.inflight -= 1
-        if (refusal := codes.refused()) is not None:
-            self._refused(msg, refusal, conn)  # not delivered: the chunks stay buffered
-            return
         # acknowledged: the buffer deletes these chunks at its next commit
         self.buffer.ack(msg.firsts)
+        if msg.too_large:
+            self._too_large(msg)
         if self._holds and (hold := self._holds.pop(msg.device, None)) is not None:
             self.log.info("broker accepts this device's publishes again",
                           device=msg.device, topic=msg.topic,
@@ -644,6 +831,30 @@ class Uplink:
             codes.forget()
             raise
         return codes.refused()
+
+    def _lost_while_sending(self, messages: list[_Message]) -> None:
+        """A broker that limits message size without saying so (MQTT 3.1.1) cuts the
+        connection on the same oversized message after every reconnect: name it."""
+        sizes = [(max(map(len, m.payloads), default=0), m.firsts[0]) for m in messages]
+        size, first = max(sizes, default=(0, None))
+        streak = self._lost_with[1] + 1 if first is not None and first == self._lost_with[0] \
+            else 1
+        self._lost_with = (first, streak)
+        if first is not None and streak % 3 == 0:
+            self.log.warning("the connection was lost again while the same message was in "
+                             "flight: if the broker limits message size (MQTT 3.1.1 brokers "
+                             "cannot say so), set uplink.mqtt.max_message_bytes below its "
+                             "size", seq=first, message_bytes=size, losses=streak,
+                             max_message_bytes=self._max_bytes)
+
+    def _too_large(self, msg: _Message) -> None:
+        """Readings that no message can carry: counted and logged by seq, not retried."""
+        self.metrics.buffer_dropped.labels(reason="too_large").inc(len(msg.too_large))
+        self.log.error("readings too large for any message the broker accepts: dropped; "
+                       "check the device's values or raise the broker's maximum packet size "
+                       "(uplink.mqtt.max_message_bytes for MQTT 3.1.1 brokers)",
+                       device=msg.device, topic=msg.topic, dropped=len(msg.too_large),
+                       seqs=seq_ranges(msg.too_large), max_message_bytes=self._max_bytes)
 
     def _refused(self, msg: _Message, reason: str, conn: _Connection) -> None:
         """Hold the device back; the others go on."""

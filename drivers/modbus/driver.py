@@ -33,16 +33,48 @@ class _PollState:
     interrupted: bool = False
 
 
+Codec = RegisterBlock | BitBlock
+CODECS_KEY = ("modbus-codecs",)
+"""Resource-pool key of the decoders shared by every Modbus device of an agent."""
+MAX_SHARED_CODECS = 10_000
+
+
+class Codecs:
+    """Compiled decoders by read, shared by the Modbus devices of one agent.
+
+    Meters of one profile plan equal reads, so they share one decoder per read instead of
+    compiling a closure per register each: at 100 meters x 100 registers that is 3.5 MiB
+    less in tracemalloc and 5.7 MiB less peak RSS (bench/footprint.py). Decoding takes the
+    device name as an argument, nothing per device is kept in here. Lives in the resource
+    pool, so it goes with the last Modbus device.
+    """
+
+    def __init__(self) -> None:
+        self._by_read: dict[Read, Codec] = {}
+
+    def get(self, read: Read) -> Codec:
+        """The decoder of `read`, compiled on first use."""
+        codec = self._by_read.get(read)
+        if codec is None:
+            codec = (BitBlock(read.start, read.points) if read.table in BIT_TABLES
+                     else RegisterBlock(read.start, read.count, read.points))
+            if len(self._by_read) < MAX_SHARED_CODECS:  # re-plans add reads: stay bounded
+                self._by_read[read] = codec
+        return codec
+
+    async def aclose(self) -> None:
+        """Drop the decoders (the last Modbus device left)."""
+        self._by_read.clear()
+
+
 class _Planned:
     """A read with its decoder, ready for the hot path."""
 
     __slots__ = ("codec", "read")
 
-    def __init__(self, read: Read) -> None:
+    def __init__(self, read: Read, codec: Codec) -> None:
         self.read = read
-        self.codec: RegisterBlock | BitBlock = (
-            BitBlock(read.start, read.points) if read.table in BIT_TABLES
-            else RegisterBlock(read.start, read.count, read.points))
+        self.codec = codec
 
 
 class ModbusDriver(PollingDriver):
@@ -63,6 +95,8 @@ class ModbusDriver(PollingDriver):
         """(table, address) -> exception code, for registers the device rejects."""
         self._cuts: set[tuple[str, int]] = set()
         self._plans: dict[tuple[int, ...], list[_Planned]] = {}
+        self._codecs = Codecs()  # its own until open() joins the agent's shared one
+        self._shared = False
         self._warned: set[tuple[str, int]] = set()
         m, dev = ctx.metrics, options.name
         self._m_requests: Counter = m.counter(
@@ -82,6 +116,10 @@ class ModbusDriver(PollingDriver):
 
     async def open(self) -> None:
         """Join the shared bus of this device's port or TCP endpoint."""
+        if not self._shared:
+            self._codecs = await self.ctx.resources.acquire(CODECS_KEY, Codecs)
+            self._shared = True
+            self._plans.clear()  # planned before open: with decoders of its own
         settings = self._settings
         self._bus = await self.ctx.resources.acquire(
             settings.key, lambda: Bus(settings, self.ctx.metrics, self.ctx.log))
@@ -97,6 +135,11 @@ class ModbusDriver(PollingDriver):
         if self._bus is not None:
             self._bus = None
             await self.ctx.resources.release(self._settings.key)
+        if self._shared:
+            self._shared = False
+            self._codecs = Codecs()
+            self._plans.clear()
+            await self.ctx.resources.release(CODECS_KEY)
 
     # -- planning ------------------------------------------------------------------------------
     def _plan(self, due: tuple[int, ...]) -> list[_Planned]:
@@ -105,7 +148,7 @@ class ModbusDriver(PollingDriver):
             pts = [p for p in self._points if p.every in due]
             reads = plan(pts, max_registers=self._max_registers, max_gap=self._max_gap,
                          isolated=self._bad.keys(), cuts=self._cuts)
-            planned = self._plans[due] = [_Planned(r) for r in reads]
+            planned = self._plans[due] = [_Planned(r, self._codecs.get(r)) for r in reads]
         return planned
 
     def plan_now(self) -> list[Read]:
@@ -230,7 +273,7 @@ class ModbusDriver(PollingDriver):
                 out.extend(got)
                 any_good = any_good or ok
                 continue
-            out.extend(_Planned(read).codec.readings(data, self.o.name, ts))  # type: ignore[arg-type]
+            out.extend(self._codecs.get(read).readings(data, self.o.name, ts))  # type: ignore[arg-type]
             any_good = True
         if clean:
             # both halves read fine alone: the hole bridged between them is what was rejected

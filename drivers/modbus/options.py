@@ -138,6 +138,10 @@ class ModbusOptions(DeviceOptions):
                              f"({max_registers})")
         self._points = points
         self._limits = (max_registers, max_gap)
+        # The specs live on in `points()`, resolved and compact; a site with 10,000 inline
+        # registers would otherwise keep 10,000 pydantic models (7.5 MB) alive for nothing.
+        # Equality (what a reload compares) still sees every register through `_points`.
+        self.__dict__["registers"] = []
         return self
 
     def points(self) -> tuple[Point, ...]:

