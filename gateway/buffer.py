@@ -731,18 +731,30 @@ class Buffer:
                            next_seq=s.next_seq, pending=len(self._pending))
 
     # -- drop notices (gateway/notices.py) -----------------------------------------------------
-    async def drop(self, firsts: Sequence[int], reason: str) -> int:
-        """Delete these chunks on purpose (e.g. `too_large`: they can never fit a message).
+    async def record_dropped(self, ranges: Sequence[tuple[int, int]], reason: str) -> None:
+        """Record seqs (inclusive ranges) dropped on purpose for a drop notice, durably.
 
-        Their seqs are recorded for a drop notice in the same transaction, so the platform
-        learns they were dropped, not lost. Returns the readings deleted.
+        For readings that leave the buffer with their chunk's ack but never reach the broker
+        (`too_large`: no message can carry them). Await it before `ack()`: the chunk is
+        deleted only at a later commit, so a crash in between sends the chunk and records
+        its drops again rather than losing the notice.
         """
-        n = int(await self._call(self._on_db, self._store._drop, list(firsts), reason))
-        if n:
-            self.metrics.buffer_dropped.labels(reason=reason).inc(n)
+        if ranges:
+            await self._call(self._on_db, self._in_transaction, notices.record,
+                             [notices.DropRange(f, la, reason) for f, la in ranges])
             self.drops_changed.set()
-            self._update_gauges()
-        return n
+
+    @staticmethod
+    def _in_transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection, T], None],
+                        arg: T) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            fn(db, arg)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
 
     async def pending_drops(self, limit: int) -> list[notices.DropRange]:
         """Up to `limit` dropped seq ranges whose notice the broker has not acknowledged."""
@@ -751,25 +763,13 @@ class Buffer:
 
     async def drops_sent(self, ranges: Sequence[notices.DropRange]) -> None:
         """The broker acknowledged a notice of these ranges: forget them."""
-        await self._call(self._forget_drops, list(ranges))
+        await self._call(self._on_db, self._in_transaction, notices.acknowledged, list(ranges))
 
     def _on_db(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(db, *args)` on the SQLite thread, with the database open now (after recovery)."""
         db = self._store.db
         assert db is not None
         return fn(db, *args)
-
-    def _forget_drops(self, ranges: list[notices.DropRange]) -> None:
-        db = self._store.db
-        assert db is not None
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            notices.acknowledged(db, ranges)
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
 
     async def close(self) -> None:
         """Commit what is pending, then close the database and its thread."""

@@ -809,6 +809,8 @@ class Uplink:
                     return
         finally:
             msg.stream.inflight -= 1
+        if msg.too_large:  # for a drop notice, durably before the ack can delete the chunk
+            await self.buffer.record_dropped(seq_ranges(msg.too_large), "too_large")
         # acknowledged: the buffer deletes these chunks at its next commit
         self.buffer.ack(msg.firsts)
         if msg.too_large:

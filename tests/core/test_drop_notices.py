@@ -134,3 +134,48 @@ def test_kill9_before_the_notice_is_acknowledged_still_delivers_it_after_restart
         assert "Traceback" not in gw.output()
     finally:
         col.close()
+
+
+def test_readings_too_large_for_any_message_are_announced(
+        tmp_path: Path, gateways: list[GatewayProcess]) -> None:
+    """A broker with `max_packet_size 3000` (MQTT 5 says so in CONNACK): a reading larger
+    than that is left out of its chunk's messages and announced as `too_large`."""
+    broker = Mosquitto(extra="max_packet_size 3000").start()
+    col = NoticeCollector(broker.port)
+    try:
+        wait_subscribed(col, broker.port)
+        cfg = base_config(tmp_path, broker.port, [
+            {"name": "small", "driver": "sim", "interval": "100ms", "points": 3,
+             "pattern": "counter"},
+            {"name": "huge", "driver": "sim", "interval": "500ms", "points": 1,
+             "pattern": "counter", "unit": "x" * 3500}],
+            gateway={"id": "gw-big", "site": "s1"})
+        path = write_config(tmp_path / "gw.yaml", cfg)
+        listen = cfg["metrics"]["listen"]
+        gw = GatewayProcess(path).start()
+        gateways.append(gw)
+        key = 'parkgate_buffer_dropped_total{reason="too_large"}'
+        wait_metric(listen, key, lambda v: v >= 3, timeout=30)
+        assert gw.stop() == 0
+        too_large = too_large_in_log(gw)
+        last = buffer_stats(path)["next_seq"] - 1
+        assert col.wait_for(lambda c: max(c.seqs()) == last, 30)
+        assert col.wait_for(lambda c: c.announced() >= too_large, 20), (too_large, col.notices)
+        received = set(col.seqs())
+        assert set(range(1, last + 1)) - received == too_large == col.announced()
+        assert {r["reason"] for _t, n in col.notices for r in n["dropped"]} == {"too_large"}
+        assert stored_drops(path) == set()
+    finally:
+        col.close()
+        broker.close()
+
+
+def too_large_in_log(gw: GatewayProcess) -> set[int]:
+    """The seqs the agent logged as too large for any message."""
+    out: set[int] = set()
+    for line in gw.output().splitlines():
+        if line.startswith("{"):
+            e = json.loads(line)
+            if str(e.get("event", "")).startswith("readings too large"):
+                out.update(s for first, last in e["seqs"] for s in range(first, last + 1))
+    return out
