@@ -362,9 +362,7 @@ class Uplink:
         self._mqtt_log.addHandler(self._last_error)
         self.on_state: Callable[[UplinkState], None] | None = None
         self._holds: dict[str, _Hold] = {}
-        self._notices = NoticeSender(buffer, notice_topic(cfg.topic, gateway.site, gateway.id),
-                                     gateway=gateway.id, site=gateway.site, log=self.log,
-                                     sent=metrics.uplink_drop_notices)
+        self.notice_topic = notice_topic(cfg.topic, gateway.site, gateway.id)
         self._max_bytes = cfg.max_message_bytes
         """The largest PUBLISH packet of this connection (config or the broker's CONNACK)."""
         self._quick_losses = QuickLosses()
@@ -551,8 +549,11 @@ class Uplink:
             if (refusal := codes.refused()) is not None:
                 self.log.warning("broker refused the status message", reason=refusal)
             # drop notices go beside the data, on their own task (gateway/notices.py)
+            sender = NoticeSender(self.buffer, self.notice_topic, gateway=self.gw.id,
+                                  site=self.gw.site, log=self.log,
+                                  sent=self.metrics.uplink_drop_notices)
             notices = asyncio.create_task(
-                self._notices.run(functools.partial(self._publish_notice, client, codes)),
+                sender.run(functools.partial(self._publish_notice, client, codes)),
                 name="uplink.notices")
             try:
                 await self._pump(client, codes)

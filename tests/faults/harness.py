@@ -86,6 +86,8 @@ class SeqCollector:
         if msg.topic.endswith("/status"):
             return
         doc = json.loads(msg.payload)
+        if "readings" not in doc:  # a drop notice shares the depth: told apart by payload
+            return
         readings = doc["readings"]
         seqs = [r["seq"] for r in readings]
         with self._cond:
