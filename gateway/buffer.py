@@ -55,6 +55,9 @@ MAX_PENDING = 500_000
 
 T = TypeVar("T")
 
+_CREATE_PRIVATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+"""Flags for files the buffer creates: new, owner-only (mode 0600), never through a link."""
+
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
@@ -179,6 +182,36 @@ def group_chunks(pending: Sequence[Reading], chunk_max: int) -> list[list[Readin
             for i in range(0, len(readings), chunk_max)]
 
 
+def read_side_file(seq_path: Path, log: FilteringBoundLogger | None = None) -> int:
+    """The seq reservation in `<buffer>.seq` (0 when missing or unreadable)."""
+    try:
+        return int(seq_path.read_text().strip() or 0)
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError) as exc:
+        if log is not None:
+            log.warning("seq reservation file unreadable; trusting the database",
+                        path=str(seq_path), error=str(exc))
+        return 0
+
+
+def resume_seq(db_next: int, reserved: int, *, trust_db: bool) -> int:
+    """The first seq an agent opening the buffer hands out.
+
+    `db_next` is what the database says (its `next_seq`, above its last chunk), `reserved`
+    the side file's reservation. A new (or reset) database knows nothing, and with
+    synchronous=normal a power cut may have rolled back commits already published: then
+    the agent starts above every seq ever reserved (the side file is fsynced before any seq
+    beyond it is issued). Only a database committed with synchronous=full is trusted.
+    """
+    return db_next if trust_db else max(db_next, reserved)
+
+
+def seq_side_path(path: Path) -> Path:
+    """The seq reservation file beside a buffer file."""
+    return path.with_name(path.name + ".seq")
+
+
 class _Corrupt(sqlite3.DatabaseError):
     """The integrity check failed."""
 
@@ -195,7 +228,7 @@ class _Store:
     def __init__(self, cfg: BufferSection, log: FilteringBoundLogger, metrics: Metrics) -> None:
         self.cfg = cfg
         self.path = cfg.path
-        self.seq_path = cfg.path.with_name(cfg.path.name + ".seq")
+        self.seq_path = seq_side_path(cfg.path)
         self.log = log
         self.metrics = metrics
         self.db: sqlite3.Connection | None = None
@@ -225,6 +258,11 @@ class _Store:
 
     def _open_checked(self) -> None:
         fresh = not self.path.exists()
+        if fresh:
+            # SQLite creates files 0644 (less the umask) and its -wal and -shm files copy
+            # the database's mode: create the database owner-only first, outside systemd too
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, _CREATE_PRIVATE, 0o600))
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -248,14 +286,9 @@ class _Store:
         last = db.execute("SELECT MAX(last) FROM chunks").fetchone()[0]
         if last is not None:
             db_next = max(db_next, int(last) + 1)
-        side = self._read_side_file()
-        if fresh or row is None or self.cfg.synchronous == "normal":
-            # A new (or reset) database knows nothing, and with synchronous=normal a power
-            # cut may have rolled back commits already published: start above every seq
-            # ever reserved (the side file is fsynced before any seq beyond it is issued).
-            self.next_seq = max(db_next, side)
-        else:
-            self.next_seq = db_next
+        side = read_side_file(self.seq_path, self.log)
+        self.next_seq = resume_seq(db_next, side, trust_db=not fresh and row is not None
+                                   and self.cfg.synchronous == "full")
         self.reserved = side
         self._reserve(0)
         self.readings, self.chunks, self.bytes, self.oldest_ms = db.execute(
@@ -297,23 +330,19 @@ class _Store:
         self.log.error("buffer file is corrupt or unreadable: moved aside, starting a new one;"
                        " readings in it are not sent", reason=reason, moved_to=str(aside))
 
-    def _read_side_file(self) -> int:
-        try:
-            return int(self.seq_path.read_text().strip() or 0)
-        except FileNotFoundError:
-            return 0
-        except (OSError, ValueError) as exc:
-            self.log.warning("seq reservation file unreadable; trusting the database",
-                             path=str(self.seq_path), error=str(exc))
-            return 0
-
     def _reserve(self, count: int) -> None:
         """Make sure seqs up to next_seq+count are covered by the fsynced side file."""
         if self.next_seq + count <= self.reserved:
             return
         target = self.next_seq + count + SEQ_RESERVE
         tmp = self.seq_path.with_name(self.seq_path.name + ".tmp")
-        with tmp.open("w") as f:
+        # A leftover (a crash between write and rename) or a planted symlink goes first;
+        # unlinking a symlink removes the link, never its target. O_EXCL then refuses
+        # anything created in between instead of writing through it.
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, _CREATE_PRIVATE, 0o600)
+        with os.fdopen(fd, "w") as f:
             f.write(f"{target}\n")
             f.flush()
             os.fsync(f.fileno())

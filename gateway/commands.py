@@ -53,7 +53,13 @@ def _buffer_stats(args: argparse.Namespace) -> int:
     import sqlite3  # noqa: PLC0415
     import time  # noqa: PLC0415
 
-    from gateway.buffer import TOTALS_SQL, file_bytes  # noqa: PLC0415
+    from gateway.buffer import (  # noqa: PLC0415
+        TOTALS_SQL,
+        file_bytes,
+        read_side_file,
+        resume_seq,
+        seq_side_path,
+    )
 
     try:
         loaded = load_config(Path(args.config))
@@ -61,9 +67,14 @@ def _buffer_stats(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
-    path = loaded.config.buffer.path
+    section = loaded.config.buffer
+    path = section.path
+    # the agent starts above the side file's reservation unless it trusts the database:
+    # print the seq it will use, not only what the database says
+    reserved = read_side_file(seq_side_path(path))
     if not path.exists():
-        print(json.dumps({"path": str(path), "exists": False}))
+        print(json.dumps({"path": str(path), "exists": False,
+                          "next_seq": resume_seq(1, reserved, trust_db=False)}))
         return 0
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
@@ -75,7 +86,8 @@ def _buffer_stats(args: argparse.Namespace) -> int:
             db.close()
     except sqlite3.DatabaseError as exc:
         raise ParkgateError(f"cannot read the buffer {path}: {exc}") from None
-    next_seq = max(int(meta[0]) if meta else 1, int(last or 0) + 1)
+    next_seq = resume_seq(max(int(meta[0]) if meta else 1, int(last or 0) + 1), reserved,
+                          trust_db=meta is not None and section.synchronous == "full")
     age = None if oldest is None else round(max(0.0, time.time() - oldest / 1000), 3)
     print(json.dumps({"path": str(path), "rows": rows, "chunks": chunks, "bytes": size,
                       "file_bytes": file_bytes(path), "oldest_age_seconds": age,
@@ -107,7 +119,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seconds", type=float, default=None,
                    help="stop after this long (default: until Ctrl-C)")
     p.add_argument("--config", default=None, metavar="FILE",
-                   help="demo config (default: config/demo.yaml)")
+                   help="demo config (default: the demo.yaml shipped with parkgate)")
     p.set_defaults(handler=_demo)
 
     p = sub.add_parser("buffer", help="inspect the durable buffer")

@@ -384,7 +384,10 @@ MAX_PROBLEMS = 100
 file with 35,000 misspelt keys would cost seconds of did-you-mean searches)."""
 
 
-class _Reporter:
+class Reporter:
+    """Collects `Problem`s for one file: placed by position (found only when needed),
+    secrets masked, at most MAX_PROBLEMS listed."""
+
     def __init__(self, file: str, positions: Callable[[], Positions] | None = None) -> None:
         self.file = file
         self.find_positions = positions
@@ -443,7 +446,8 @@ class _Reporter:
                      key=err["type"] == "extra_forbidden")
 
 
-def _yaml_problem(path: Path, text: str, exc: YamlProblem) -> ConfigProblems:
+def yaml_problem(path: Path, text: str, exc: YamlProblem) -> ConfigProblems:
+    """A YAML syntax or limit error as the one problem of its file."""
     message = exc.message
     lines = text.splitlines()
     if "syntax error" in message and 0 < exc.line <= len(lines) and "${" in lines[exc.line - 1]:
@@ -462,9 +466,9 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
     try:
         doc, _ = load_yaml(text, scalars=subst, positions=False)
     except YamlProblem as exc:
-        raise _yaml_problem(path, text, exc) from None
+        raise yaml_problem(path, text, exc) from None
     # the same structure again, with positions and without reading secrets a second time
-    rep = _Reporter(str(path), lambda: load_yaml(text)[1])
+    rep = Reporter(str(path), lambda: load_yaml(text)[1])
     rep.mask = Masker(subst.secrets)
     if doc is None:
         rep.add((), "the file is empty: start from config/example.yaml")
@@ -495,7 +499,7 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
     return LoadedConfig(config=config, path=path, secrets=frozenset(subst.secrets))
 
 
-def _validate_devices(raw_devices: Any, rep: _Reporter,
+def _validate_devices(raw_devices: Any, rep: Reporter,
                       drivers: Mapping[str, DriverInfo] | None) -> list[DeviceOptions]:
     if not isinstance(raw_devices, list):
         return []  # the top-level validation already reported the wrong type

@@ -26,6 +26,14 @@ from gateway.errors import ParkgateError
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATOR = ROOT / "hardware-in-loop" / "emulators" / "modbus_meter.py"
+INSTALLED_DIR = Path(sys.prefix) / "share" / "parkgate" / "demo"
+"""Where an installed parkgate keeps the demo config and the meter emulator (the wheel's
+data files, see pyproject.toml): a field engineer runs the demo on the gateway itself."""
+
+
+def demo_file(checkout: Path) -> Path:
+    """A demo file from this source checkout, else the installed copy (may not exist)."""
+    return checkout if checkout.exists() else INSTALLED_DIR / checkout.name
 
 
 def _free_port() -> int:
@@ -156,10 +164,11 @@ async def _demo(config: Path, seconds: float | None, broker_url: str, broker_por
 
 def run_demo(seconds: float | None = None, config: Path | None = None) -> int:
     """Start mosquitto and a Modbus meter emulator, run the agent and show what arrives."""
-    config = config or ROOT / "config" / "demo.yaml"
+    config = config or demo_file(ROOT / "config" / "demo.yaml")
     if not config.exists():
-        raise ParkgateError(f"demo config {config} not found: run the demo from a source "
-                            "checkout of parkgate, or pass --config FILE")
+        raise ParkgateError(f"demo config {config} not found: reinstall parkgate (the demo "
+                            "files are part of the package), or pass --config FILE")
+    emulator = demo_file(EMULATOR)
     mosquitto = find_mosquitto()
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="parkgate-demo-") as tmp:
@@ -174,8 +183,8 @@ def run_demo(seconds: float | None = None, config: Path | None = None) -> int:
             procs.append(broker)
             _wait_port(port, broker, "mosquitto")
             modbus_port = _free_port()
-            if EMULATOR.exists():
-                emu = subprocess.Popen([sys.executable, str(EMULATOR), "--profile",  # noqa: S603
+            if emulator.exists():
+                emu = subprocess.Popen([sys.executable, str(emulator), "--profile",  # noqa: S603
                                         "eastron-sdm630", "--tcp", f"127.0.0.1:{modbus_port}",
                                         "--units", "1"], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL, cwd=ROOT)

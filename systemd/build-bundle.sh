@@ -62,7 +62,8 @@ WHEELS=$WORK/wheels
 mkdir -p "$WHEELS" "$WORK/src" "$WORK/sdist" "$WORK/built"
 
 # 1. parkgate itself (pure Python), from a copy so the checkout gets no build/ litter.
-for f in pyproject.toml README.md LICENSE gateway drivers; do
+# config/ and hardware-in-loop/: the profiles and the demo's files, data files of the wheel
+for f in pyproject.toml README.md LICENSE gateway drivers config hardware-in-loop; do
     [ -e "$SOURCE/$f" ] && cp -r "$SOURCE/$f" "$WORK/src/"
 done
 find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +

@@ -264,7 +264,8 @@ if [ -n "$BUNDLE" ]; then
 else
     # Build from a copy: pip would otherwise write build/ and *.egg-info into the checkout.
     mkdir -p "$WORK/src"
-    for f in pyproject.toml README.md LICENSE gateway drivers; do
+    # config/ and hardware-in-loop/: the profiles and the demo's files, data files of the wheel
+for f in pyproject.toml README.md LICENSE gateway drivers config hardware-in-loop; do
         [ -e "$SOURCE/$f" ] && cp -r "$SOURCE/$f" "$WORK/src/"
     done
     find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
@@ -298,6 +299,13 @@ if [ -f "$CONFIG" ]; then
         fi
     fi
     say "kept $CONFIG (new example: $ETC/parkgate.yaml.example)"
+    # Older installs (or an engineer's cp) may have left it world-readable, passwords and
+    # all: only root and the service's group read it from now on.
+    mode=$(stat -c %a "$CONFIG")
+    if [ $((8#$mode & 8#027)) -ne 0 ]; then
+        chmod 0640 "$CONFIG"
+        say "tightened $CONFIG from mode $mode to 0640 (root and group $USER_NAME only): it may hold passwords"
+    fi
 else
     cp "$ETC/parkgate.yaml.example" "$CONFIG"
     chmod 0640 "$CONFIG"
@@ -348,5 +356,18 @@ if use_systemctl; then
     else
         systemctl --root="$R" enable --quiet parkgate.service
     fi
+elif [ "$SYSTEMCTL" != no ]; then
+    # No systemd running here: a chroot, or an SD card image being prepared. Enable the
+    # unit offline all the same, so the image boots into a running gateway; without
+    # systemctl, make the link its [Install] section asks for (WantedBy=multi-user.target).
+    if have systemctl; then
+        systemctl --root="${R:-/}" enable --quiet parkgate.service
+    else
+        install -d -m 0755 "$UNIT_DIR/multi-user.target.wants"
+        ln -sfn /etc/systemd/system/parkgate.service \
+            "$UNIT_DIR/multi-user.target.wants/parkgate.service"
+    fi
+    say "enabled parkgate.service without a running systemd (a chroot or an image):" \
+        "it starts at the next boot"
 fi
 say "done: parkgate $VERSION"

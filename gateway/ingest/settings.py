@@ -1,27 +1,30 @@
 """The ingest's YAML file: the same `FILE:LINE:COL: path: message` problems as the agent's.
 
-The agent's loader (gateway/config.py) validates the agent's model only; this module keeps
-its own small YAML-with-positions reader so the two files evolve apart, and reuses the
-agent's public pieces: `Problem`, `ConfigProblems` and the TLS, metrics and logging sections.
+The model is the ingest's own; the reading is the agent's (gateway/config.py, yamlload.py,
+substitute.py): one bounded YAML reader, one `${...}` substitution, one reporter, so a
+hostile file costs the ingest's `check` no more than the agent's.
 """
 
 from __future__ import annotations
 
-import difflib
-import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from gateway.config import ConfigProblems, LoggingSection, MetricsSection, Problem, TlsSection
+from gateway.config import (
+    LoggingSection,
+    MetricsSection,
+    Reporter,
+    TlsSection,
+    read_config_text,
+    yaml_problem,
+)
+from gateway.redact import Masker
+from gateway.substitute import Substituter
 from gateway.units import Duration
+from gateway.yamlload import YamlProblem, load_yaml
 
 Loc = tuple[str | int, ...]
 INGEST_KEYS = frozenset({"source", "sink"})
@@ -124,159 +127,47 @@ class LoadedIngestConfig:
     secrets: frozenset[str]
 
 
+_TOP_KEY = re.compile(r"^[\"']?(source|sink)[\"']?[ \t]*:", re.MULTILINE)
+
+
 def is_ingest_document(text: str) -> bool:
-    """Whether a YAML text looks like an ingest config (top-level `source:` or `sink:`)."""
-    try:
-        doc = YAML(typ="safe").load(text)
-    except (YAMLError, ValueError):
-        return False
-    return isinstance(doc, dict) and bool(INGEST_KEYS & set(map(str, doc)))
+    """Whether a YAML text looks like an ingest config: a top-level `source:` or `sink:`.
 
-
-def _positions(node: Any, loc: Loc, out: dict[Loc, tuple[int, int]]) -> None:
-    if isinstance(node, CommentedMap):
-        for key in node:
-            kline, kcol = node.lc.key(key)
-            vline, vcol = node.lc.value(key)
-            out[(*loc, str(key), "<key>")] = (kline + 1, kcol + 1)
-            out[(*loc, str(key))] = (vline + 1, vcol + 1)
-            _positions(node[key], (*loc, str(key)), out)
-    elif isinstance(node, CommentedSeq):
-        for i, item in enumerate(node):
-            line, col = node.lc.item(i)
-            out[(*loc, i)] = (line + 1, col + 1)
-            _positions(item, (*loc, i), out)
-
-
-_SUBST = re.compile(r"\$\$|\$\{([^}]*)\}")
-
-
-def _substitute(node: Any, loc: Loc, problems: list[tuple[Loc, str]], secrets: set[str]) -> Any:
-    """${ENV}, ${ENV:-default}, ${file:/path} and `$$`, exactly as in the agent's file."""
-    if isinstance(node, dict):
-        for key in list(node):
-            node[key] = _substitute(node[key], (*loc, str(key)), problems, secrets)
-        return node
-    if isinstance(node, list):
-        for i, item in enumerate(node):
-            node[i] = _substitute(item, (*loc, i), problems, secrets)
-        return node
-    if not isinstance(node, str) or "$" not in node:
-        return node
-
-    def repl(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        expr = m.group(1)
-        if expr.startswith("file:"):
-            try:
-                value = Path(expr[5:]).read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                problems.append((loc, f"cannot read secret file {expr[5:]}: {exc.strerror}"))
-                return ""
-        else:
-            name, _, default = expr.partition(":-")
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-                bad = f"${{{expr}}} is not ${{NAME}}, ${{NAME:-default}} or ${{file:/path}}"
-                problems.append((loc, bad))
-                return ""
-            env = os.environ.get(name)
-            if env is None and ":-" not in expr:
-                problems.append((loc, f"environment variable {name} is not set"))
-                return ""
-            value = env if env is not None else default
-        if value:
-            secrets.add(value)
-        return value
-
-    return _SUBST.sub(repl, node)
-
-
-def _where(positions: Mapping[Loc, tuple[int, int]], loc: Loc, *, key: bool) -> tuple[int, int]:
-    if key and (*loc, "<key>") in positions:
-        return positions[(*loc, "<key>")]
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in positions:
-            return positions[loc[:n]]
-    return (1, 1)
-
-
-def _fields(loc: Loc) -> list[str]:
-    model: Any = IngestConfig
-    for part in loc:
-        info = model.model_fields.get(str(part)) if isinstance(part, str) else None
-        if info is None:
-            return []
-        model = info.annotation
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return []
-    return [f.alias or name for name, f in model.model_fields.items()]
+    A line scan, not a parse: `check` runs it on every file before the agent's bounded
+    loader, so it must cost nothing whatever the file holds (aliases, size).
+    """
+    return _TOP_KEY.search(text) is not None
 
 
 def parse_ingest_config(text: str, path: Path) -> LoadedIngestConfig:
-    """Validate an ingest config; raise `ConfigProblems` listing every problem."""
-    file = str(path)
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
+    """Validate an ingest config; raise `ConfigProblems` listing every problem.
+
+    The agent's loader does the reading: the same bounds on size, aliases and nesting, the
+    same `${...}` substitution (secret files bounded, read once) and the same masking.
+    """
+    subst = Substituter()
     try:
-        doc = yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        what = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise ConfigProblems([Problem(file, line, col, "(yaml)",
-                                      f"YAML syntax error: {what}")]) from None
-    except (YAMLError, ValueError) as exc:
-        raise ConfigProblems([Problem(file, 1, 1, "(yaml)", f"cannot parse YAML: {exc}")]
-                             ) from None
+        doc, _ = load_yaml(text, scalars=subst, positions=False)
+    except YamlProblem as exc:
+        raise yaml_problem(path, text, exc) from None
+    rep = Reporter(str(path), lambda: load_yaml(text)[1])
+    rep.mask = Masker(subst.secrets)
     if not isinstance(doc, dict):
-        raise ConfigProblems([Problem(file, 1, 1, "(top)",
-                                      "the top level must be a mapping with source: and sink:"
-                                      " (see config/ingest.example.yaml)")])
-    positions: dict[Loc, tuple[int, int]] = {}
-    _positions(doc, (), positions)
-    subst: list[tuple[Loc, str]] = []
-    secrets: set[str] = set()
-    _substitute(doc, (), subst, secrets)
-    problems: list[Problem] = []
-
-    def add(loc: Loc, message: str, *, key: bool = False) -> None:
-        line, col = _where(positions, loc, key=key)
-        for secret in secrets:
-            message = message.replace(secret, "***")
-        problems.append(Problem(file, line, col, ".".join(map(str, loc)) or "(top)", message))
-
-    for loc, message in subst:
-        add(loc, message)
+        rep.add((), "the top level must be a mapping with source: and sink: "
+                    "(see config/ingest.example.yaml)")
+        raise rep.result()
+    for loc, message in subst.problems:
+        rep.add(loc, message)
     config: IngestConfig | None = None
     try:
         config = IngestConfig.model_validate(doc)
     except ValidationError as exc:
-        for err in exc.errors(include_url=False, include_input=False):
-            loc = tuple(err["loc"])
-            kind = err["type"]
-            if kind == "extra_forbidden":
-                close = difflib.get_close_matches(str(loc[-1]), _fields(loc[:-1]), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                add(loc, f"unknown key '{loc[-1]}'{hint}", key=True)
-            elif kind == "missing":
-                line, col = _where(positions, loc[:-1], key=True)
-                problems.append(Problem(file, line, col, ".".join(map(str, loc)),
-                                        "required key is missing"))
-            else:
-                add(loc, str(err["msg"]).removeprefix("Value error, "))
-    if problems or config is None:
-        raise ConfigProblems(sorted(problems, key=lambda p: (p.line, p.col)))
-    return LoadedIngestConfig(config, path, frozenset(secrets))
+        rep.add_validation(exc, (), IngestConfig)
+    if rep.problems or config is None:
+        raise rep.result()
+    return LoadedIngestConfig(config, path, frozenset(subst.secrets))
 
 
 def load_ingest_config(path: Path) -> LoadedIngestConfig:
-    """Read and validate the ingest config file at `path`."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigProblems([Problem(str(path), 1, 1, "(file)", "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigProblems([Problem(str(path), 1, 1, "(file)", f"cannot read: {exc}")]
-                             ) from None
-    return parse_ingest_config(text, path)
+    """Read and validate the ingest config file at `path` (bounded as the agent's file)."""
+    return parse_ingest_config(read_config_text(path), path)

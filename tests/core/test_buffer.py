@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gateway import buffer as buffer_module
 from gateway import logs
 from gateway.buffer import Buffer, ChunkEncoder
 from gateway.config import BufferSection
@@ -48,6 +49,15 @@ async def test_seq_assigned_in_order_and_kept_across_reopen(tmp_path: Path) -> N
     assert [i["value"] for i in items if i["device"] == "d1"] == list(range(250))
     chunks = await buf.fetch(0, None, 100)
     assert [c.count for c in chunks] == [100, 100, 50, 30]  # chunk_max 100, one device each
+    stats = await buf.stats()
+    assert (stats.readings, stats.chunks) == (280, 4)
+    assert stats.oldest_age_seconds is not None and 0 <= stats.oldest_age_seconds < 60
+    await asyncio.sleep(0.02)  # at least 10 ms old: seconds, not milliseconds
+    await buf.refresh_gauges()
+    assert 0.01 <= sample(buf, "parkgate_buffer_oldest_age_seconds") < 60
+    # the uplink's reads: a range, and one device's chunks (a re-read after a refusal)
+    assert [c.first for c in await buf.fetch(101, 251, 100)] == [101, 201]
+    assert [(c.device, c.first) for c in await buf.fetch(0, None, 100, "d2")] == [("d2", 251)]
     await buf.close()
 
     again = make(tmp_path / "b.db")
@@ -134,13 +144,21 @@ async def test_corrupt_file_is_moved_aside(tmp_path: Path) -> None:
 
 
 async def test_size_cap_drops_oldest_and_counts(tmp_path: Path) -> None:
-    buf = make(tmp_path / "b.db", max_bytes="64KiB")
+    # chunks of 10 readings (~1 KB): small next to the cap, so the hysteresis shows
+    buf = Buffer(BufferSection(path=tmp_path / "b.db", max_bytes="64KiB"),  # type: ignore[arg-type]
+                 chunk_max=10, metrics=Metrics(), log=logs.get_logger())
     await buf.open()
+    dropped_before = 0.0
     for i in range(20):
         buf.add(readings(100, start=i * 100))
         await buf.flush()
+        size = (await buf.stats()).bytes
+        assert size <= 64 * 1024  # after every commit, not only at the end
+        dropped_now = sample(buf, "parkgate_buffer_dropped_total", reason="max_bytes")
+        if dropped_now > dropped_before:  # hysteresis: down to 95%, not one chunk per commit
+            assert size <= 0.95 * 64 * 1024, (i, size)
+        dropped_before = dropped_now
     stats = await buf.stats()
-    assert stats.bytes <= 64 * 1024
     dropped = sample(buf, "parkgate_buffer_dropped_total", reason="max_bytes")
     assert dropped > 0
     assert stats.readings + dropped == 2000  # every reading is either kept or counted
@@ -194,7 +212,7 @@ def test_encoder_matches_json_and_handles_odd_values() -> None:
     rs = [Reading("d", "m", 1.5, 1, "V"), Reading("d", 'q"x', math.nan, 2),
           Reading("d", "b", True, 3, None, "uncertain"), Reading("d", "s", "héllo", 4),
           Reading("d", "n", None, 5, quality="bad"), Reading("d", "i", -math.inf, 6),
-          Reading("d", "o", b"x", 7)]
+          Reading("d", "o", b"x", 7), Reading("d", "f", False, 8)]
     out = json.loads("[" + ChunkEncoder().encode(10, rs) + "]")
     assert out[0] == {"seq": 10, "device": "d", "metric": "m", "value": 1.5, "unit": "V",
                       "ts": 1, "quality": "good"}
@@ -204,7 +222,8 @@ def test_encoder_matches_json_and_handles_odd_values() -> None:
     assert out[4]["value"] is None
     assert (out[5]["value"], out[5]["quality"]) == (None, "bad")
     assert out[6]["value"] == "b'x'"
-    assert [o["seq"] for o in out] == list(range(10, 17))
+    assert out[7]["value"] is False
+    assert [o["seq"] for o in out] == list(range(10, 18))
 
 
 @pytest.mark.parametrize("synchronous", ["full", "normal"])
@@ -270,4 +289,160 @@ async def test_flush_ends_while_readings_keep_arriving(tmp_path: Path) -> None:
     store.commit = commit  # type: ignore[method-assign]
     await buf.flush()
     assert (await buf.stats()).pending == 0
+    await buf.close()
+
+
+def _mode(path: Path) -> int:
+    return path.lstat().st_mode & 0o777
+
+
+async def test_buffer_files_are_created_owner_only_outside_systemd(tmp_path: Path) -> None:
+    """Readings may be private (meter data, locations): no other user reads the files.
+
+    The umask is cleared so the test proves the buffer sets the mode itself, as it must
+    when an engineer runs `parkgate run` from a shell rather than under the unit's UMask.
+    """
+    import os
+
+    old = os.umask(0)
+    try:
+        buf = make(tmp_path / "b.db")
+        await buf.open()
+        buf.add(readings(10))
+        await buf.flush()
+        files = [tmp_path / n for n in ("b.db", "b.db-wal", "b.db-shm", "b.db.seq")]
+        assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+        await buf.close()
+    finally:
+        os.umask(old)
+
+
+async def test_seq_tmp_file_is_never_written_through_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "b.db.seq.tmp").symlink_to(victim)
+    buf = make(tmp_path / "b.db")
+    await buf.open()
+    buf.add(readings(3))
+    await buf.flush()
+    await buf.close()
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "b.db.seq").is_symlink()
+    assert int((tmp_path / "b.db.seq").read_text()) > 3  # the reservation was written
+    assert _mode(tmp_path / "b.db.seq") == 0o600
+
+
+def _stats_cli(tmp_path: Path, synchronous: str, capsys: pytest.CaptureFixture[str]
+               ) -> dict[str, Any]:
+    from gateway.cli import main
+
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(json.dumps({
+        "gateway": {"id": "gw", "site": "s"},
+        "buffer": {"path": str(tmp_path / "b.db"), "synchronous": synchronous},
+        "uplink": {"mqtt": {"brokers": ["mqtt://127.0.0.1:1"]}},
+        "devices": [{"name": "d1", "driver": "sim"}]}))
+    capsys.readouterr()
+    assert main(["buffer", "stats", "-c", str(cfg)]) == 0
+    doc: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return doc
+
+
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+@pytest.mark.parametrize("deleted", [False, True])
+async def test_buffer_stats_prints_the_next_seq_the_agent_will_use(
+        tmp_path: Path, synchronous: str, deleted: bool,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """With synchronous=normal, or a deleted database, the agent resumes above the `.seq`
+    reservation; `buffer stats` once printed the database's own figure instead."""
+    buf = make(tmp_path / "b.db", synchronous=synchronous)
+    await buf.open()
+    buf.add(readings(5))
+    await buf.flush()
+    await buf.close()
+    if deleted:
+        for name in ("b.db", "b.db-wal", "b.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+    printed = _stats_cli(tmp_path, synchronous, capsys)["next_seq"]
+    agent = make(tmp_path / "b.db", synchronous=synchronous)
+    await agent.open()
+    assert printed == agent.next_seq
+    assert agent.next_seq == (6 if synchronous == "full" and not deleted else 1_000_001)
+    await agent.close()
+
+
+async def test_seq_reservation_always_covers_every_seq_handed_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One commit can hand out more seqs than the margin reserved ahead: the side file
+    must still cover the last of them, or a deleted database would reuse them."""
+    monkeypatch.setattr(buffer_module, "SEQ_RESERVE", 10)
+    buf = make(tmp_path / "b.db", commit_readings=1000)
+    await buf.open()
+    for n in (5, 100, 7):
+        buf.add(readings(n))
+        await buf.flush()
+        reserved = int((tmp_path / "b.db.seq").read_text())
+        assert reserved >= buf.next_seq, (reserved, buf.next_seq)
+    await buf.close()
+
+
+async def test_seq_tmp_file_refuses_a_symlink_planted_after_the_cleanup(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race the flags close: a link planted between removing a leftover and opening."""
+    import os
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    real_open = os.open
+
+    def open_after_a_plant(path: Any, flags: int, mode: int = 0o777) -> int:
+        if str(path).endswith(".seq.tmp"):
+            os.symlink(victim, path)
+        return real_open(path, flags, mode)
+
+    buf = make(tmp_path / "b.db")
+    monkeypatch.setattr(buffer_module.os, "open", open_after_a_plant)
+    with pytest.raises(OSError, match="exists"):
+        await buf.open()  # the first reservation is written at open
+    monkeypatch.undo()
+    assert victim.read_text() == "precious\n"
+    await buf.close()
+
+
+async def test_a_flush_cancelled_while_encoding_keeps_every_reading(tmp_path: Path) -> None:
+    """Shutdown may cancel the commit task mid-encoding: the readings it took go back in
+    front of those still waiting, none lost, none replaced, order kept."""
+    buf = make(tmp_path / "b.db", commit_readings=500)
+    await buf.open()
+    buf.add([r for i in range(4) for r in readings(300, f"d{i}", start=1000 * i)])
+    task = asyncio.create_task(buf.flush())
+    for _ in range(3):  # into the encoding loop, which yields after each chunk
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert buf.unflushed_acks() == set()
+    await buf.flush()
+    items = await all_items(buf)
+    for i in range(4):
+        assert [x["value"] for x in items if x["device"] == f"d{i}"] == \
+            list(range(1000 * i, 1000 * i + 300))
+    assert [x["seq"] for x in items] == list(range(1, 1201))
+    await buf.close()
+
+
+async def test_acks_wait_for_the_next_commit_and_are_reported_until_then(
+        tmp_path: Path) -> None:
+    buf = make(tmp_path / "b.db")
+    await buf.open()
+    assert buf.unflushed_acks() == set()
+    buf.add(readings(150))
+    await buf.flush()
+    firsts = [c.first for c in await buf.fetch(0, None, 10)]
+    buf.ack(firsts[:1])
+    assert buf.unflushed_acks() == {1}
+    await buf.flush()
+    assert buf.unflushed_acks() == set()
+    stats = await buf.stats()
+    assert (stats.readings, stats.chunks) == (50, 1)
     await buf.close()

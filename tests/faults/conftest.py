@@ -19,15 +19,18 @@ def report() -> Callable[[FaultRow], None]:
 
 def _fmt(row: FaultRow) -> list[str]:
     rec = "-" if row.recover_s is None else f"{row.recover_s:.1f}"
+    dups = str(row.duplicates)
+    if row.duplicate_bound is not None:
+        dups += f" (<= {row.duplicate_bound})"
     return [row.fault, str(row.injections), str(row.issued), str(row.lost),
-            str(row.duplicates), rec, row.stayed_up, row.notes]
+            dups, rec, row.stayed_up, row.notes]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The fault table, also with -q."""
     if not ROWS:
         return
-    head = ["fault", "injected", "issued", "lost", "dups", "recover s (max)", "up", "notes"]
+    head = ["fault", "injected", "issued", "lost", "dups (bound)", "recover s (max)", "up", "notes"]
     table = [head, *(_fmt(r) for r in ROWS)]
     widths = [max(len(r[i]) for r in table) for i in range(len(head) - 1)]
     terminalreporter.section("fault injection summary")

@@ -33,6 +33,10 @@ from tests.support import ROOT, GatewayProcess, Mosquitto, base_config, free_por
 
 # --- the subscriber ---------------------------------------------------------------------------
 
+Item = tuple[str, str, Any, int, Any, str]
+"""A reading as it arrived, without its seq: device, metric, value, ts, unit, quality."""
+
+
 @dataclass(slots=True)
 class Arrival:
     """One data message as the subscriber got it."""
@@ -42,6 +46,7 @@ class Arrival:
     seqs: list[int]
     ts: list[int]
     values: list[Any]
+    items: list[Item]
 
 
 class SeqCollector:
@@ -49,16 +54,23 @@ class SeqCollector:
 
     Unlike `tests.support.Collector` it keeps running figures (a set of seqs, duplicates,
     the highest seq) instead of rebuilding lists on every check: at thousands of readings
-    per second the tests poll it often. The session is persistent (clean_session false) so
-    that messages the broker acknowledged while this subscriber was reconnecting (broker
-    restarts) are queued for it, not silently missing from the count.
+    per second the tests poll it often. It keeps the reading each seq first carried: a seq
+    arriving again with another reading (a seq reused) is a conflict, never a duplicate.
+    The session is persistent (clean_session false) so that messages the broker
+    acknowledged while this subscriber was reconnecting (broker restarts) are queued for
+    it, not silently missing from the count.
     """
 
     def __init__(self, port: int, name: str, topic: str = "parkgate/+/+/+") -> None:
         self.topic = topic
         self.seen: set[int] = set()
+        self.first: dict[int, Item] = {}
+        """The reading each seq carried when it first arrived."""
+        self.conflicts: list[tuple[int, Item, Item]] = []
+        """(seq, first reading, other reading): one seq carrying two different readings."""
         self.delivered = 0
         self.duplicates = 0
+        """Readings that arrived again, identical (at-least-once delivery)."""
         self.max_seq = 0
         self.arrivals: list[Arrival] = []
         self.order_violations = 0
@@ -90,20 +102,26 @@ class SeqCollector:
             return
         readings = doc["readings"]
         seqs = [r["seq"] for r in readings]
+        items = [(r["device"], r["metric"], r["value"], r["ts"], r.get("unit"), r["quality"])
+                 for r in readings]
         with self._cond:
             if any(b <= a for a, b in itertools.pairwise(seqs)):
                 self.order_violations += 1
-            for s in seqs:
-                if s in self.seen:
+            for s, item in zip(seqs, items, strict=True):
+                first = self.first.get(s)
+                if first is None:
+                    self.first[s] = item
+                    self.seen.add(s)
+                elif first == item:
                     self.duplicates += 1
                 else:
-                    self.seen.add(s)
+                    self.conflicts.append((s, first, item))
             self.delivered += len(seqs)
             if seqs and seqs[-1] > self.max_seq:
                 self.max_seq = max(seqs)
             self.arrivals.append(Arrival(time.monotonic(), readings[0]["device"] if readings
                                          else "", seqs, [r["ts"] for r in readings],
-                                         [r["value"] for r in readings]))
+                                         [r["value"] for r in readings], items))
             self._cond.notify_all()
 
     def wait_for(self, predicate: Any, timeout: float) -> bool:
@@ -266,19 +284,35 @@ METER_POINTS = 36
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The accounting after a test: what was issued and what never arrived."""
+    """The accounting after a test: what was issued, what never arrived, what came twice."""
 
     next_seq: int
     issued: int
     lost: list[int]
+    duplicates: int
+    duplicate_bound: int
+
+
+def duplicate_bound(cfg: dict[str, Any], redeliveries: int) -> int:
+    """Readings that `redeliveries` broken sessions may deliver twice, and no more.
+
+    Delivery is at least once: a session that ends with publishes awaiting PUBACK (the
+    agent's, or the broker's to the subscriber) sends them again, at most a full window of
+    full batches each. Anything beyond that is a bug (a resend loop, acks not recorded).
+    """
+    mqtt = cfg["uplink"]["mqtt"]
+    return redeliveries * int(mqtt.get("window", 16)) * int(mqtt["batch"]["max_readings"])
 
 
 def finish(agent: Agent, col: SeqCollector, *, first_seq: int = 1,
-           gaps: Iterable[Container[int]] = (), timeout: float = 30.0) -> Outcome:
+           gaps: Iterable[Container[int]] = (), timeout: float = 30.0,
+           redeliveries: int = 0) -> Outcome:
     """Stop the agent gracefully (it drains the buffer) and account for every seq.
 
     Every seq in [first_seq, next_seq) outside `gaps` (jumps the buffer makes on purpose,
-    readings that went with a corrupt file) must have reached the subscriber.
+    readings that went with a corrupt file) must have reached the subscriber; no seq may
+    have carried two different readings; readings delivered twice stay within what
+    `redeliveries` (sessions the fault broke, see `duplicate_bound`) explains.
     """
     if agent.alive():
         code = agent.stop()
@@ -291,7 +325,13 @@ def finish(agent: Agent, col: SeqCollector, *, first_seq: int = 1,
     col.wait_for(lambda c: c.max_seq >= next_seq - 1 and not c.missing(expected[-1000:]),
                  timeout)
     col.wait_for(lambda c: not c.missing(expected), 2.0)
-    return Outcome(next_seq, len(expected), col.missing(expected))
+    assert not col.conflicts, (f"{len(col.conflicts)} seqs carried two different readings, "
+                               f"first (seq, first, then): {col.conflicts[:3]}")
+    bound = duplicate_bound(agent.cfg, redeliveries)
+    assert col.duplicates <= bound, (
+        f"{col.duplicates} readings delivered twice; {redeliveries} broken sessions explain "
+        f"at most {bound}")
+    return Outcome(next_seq, len(expected), col.missing(expected), col.duplicates, bound)
 
 
 # --- a Modbus meter in its own thread -----------------------------------------------------------
@@ -426,6 +466,8 @@ class FaultRow:
     issued: int = 0
     lost: int = 0
     duplicates: int = 0
+    duplicate_bound: int | None = None
+    """What the fault explains (`Outcome.duplicate_bound`); shown beside `duplicates`."""
     recover_s: float | None = None
     stayed_up: str = "yes"
     notes: str = ""

@@ -58,9 +58,11 @@ def test_broker_stopped_paused_and_restarted(tmp_path: Path,
                 assert agent.alive(), agent.output()
         m = agent.metrics()
         reconnects = m.get("parkgate_uplink_reconnects_total", 0)
-        out = finish(agent, col)
+        # each fault ends the agent's session and the subscriber's
+        out = finish(agent, col, redeliveries=2 * faults)
         report(FaultRow("broker stop/SIGSTOP/restart", faults, issued=out.issued,
-                        lost=len(out.lost), duplicates=col.duplicates, recover_s=max(recover),
+                        lost=len(out.lost), duplicates=out.duplicates,
+                        duplicate_bound=out.duplicate_bound, recover_s=max(recover),
                         notes=f"{reconnects:.0f} reconnects"))
         assert not out.lost, f"{len(out.lost)} readings lost, first {out.lost[:10]}"
         assert reconnects >= faults
@@ -96,9 +98,11 @@ def test_broker_that_never_acknowledges(tmp_path: Path,
         m = agent.metrics()
         assert m['parkgate_uplink_broker_info{broker="' + broker.url + '"}'] == 1
         recover = time.monotonic() - t0
-        out = finish(agent, col)
+        # every session with the silent broker ended with a window unacknowledged
+        out = finish(agent, col, redeliveries=silent.connections)
         report(FaultRow("broker never sends PUBACK", silent.connections,
-                        issued=out.issued, lost=len(out.lost), duplicates=col.duplicates,
+                        issued=out.issued, lost=len(out.lost), duplicates=out.duplicates,
+                        duplicate_bound=out.duplicate_bound,
                         recover_s=recover,
                         notes=f"{silent.data_publishes} publishes unanswered, "
                               f"{len(timeouts)} timeouts, then failed over"))
@@ -133,9 +137,10 @@ def test_broker_refusing_publishes_keeps_readings(tmp_path: Path,
         acl.write_text("pattern readwrite parkgate/#\n")
         broker.restart()  # the platform fixes its ACL
         took = col.wait_beyond(0, 20)
-        out = finish(agent, col, timeout=5)
+        out = finish(agent, col, timeout=5, redeliveries=2)  # one restart: both sessions
         report(FaultRow("broker refuses publishes (ACL)", 1, issued=out.issued,
-                        lost=len(out.lost), duplicates=col.duplicates, recover_s=took,
+                        lost=len(out.lost), duplicates=out.duplicates,
+                        duplicate_bound=out.duplicate_bound, recover_s=took,
                         notes=f"{refused:.0f} refused readings counted as published"))
         assert not out.lost, f"{len(out.lost)} readings lost, first {out.lost[:10]}"
     finally:

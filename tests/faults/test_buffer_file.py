@@ -23,11 +23,17 @@ from tests.faults.harness import (
 pytestmark = pytest.mark.faults
 
 
-def _first_new(col: SeqCollector, after: int, old: set[int]) -> int:
-    """The lowest seq first seen after arrival number `after` (the broker may redeliver
-    old messages to the subscriber's persistent session first: those are in `old`)."""
+def _first_new(col: SeqCollector, after: int, since_ms: int) -> int:
+    """The lowest seq of a reading measured at or after `since_ms` (wall clock), among the
+    arrivals after number `after`.
+
+    The broker may redeliver old readings to the subscriber's persistent session first;
+    they were measured before the restart. Telling them apart by their time, not by "seq
+    already seen", keeps a seq reused for a new reading (a restart at 1) in view.
+    """
     time.sleep(0.5)
-    return min(s for a in col.arrivals[after:] for s in a.seqs if s not in old)
+    return min(s for a in col.arrivals[after:] for s, ts in zip(a.seqs, a.ts, strict=True)
+               if ts >= since_ms)
 
 
 def test_buffer_deleted_or_corrupted_while_stopped(tmp_path: Path,
@@ -49,12 +55,12 @@ def test_buffer_deleted_or_corrupted_while_stopped(tmp_path: Path,
         assert col.wait_for(lambda c: c.max_seq >= issued_1 - 1, 10)
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
-        seen_before, arrivals, old = col.max_seq, len(col.arrivals), set(col.seen)
+        seen_before, arrivals, since = col.max_seq, len(col.arrivals), int(time.time() * 1000)
         t0 = time.monotonic()
         agent.start()
         assert col.wait_beyond(seen_before, 20) is not None, agent.output()
         recover.append(time.monotonic() - t0)
-        restart_1 = _first_new(col, arrivals, old)
+        restart_1 = _first_new(col, arrivals, since)
         assert restart_1 > seen_before and restart_1 >= issued_1
         time.sleep(1.0)
 
@@ -73,12 +79,12 @@ def test_buffer_deleted_or_corrupted_while_stopped(tmp_path: Path,
             os.fsync(f.fileno())
         in_file = set(range(restart_1, issued_2)) - col.seen  # unsent: go with the file
         broker.start()
-        seen_before, arrivals, old = col.max_seq, len(col.arrivals), col.seen | in_file
+        seen_before, arrivals, since = col.max_seq, len(col.arrivals), int(time.time() * 1000)
         t0 = time.monotonic()
         agent.start()
         assert col.wait_beyond(seen_before, 20) is not None, agent.output()
         recover.append(time.monotonic() - t0)
-        restart_2 = _first_new(col, arrivals, old)
+        restart_2 = _first_new(col, arrivals, since)
         m = agent.metrics()
         assert m["parkgate_buffer_corruptions_total"] == 1, agent.output()
         assert restart_2 >= issued_2 and restart_2 > seen_before
@@ -89,9 +95,12 @@ def test_buffer_deleted_or_corrupted_while_stopped(tmp_path: Path,
         assert loud, agent.output()
 
         gaps = [range(issued_1, restart_1), range(issued_2, restart_2), in_file]
-        out = finish(agent, col, gaps=gaps)
+        # the agent stopped gracefully twice (drained) and the broker once with readings
+        # in flight to the persistent subscriber
+        out = finish(agent, col, gaps=gaps, redeliveries=1)
         report(FaultRow("buffer deleted / corrupted", 2, issued=out.issued, lost=len(out.lost),
-                        duplicates=col.duplicates, recover_s=max(recover),
+                        duplicates=out.duplicates, duplicate_bound=out.duplicate_bound,
+                        recover_s=max(recover),
                         notes=f"seq jumped {issued_1}->{restart_1}, {issued_2}->{restart_2}; "
                               f"{len(in_file)} unsent readings went with the corrupt file"))
         assert not out.lost, f"{len(out.lost)} readings lost, first {out.lost[:10]}"

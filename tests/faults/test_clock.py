@@ -84,9 +84,10 @@ def test_wall_clock_jumps(tmp_path: Path, report: Callable[[FaultRow], None],
         assert shifted, "no reading carries the jumped clock: libfaketime had no effect"
         gap = max(_max_gap(col, d, jumped_at, back_at) for d in ("fast", "slow"))
         gap_after = max(_max_gap(col, d, back_at, end) for d in ("fast", "slow"))
-        out = finish(agent, col)
+        out = finish(agent, col)  # a clock jump breaks no session: no duplicate
         report(FaultRow(f"wall clock jump {jump}", 2, issued=out.issued, lost=len(out.lost),
-                        duplicates=col.duplicates, recover_s=max(gap, gap_after),
+                        duplicates=out.duplicates, duplicate_bound=out.duplicate_bound,
+                        recover_s=max(gap, gap_after),
                         notes=f"polls/s during the jump: fast {rate:.1f} (want 50), "
                               f"slow {slow_rate:.1f} (want 4); longest delivery gap "
                               f"{gap:.1f}s"))

@@ -58,9 +58,10 @@ def test_kill9_at_random_moments_loses_nothing(tmp_path: Path,
             agent.kill9()
             assert not agent.alive()
             agent.start()
-        out = finish(agent, col)
+        out = finish(agent, col, redeliveries=KILLS)  # each kill ends a session
         row = FaultRow("kill -9 of the agent", KILLS, issued=out.issued, lost=len(out.lost),
-                       duplicates=col.duplicates, recover_s=max(recover),
+                       duplicates=out.duplicates, duplicate_bound=out.duplicate_bound,
+                       recover_s=max(recover),
                        stayed_up=f"restarted {KILLS}x, each came up",
                        notes=f"PUBACKs pending at {inflight_at_kill}/{KILLS} kills; a commit "
                              f"every 20 ms takes {1000 * commit_s / max(commits, 1):.1f} ms")

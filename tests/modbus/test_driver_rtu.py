@@ -49,16 +49,22 @@ async def test_meters_on_one_serial_bus_share_one_port(rig: Rig, line: SerialLin
         await emu.stop()
 
 
-async def poll_loop(d: Any, interval: float, until: float, results: list[bool]) -> None:
-    """Like the supervisor: ticks on the monotonic clock, overruns skip ticks."""
+async def timed_poll_loop(d: Any, interval: float, start: float, until: float,
+                          out: list[tuple[bool, float]]) -> None:
+    """Polls like the supervisor from `start` on, recording (succeeded, seconds it took).
+
+    Ticks on the monotonic clock; a poll that overruns its tick skips the ticks missed.
+    """
     loop = asyncio.get_running_loop()
-    deadline = loop.time()
-    while loop.time() < until:
+    deadline = start
+    await asyncio.sleep(max(0.0, deadline - loop.time()))
+    while deadline < until:
+        t0 = loop.time()
         try:
             await d.poll()
-            results.append(True)
+            out.append((True, loop.time() - t0))
         except TransientError:
-            results.append(False)
+            out.append((False, loop.time() - t0))
         deadline += interval
         now = loop.time()
         if now > deadline:
@@ -67,22 +73,44 @@ async def poll_loop(d: Any, interval: float, until: float, results: list[bool]) 
 
 
 async def test_a_dead_meter_costs_the_bus_only_its_timeout(rig: Rig, line: SerialLine) -> None:
+    """A unit that never answers holds the shared bus for its request timeout, no longer.
+
+    A pty has no baud-rate timing, so counting polls proves little: the live meters' polls
+    are timed directly. Each tick the dead unit asks first and the live meters queue
+    behind it (5 ms later), so each live poll takes the dead unit's hold of the bus plus
+    the live transactions, measured alone beforehand. The interval leaves no slack either:
+    a hold beyond ~1.2x the timeout makes the live polls too long and skips ticks.
+    """
     emu = await serve(line, [1, 2])  # unit 3 is wired but dead
     try:
+        timeout, delay = 0.25, 0.005
         common = {"transport": rtu(line), "profile": "eastron-sdm120", "only": ["voltage",
-                  "current", "power"], "request_timeout": "150ms", "retries": 0}
+                  "current", "power"], "request_timeout": f"{timeout}s", "retries": 0}
         ds = {u: await rig.driver(f"m{u}", unit=u, **common) for u in (1, 2, 3)}
         loop = asyncio.get_running_loop()
-        interval, window = 0.3, 2.4
-        until = loop.time() + window
-        results: dict[int, list[bool]] = {u: [] for u in ds}
-        await asyncio.gather(*(poll_loop(d, interval, until, results[u])
+        own = 0.0  # one live poll alone, the worst of a few
+        for _ in range(4):
+            for u in (1, 2):
+                t0 = loop.time()
+                await ds[u].poll()
+                own = max(own, loop.time() - t0)
+        # the dead unit's hold (at most 1.2x its timeout), then both live meters
+        allowed = 1.2 * timeout + 2 * (own + delay)
+        interval, ticks = allowed, 10
+        start = loop.time() + 0.05
+        until = start + ticks * interval - 0.01
+        results: dict[int, list[tuple[bool, float]]] = {u: [] for u in ds}
+        await asyncio.gather(*(timed_poll_loop(d, interval, start + (0.0 if u == 3 else 0.005),
+                                               until, results[u])
                                for u, d in ds.items()))
-        ticks = round(window / interval)
-        assert not any(results[3])
-        for u in (1, 2):  # the live meters keep their rate and never fail
-            assert all(results[u]), results
-            assert len(results[u]) >= ticks - 1, results
+        assert not any(ok for ok, _ in results[3])
+        for u in (1, 2):  # the live meters keep every tick and never fail
+            assert all(ok for ok, _ in results[u]), results
+            took = max(t for _, t in results[u])
+            assert took <= allowed, (
+                f"m{u}: a poll took {took * 1000:.0f} ms behind a dead unit with a "
+                f"{timeout * 1000:.0f} ms timeout (a live poll alone: {own * 1000:.0f} ms)")
+            assert len(results[u]) == ticks, results
         assert rig.sample("parkgate_modbus_request_errors_total", device="m3",
                           kind="timeout") == len(results[3])
     finally:

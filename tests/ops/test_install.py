@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -200,10 +201,13 @@ def test_reinstall_keeps_config_and_buffer_then_refuses_bad_config_then_rolls_ba
     buffer = root / "var/lib/parkgate/buffer.db"
     buffer.write_bytes(b"not really sqlite, but it must survive\n" * 100)
     before = buffer.read_bytes()
+    conf.chmod(0o644)  # an older install, or an engineer's cp: passwords world-readable
 
     again = install(root, "--from-bundle", bundle)
     assert "kept" in again.stdout
     assert conf.read_text() == edited
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o640
+    assert f"tightened {conf} from mode 644 to 0640" in again.stdout
     assert buffer.read_bytes() == before
     second = venv_target(root)
     assert second != first
@@ -278,3 +282,67 @@ def build_bundle_forced(out: Path) -> Path:
     with tarfile.open(tarball) as tf:
         tf.extractall(out, filter="data")
     return out / tarball.name.removesuffix(".tar.gz")
+
+
+# -- an SD card image prepared in a chroot ---------------------------------------------------
+def _can_chroot() -> bool:
+    return (os.geteuid() == 0 and shutil.which("unshare") is not None
+            and shutil.which("chroot") is not None and Path("/dev/shm").is_dir())
+
+
+class Image:
+    """A copy-on-write image of this machine's root (overlayfs: changes go to a scratch
+    directory) to run commands in with `chroot`, as an image builder does: no systemd
+    runs inside, /dev and /proc are bound in, nothing reaches the real root."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.dirs = {d: scratch / d for d in ("upper", "work", "merged")}
+        for d in self.dirs.values():
+            d.mkdir(parents=True)
+
+    def run(self, script: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        d = self.dirs
+        mount = (f"mount -t overlay overlay -o lowerdir=/,upperdir={d['upper']},"
+                 f"workdir={d['work']} {d['merged']} && mount --rbind /dev {d['merged']}/dev"
+                 f" && mount -t proc proc {d['merged']}/proc"
+                 f' && exec chroot {d["merged"]} /bin/sh -c "$0"')
+        # a private mount namespace: the mounts vanish with it
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               mount, script], capture_output=True, text=True,
+                              timeout=timeout, check=False,
+                              env={**os.environ, "PYTHON": sys.executable})
+
+
+@pytest.fixture
+def image() -> Iterator[Image]:
+    scratch = Path(f"/dev/shm/parkgate-image-{os.getpid()}")  # not below /: no overlap
+    try:
+        yield Image(scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.mark.skipif(not _can_chroot(), reason="needs root, unshare, chroot and /dev/shm")
+def test_image_prepared_in_a_chroot_boots_into_a_running_gateway(bundle: Path,
+                                                                  image: Image) -> None:
+    """The installer run inside a chroot (no systemd running) enables the unit all the
+    same, and `parkgate demo` runs from the installed venv: the package ships its config
+    and the meter emulator, so an engineer can prove the broker path on the gateway."""
+    probe = image.run("test -d /run/systemd/system && echo systemd || echo none")
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount an overlay and chroot here: {probe.stderr.strip()}")
+    assert probe.stdout.strip() == "none", probe.stdout  # what a chroot looks like
+    res = image.run(f"{bundle}/install.sh --python {sys.executable}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "enabled parkgate.service without a running systemd" in res.stdout, res.stdout
+    link = image.run("readlink /etc/systemd/system/multi-user.target.wants/parkgate.service")
+    assert link.stdout.strip() == "/etc/systemd/system/parkgate.service", link
+    demo = image.run("cd / && /opt/parkgate/venv/bin/parkgate demo --seconds 8", timeout=120)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    final = demo.stdout.rsplit("parkgate demo", 1)[-1]
+    counts = {m.group(1): int(m.group(2))
+              for m in re.finditer(r"(?m)^(\S+)\s+(\d+)  ", final)}
+    assert counts.get("line-counter", 0) > 0, demo.stdout[-3000:]
+    assert counts.get("main-meter", 0) > 0, demo.stdout[-3000:]  # the emulator ran
+    arrived = re.search(r"stopped\. (\d+) readings arrived upstream", demo.stdout)
+    assert arrived and int(arrived.group(1)) > 0, demo.stdout[-3000:]

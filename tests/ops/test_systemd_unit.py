@@ -133,3 +133,29 @@ def test_shell_scripts_pass_shellcheck() -> None:
     res = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True,
                          timeout=120, check=False)
     assert res.returncode == 0, res.stdout
+
+
+# The kernel module registering each `char-` group the unit allows (the group names of
+# /proc/devices); None: built into Debian's and Raspberry Pi OS's kernels (8250, PL011).
+GROUP_MODULES = {"ttyUSB": "usbserial", "ttyACM": "cdc_acm", "ttyS": None, "ttyAMA": None}
+
+
+def test_device_groups_resolve_when_the_service_starts() -> None:
+    """`DeviceAllow=char-GROUP` is resolved through /proc/devices at service start; a group
+    whose driver is not loaded yet is silently left out until a restart (an adapter
+    plugged in later would be refused). Each module-provided group must be loaded first:
+    `Wants=` and `After=` its `modprobe@MODULE.service`."""
+    keys: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";")):
+            k, _, v = line.partition("=")
+            keys.setdefault(k.strip(), []).extend(v.split())
+    groups = [v.removeprefix("char-") for v in keys["DeviceAllow"] if v.startswith("char-")]
+    assert groups, keys["DeviceAllow"]
+    for group in groups:
+        assert group in GROUP_MODULES, f"which module registers char-{group}?"
+        module = GROUP_MODULES[group]
+        if module is not None:
+            unit = f"modprobe@{module}.service"
+            assert unit in keys["Wants"], (group, keys["Wants"])
+            assert unit in keys["After"], (group, keys["After"])
