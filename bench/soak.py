@@ -60,7 +60,10 @@ class Counter:
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
         if msg.topic.endswith("/status"):
             return
-        seqs = [r["seq"] for r in json.loads(msg.payload)["readings"]]
+        doc = json.loads(msg.payload)
+        if "readings" not in doc:  # a drop notice shares the depth: told apart by payload
+            return
+        seqs = [r["seq"] for r in doc["readings"]]
         with self.lock:
             for s in seqs:
                 if s >= len(self.bits):

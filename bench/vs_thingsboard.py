@@ -129,8 +129,10 @@ class Subscriber:
             counts = [(int(e.get("ts", time.time() * 1000)), len(e["values"]))
                       for entries in doc.values()
                       for e in (entries if isinstance(entries, list) else [entries])]
-        else:
+        elif "readings" in doc:  # not a drop notice (same topic depth, told apart by payload)
             counts = [(r["ts"], 1) for r in doc["readings"]]
+        else:
+            return
         now = time.monotonic()
         with self.lock:
             if self.first_at is None:

@@ -34,12 +34,13 @@ from typing import Any, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
+from gateway import notices
 from gateway.config import BufferSection
 from gateway.errors import FatalError
 from gateway.metrics import Metrics
 from gateway.model import Reading, now_ms
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SEQ_RESERVE = 1_000_000
 """How far above the next seq the side file reserves; one fsync per this many readings."""
 TOTALS_SQL = ("SELECT COALESCE(SUM(last-first+1),0), COUNT(*), COALESCE(SUM(LENGTH(body)),0),"
@@ -310,6 +311,8 @@ class _Store:
                            " accepted INTEGER NOT NULL, body TEXT NOT NULL)")
                 db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY,"
                            " value INTEGER NOT NULL)")
+            if version < 2:  # seqs dropped on purpose, until their notice is acknowledged
+                notices.create_table(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
@@ -435,7 +438,7 @@ class _Store:
             if self.oldest_ms < cutoff:
                 firsts = [r[0] for r in db.execute(
                     "SELECT first FROM chunks WHERE accepted < ? ORDER BY first", (cutoff,))]
-                dropped["max_age"] = self._drop(db, firsts)
+                dropped["max_age"] = self._drop(db, firsts, "max_age")
         if self.bytes > max_bytes:
             excess = self.bytes - int(max_bytes * 0.95)  # hysteresis: not one chunk per commit
             firsts, total = [], 0
@@ -444,14 +447,17 @@ class _Store:
                 total += size
                 if total >= excess:
                     break
-            dropped["max_bytes"] = self._drop(db, firsts)
+            dropped["max_bytes"] = self._drop(db, firsts, "max_bytes")
         return {k: v for k, v in dropped.items() if v}
 
-    def _drop(self, db: sqlite3.Connection, firsts: list[int]) -> int:
+    def _drop(self, db: sqlite3.Connection, firsts: list[int], reason: str) -> int:
+        """Delete chunks and record their seqs for a drop notice, in one transaction."""
         if not firsts:
             return 0
         db.execute("BEGIN IMMEDIATE")
         try:
+            notices.record(db, [notices.DropRange(f, la, reason)
+                                for f, la in notices.chunk_ranges(db, firsts)])
             n, b, c = self._delete(db, firsts)
             db.execute("COMMIT")
         except BaseException:
@@ -534,6 +540,8 @@ class Buffer:
         """Set after every commit that added readings; the uplink clears it."""
         self.is_open = False
         self._write_failures = 0
+        self.drops_changed = asyncio.Event()
+        """Set when seqs were dropped on purpose (a drop notice to send); the uplink clears it."""
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -712,6 +720,8 @@ class Buffer:
             dropped = {}
             self.metrics.buffer_write_errors.inc()
             self.log.error("buffer could not drop old readings; will retry", error=str(exc))
+        if dropped:
+            self.drops_changed.set()
         for reason, n in dropped.items():
             self.metrics.buffer_dropped.labels(reason=reason).inc(n)
             self.log.warning("buffer over its limit: dropped the oldest readings",
@@ -758,6 +768,47 @@ class Buffer:
                            oldest_age_seconds=None if s.oldest_ms is None
                            else max(0.0, (now_ms() - s.oldest_ms) / 1000),
                            next_seq=s.next_seq, pending=len(self._pending))
+
+    # -- drop notices (gateway/notices.py) -----------------------------------------------------
+    async def record_dropped(self, ranges: Sequence[tuple[int, int]], reason: str) -> None:
+        """Record seqs (inclusive ranges) dropped on purpose for a drop notice, durably.
+
+        For readings that leave the buffer with their chunk's ack but never reach the broker
+        (`too_large`: no message can carry them). Await it before `ack()`: the chunk is
+        deleted only at a later commit, so a crash in between sends the chunk and records
+        its drops again rather than losing the notice.
+        """
+        if ranges:
+            await self._call(self._on_db, self._in_transaction, notices.record,
+                             [notices.DropRange(f, la, reason) for f, la in ranges])
+            self.drops_changed.set()
+
+    @staticmethod
+    def _in_transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection, T], None],
+                        arg: T) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            fn(db, arg)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+
+    async def pending_drops(self, limit: int) -> list[notices.DropRange]:
+        """Up to `limit` dropped seq ranges whose notice the broker has not acknowledged."""
+        ranges: list[notices.DropRange] = await self._call(self._on_db, notices.pending, limit)
+        return ranges
+
+    async def drops_sent(self, ranges: Sequence[notices.DropRange]) -> None:
+        """The broker acknowledged a notice of these ranges: forget them."""
+        await self._call(self._on_db, self._in_transaction, notices.acknowledged, list(ranges))
+
+    def _on_db(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(db, *args)` on the SQLite thread, with the database open now (after recovery)."""
+        db = self._store.db
+        assert db is not None
+        return fn(db, *args)
 
     async def close(self) -> None:
         """Commit what is pending, then close the database and its thread."""

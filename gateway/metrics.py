@@ -91,6 +91,9 @@ class Metrics:
             "(suspected: repeated losses right after connecting)", ["evidence"], registry=r)
         self.uplink_latency = Histogram(f"{PREFIX}uplink_publish_latency_seconds",
                                         "Publish to PUBACK", buckets=LATENCY_BUCKETS, registry=r)
+        self.uplink_drop_notices = Counter(
+            f"{PREFIX}uplink_drop_notices",
+            "Drop notices (seq ranges dropped on purpose) acknowledged by the broker", registry=r)
         self.uplink_inflight = Gauge(f"{PREFIX}uplink_inflight_messages",
                                      "Publishes waiting for PUBACK", registry=r)
         # agent

@@ -77,6 +77,7 @@ from gateway.buffer import Buffer, Chunk
 from gateway.config import GatewaySection, MqttSection
 from gateway.metrics import Metrics
 from gateway.model import now_ms
+from gateway.notices import NoticeSender, notice_topic
 from gateway.reconnect import PROBE_TIMEOUT, STABLE_S, Reconnect
 from gateway.session import (
     QuickLosses,
@@ -361,6 +362,7 @@ class Uplink:
         self._mqtt_log.addHandler(self._last_error)
         self.on_state: Callable[[UplinkState], None] | None = None
         self._holds: dict[str, _Hold] = {}
+        self.notice_topic = notice_topic(cfg.topic, gateway.site, gateway.id)
         self._max_bytes = cfg.max_message_bytes
         """The largest PUBLISH packet of this connection (config or the broker's CONNACK)."""
         self._quick_losses = QuickLosses()
@@ -546,9 +548,18 @@ class Uplink:
                                  retain=True, timeout=self.cfg.publish_timeout)
             if (refusal := codes.refused()) is not None:
                 self.log.warning("broker refused the status message", reason=refusal)
+            # drop notices go beside the data, on their own task (gateway/notices.py)
+            sender = NoticeSender(self.buffer, self.notice_topic, gateway=self.gw.id,
+                                  site=self.gw.site, log=self.log,
+                                  sent=self.metrics.uplink_drop_notices)
+            notices = asyncio.create_task(
+                sender.run(functools.partial(self._publish_notice, client, codes)),
+                name="uplink.notices")
             try:
                 await self._pump(client, codes)
             finally:
+                notices.cancel()
+                await asyncio.gather(notices, return_exceptions=True)
                 if self._draining:
                     with contextlib.suppress(Exception):
                         await client.publish(self.status_topic,
@@ -799,6 +810,8 @@ class Uplink:
                     return
         finally:
             msg.stream.inflight -= 1
+        if msg.too_large:  # for a drop notice, durably before the ack can delete the chunk
+            await self.buffer.record_dropped(seq_ranges(msg.too_large), "too_large")
         # acknowledged: the buffer deletes these chunks at its next commit
         self.buffer.ack(msg.firsts)
         if msg.too_large:
@@ -811,6 +824,16 @@ class Uplink:
         self.metrics.uplink_published.inc(msg.readings)
         self.metrics.uplink_messages.inc()
         self.state.published += msg.readings
+
+    async def _publish_notice(self, client: aiomqtt.Client, codes: _PubackCodes, topic: str,
+                              payload: bytes) -> str | None:
+        """Publish a drop notice QoS 1; None once acknowledged, else the broker's refusal."""
+        try:
+            await client.publish(topic, payload, qos=1, timeout=self.cfg.publish_timeout)
+        except BaseException:
+            codes.forget()
+            raise
+        return codes.refused()
 
     def _lost_while_sending(self, messages: list[_Message]) -> None:
         """A broker that limits message size without saying so (MQTT 3.1.1) cuts the

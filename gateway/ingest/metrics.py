@@ -39,7 +39,8 @@ class IngestMetrics:
                              " that the agent did not announce as dropped", ["gateway"],
                              registry=r)
         self.dropped = Gauge(f"{P}dropped_readings", "Readings the agent announced as "
-                             "dropped by its buffer policy", ["gateway"], registry=r)
+                             "dropped by its buffer policy and that never arrived",
+                             ["gateway"], registry=r)
         self.online = Gauge(f"{P}gateway_online", "Last status message: 1 online, 0 offline",
                             ["gateway"], registry=r)
         self.broker_connected = Gauge(f"{P}broker_connected", "1 while subscribed",

@@ -52,7 +52,8 @@ class GatewayState:
     last_seq: int
     assessment: Assessment
     dropped: int
-    """Readings the agent announced as dropped by policy (all time)."""
+    """Readings the agent announced as dropped by policy and that never arrived (all time;
+    a seq both announced and received counts as received)."""
 
 
 class Sink:
@@ -166,8 +167,29 @@ class Sink:
                 WHERE d.last >= p.checked_from""").format(d=t.dropped, p=t.progress))
             for gateway, first, last in await cur.fetchall():
                 dropped.setdefault(str(gateway), []).append((int(first), int(last)))
-            await cur.execute(sql.SQL("SELECT gateway, sum(last - first + 1) FROM {d}"
-                                      " GROUP BY gateway").format(d=t.dropped))
+            # announced seqs that never arrived: the union of the announced ranges (an agent
+            # may announce a range twice, or in other pieces, after a lost PUBACK) minus the
+            # rows stored in it (a publish on its way when the agent's buffer dropped the
+            # chunk still arrives: received, not dropped)
+            await cur.execute(sql.SQL("""
+                WITH o AS (
+                    SELECT gateway, first, last,
+                           max(last) OVER (PARTITION BY gateway ORDER BY first, last
+                                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+                                           ) AS reach
+                    FROM {d}),
+                g AS (
+                    SELECT gateway, first, last,
+                           count(*) FILTER (WHERE reach IS NULL OR first > reach + 1)
+                               OVER (PARTITION BY gateway ORDER BY first, last
+                                     ROWS UNBOUNDED PRECEDING) AS island
+                    FROM o),
+                m AS (SELECT gateway, min(first) AS first, max(last) AS last
+                      FROM g GROUP BY gateway, island)
+                SELECT m.gateway, sum(m.last - m.first + 1 - (
+                    SELECT count(*) FROM {r} r
+                    WHERE r.gateway = m.gateway AND r.seq BETWEEN m.first AND m.last))
+                FROM m GROUP BY m.gateway""").format(d=t.dropped, r=t.readings))
             for gateway, count in await cur.fetchall():
                 dropped_total[str(gateway)] = int(count)
             states = [GatewayState(g, top, assess(holes.get(g, []), dropped.get(g, []), top,

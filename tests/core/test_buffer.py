@@ -237,7 +237,7 @@ async def test_wal_mode_and_schema_version(tmp_path: Path, synchronous: str) -> 
     db = sqlite3.connect(tmp_path / "b.db")
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     finally:
         db.close()
     await buf.close()

@@ -98,6 +98,8 @@ class SeqCollector:
         if msg.topic.endswith("/status"):
             return
         doc = json.loads(msg.payload)
+        if "readings" not in doc:  # a drop notice shares the depth: told apart by payload
+            return
         readings = doc["readings"]
         seqs = [r["seq"] for r in readings]
         items = [(r["device"], r["metric"], r["value"], r["ts"], r.get("unit"), r["quality"])

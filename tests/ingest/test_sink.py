@@ -99,3 +99,22 @@ async def test_gap_check_finds_holes_minus_drops_and_advances(pg: Pg) -> None:
     assert states[0].assessment.missing == [] and states[0].dropped == 9
     assert pg.query("SELECT checked_from FROM {s}.readings_progress") == [(30,)]
     await s.close()
+
+
+async def test_a_seq_both_announced_and_received_counts_as_received(pg: Pg) -> None:
+    # the agent's buffer dropped 1-100 while the publish of 1-10 was on its way: the notice
+    # announces 1-100, the readings 1-10 arrive too; an announcement repeated in other
+    # pieces (a lost PUBACK, ranges coalesced since) is counted once
+    s = await sink(pg)
+    await s.write(Batch(rows=rows("gw", [*range(1, 11), *range(101, 121)]),
+                        drops=[("gw", 1, 100, "max_bytes"), ("gw", 1, 50, "max_bytes"),
+                               ("gw", 51, 100, "max_bytes"), ("gw", 110, 112, "max_age"),
+                               ("gw", 130, 131, "max_age")]))
+    await s.write(Batch(rows=rows("gw", [*range(121, 130), 132])))
+    (state,) = await s.check_gaps(after=0.0)
+    assert state.assessment.missing == []
+    assert state.dropped == 90 + 2  # 11-100 and 130-131; 110-112 arrived
+    await s.write(Batch(rows=rows("other", range(1, 3)), drops=[("other", 5, 6, "max_age")]))
+    states = await s.check_gaps(after=0.0)
+    assert [(st.gateway, st.dropped) for st in states] == [("gw", 92), ("other", 2)]
+    await s.close()
