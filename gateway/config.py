@@ -456,20 +456,28 @@ def yaml_problem(path: Path, text: str, exc: YamlProblem) -> ConfigProblems:
     return ConfigProblems([Problem(str(path), exc.line, exc.col, "(yaml)", message)])
 
 
+def read_document(text: str, path: Path) -> tuple[Any, Reporter, Substituter]:
+    """Parse a config text, bounded, with `${...}` substituted: the document, a reporter
+    that places problems and masks the secrets, and the substituter (its problems, secrets)."""
+    subst = Substituter()
+    try:
+        doc, _ = load_yaml(text, scalars=subst, positions=False)
+    except YamlProblem as exc:
+        raise yaml_problem(path, text, exc) from None
+    # the same structure again, with positions and without reading secrets a second time,
+    # only when a problem needs placing
+    rep = Reporter(str(path), lambda: load_yaml(text)[1])
+    rep.mask = Masker(subst.secrets)
+    return doc, rep, subst
+
+
 def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None = None
                  ) -> LoadedConfig:
     """Validate config `text` (read from `path`); raise `ConfigProblems` listing everything."""
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigProblems([Problem(str(path), 1, 1, "(file)", f"larger than "
                                       f"{MAX_CONFIG_BYTES // 2**20} MiB: not a config file?")])
-    subst = Substituter()
-    try:
-        doc, _ = load_yaml(text, scalars=subst, positions=False)
-    except YamlProblem as exc:
-        raise yaml_problem(path, text, exc) from None
-    # the same structure again, with positions and without reading secrets a second time
-    rep = Reporter(str(path), lambda: load_yaml(text)[1])
-    rep.mask = Masker(subst.secrets)
+    doc, rep, subst = read_document(text, path)
     if doc is None:
         rep.add((), "the file is empty: start from config/example.yaml")
         raise ConfigProblems(rep.problems)

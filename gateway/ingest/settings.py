@@ -16,15 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from gateway.config import (
     LoggingSection,
     MetricsSection,
-    Reporter,
     TlsSection,
     read_config_text,
-    yaml_problem,
+    read_document,
 )
-from gateway.redact import Masker
-from gateway.substitute import Substituter
 from gateway.units import Duration
-from gateway.yamlload import YamlProblem, load_yaml
 
 Loc = tuple[str | int, ...]
 INGEST_KEYS = frozenset({"source", "sink"})
@@ -145,13 +141,7 @@ def parse_ingest_config(text: str, path: Path) -> LoadedIngestConfig:
     The agent's loader does the reading: the same bounds on size, aliases and nesting, the
     same `${...}` substitution (secret files bounded, read once) and the same masking.
     """
-    subst = Substituter()
-    try:
-        doc, _ = load_yaml(text, scalars=subst, positions=False)
-    except YamlProblem as exc:
-        raise yaml_problem(path, text, exc) from None
-    rep = Reporter(str(path), lambda: load_yaml(text)[1])
-    rep.mask = Masker(subst.secrets)
+    doc, rep, subst = read_document(text, path)
     if not isinstance(doc, dict):
         rep.add((), "the top level must be a mapping with source: and sink: "
                     "(see config/ingest.example.yaml)")
