@@ -265,7 +265,7 @@ else
     # Build from a copy: pip would otherwise write build/ and *.egg-info into the checkout.
     mkdir -p "$WORK/src"
     # config/ and hardware-in-loop/: the profiles and the demo's files, data files of the wheel
-for f in pyproject.toml README.md LICENSE gateway drivers config hardware-in-loop; do
+    for f in pyproject.toml README.md LICENSE gateway drivers config hardware-in-loop; do
         [ -e "$SOURCE/$f" ] && cp -r "$SOURCE/$f" "$WORK/src/"
     done
     find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
