@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -334,3 +335,16 @@ def metric_value(metrics: Metrics, name: str, **labels: str) -> float:
     """Current value of a metric sample, 0 if absent."""
     value = metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One MQTT control packet from a scripted broker's stream: its first byte and body."""
+    head = (await reader.readexactly(1))[0]
+    length, mult = 0, 1
+    while True:
+        b = (await reader.readexactly(1))[0]
+        length += (b & 0x7F) * mult
+        mult *= 128
+        if not b & 0x80:
+            break
+    return head, await reader.readexactly(length)

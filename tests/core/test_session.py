@@ -29,6 +29,7 @@ from tests.support import (
     Mosquitto,
     base_config,
     free_port,
+    read_packet,
     scrape,
     wait_metric,
     write_config,
@@ -113,15 +114,7 @@ class TakeoverBroker:
         kick = self.loop.call_later(self.after, lambda: writer.write(b"\xe0\x01\x8e"))
         try:
             while True:
-                head = (await reader.readexactly(1))[0]
-                length, mult = 0, 1
-                while True:
-                    b = (await reader.readexactly(1))[0]
-                    length += (b & 0x7F) * mult
-                    mult *= 128
-                    if not b & 0x80:
-                        break
-                body = await reader.readexactly(length)
+                head, body = await read_packet(reader)
                 kind = head >> 4
                 if kind == 1:  # CONNECT
                     writer.write(b"\x20\x03\x00\x00\x00")

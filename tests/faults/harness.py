@@ -29,7 +29,15 @@ from typing import Any
 import paho.mqtt.client as paho
 from emulators.modbus_meter import MeterEmulator
 
-from tests.support import ROOT, GatewayProcess, Mosquitto, base_config, free_port, write_config
+from tests.support import (
+    ROOT,
+    GatewayProcess,
+    Mosquitto,
+    base_config,
+    free_port,
+    read_packet,
+    write_config,
+)
 
 # --- the subscriber ---------------------------------------------------------------------------
 
@@ -407,21 +415,13 @@ class SilentBroker:
         v5 = False
         try:
             while True:
-                head = await reader.readexactly(1)
-                length, mult = 0, 1
-                while True:
-                    b = (await reader.readexactly(1))[0]
-                    length += (b & 0x7F) * mult
-                    mult *= 128
-                    if not b & 0x80:
-                        break
-                body = await reader.readexactly(length)
-                kind = head[0] >> 4
+                head, body = await read_packet(reader)
+                kind = head >> 4
                 if kind == 1:  # CONNECT: protocol name (2+4 bytes), then the level
                     v5 = body[6] == 5
                     writer.write(b"\x20\x03\x00\x00\x00" if v5 else b"\x20\x02\x00\x00")
                 elif kind == 3:  # PUBLISH
-                    qos = (head[0] >> 1) & 3
+                    qos = (head >> 1) & 3
                     tlen = int.from_bytes(body[:2], "big")
                     topic = body[2:2 + tlen].decode()
                     if qos and topic.endswith("/status"):
