@@ -66,16 +66,23 @@ def stored_drops(cfg: Path) -> set[int]:
         db.close()
 
 
+def start_flowing(tmp: Path, broker: Mosquitto, col: NoticeCollector,
+                  gateways: list[GatewayProcess]) -> tuple[Path, str, GatewayProcess]:
+    """An agent under a 64 KiB cap whose readings reach `col`: its config, listen, process."""
+    wait_subscribed(col, broker.port)
+    cfg = agent_config(tmp, broker.port)
+    listen = yaml.safe_load(cfg.read_text())["metrics"]["listen"]
+    gw = GatewayProcess(cfg).start()
+    gateways.append(gw)
+    assert col.wait_for(lambda c: len(c.seqs()) >= 200, 30), gw.output()[-2000:]
+    return cfg, listen, gw
+
+
 def test_a_frozen_broker_and_a_size_cap_give_a_notice_of_exactly_the_missing_seqs(
         tmp_path: Path, broker: Mosquitto, gateways: list[GatewayProcess]) -> None:
     col = NoticeCollector(broker.port)
     try:
-        wait_subscribed(col, broker.port)
-        cfg = agent_config(tmp_path, broker.port)
-        listen = yaml.safe_load(cfg.read_text())["metrics"]["listen"]
-        gw = GatewayProcess(cfg).start()
-        gateways.append(gw)
-        assert col.wait_for(lambda c: len(c.seqs()) >= 200, 30), gw.output()[-2000:]
+        cfg, listen, gw = start_flowing(tmp_path, broker, col, gateways)
         broker.pause()  # the agent buffers, reaches 64 KiB and drops its oldest readings
         wait_metric(listen, DROPPED, lambda v: v >= 1000, timeout=60)
         broker.resume()
@@ -112,12 +119,7 @@ def test_kill9_before_the_notice_is_acknowledged_still_delivers_it_after_restart
         tmp_path: Path, broker: Mosquitto, gateways: list[GatewayProcess]) -> None:
     col = NoticeCollector(broker.port)
     try:
-        wait_subscribed(col, broker.port)
-        cfg = agent_config(tmp_path, broker.port)
-        listen = yaml.safe_load(cfg.read_text())["metrics"]["listen"]
-        gw = GatewayProcess(cfg).start()
-        gateways.append(gw)
-        assert col.wait_for(lambda c: len(c.seqs()) >= 200, 30), gw.output()[-2000:]
+        cfg, listen, gw = start_flowing(tmp_path, broker, col, gateways)
         broker.stop()  # no PUBACK can come: the drops wait in the buffer file
         wait_metric(listen, DROPPED, lambda v: v >= 500, timeout=60)
         gw.kill()  # SIGKILL between the drop and its notice's PUBACK
