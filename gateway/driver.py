@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from structlog.typing import FilteringBoundLogger
 
-from gateway.model import Reading, now_ms
+from gateway.errors import WriteRefused
+from gateway.model import Reading, Value, now_ms
 from gateway.units import Duration
 
 if TYPE_CHECKING:
@@ -157,6 +158,54 @@ class StreamingDriver(Driver):
     @abc.abstractmethod
     async def run(self, emit: Emit) -> None:
         """Push readings through `emit` until cancelled; raise to be restarted."""
+
+
+class WriteLimits(StrictModel):
+    """A point's `write:` block. A point without one cannot be written, whatever is asked.
+
+    The core checks these before a driver is called (see `Commandable`); a driver adds only
+    what its encoding needs (a value that does not fit the register type is refused there).
+    """
+
+    min: float | None = Field(default=None, description="Smallest value accepted.")
+    max: float | None = Field(default=None, description="Largest value accepted.")
+    values: tuple[Value, ...] | None = Field(
+        default=None, description="The only values accepted (instead of min/max).")
+    min_interval: Duration | None = Field(
+        default=None, gt=0, description="Least time between two writes to this point.")
+    verify: bool | None = Field(
+        default=None, description="Read back after writing; default: on where readable.")
+
+
+class Commandable:
+    """What a driver implements (next to `PollingDriver`/`StreamingDriver`) to take commands.
+
+    The command path (gateway side) owns authentication, expiry, de-duplication, limits,
+    `min_interval`, one-command-at-a-time per device and the audit; a driver only does
+    the device I/O. Errors map to reply statuses: `WriteRefused` -> `refused`;
+    `DeviceRejected`, `VerifyFailed`, `TransientError`, `TimeoutError` -> `failed`.
+    """
+
+    def writable(self) -> Mapping[str, WriteLimits]:
+        """Points that accept writes, by name, with their `write:` block (from the YAML)."""
+        return {}
+
+    async def write(self, point: str, value: Value) -> Value | None:
+        """Encode `value` with the point's own type, order, scale and offset and write it.
+
+        When the point's `verify` is on (default where the point can be read), read it back,
+        raise `VerifyFailed` if the device holds something else, and return the value read;
+        otherwise return None. Only called for points in `writable()`, within limits.
+        """
+        raise WriteRefused(f"{point}: this device takes no writes")
+
+    async def read_point(self, point: str) -> Reading:
+        """Read one point now (action `read`); `WriteRefused` for an unknown point."""
+        raise WriteRefused(f"{point}: this device cannot read a single point on demand")
+
+    async def sync_time(self) -> None:
+        """Set the device's clock to the gateway's (action `sync_time`)."""
+        raise WriteRefused("this device has no clock to set")
 
 
 @dataclass(frozen=True, slots=True)

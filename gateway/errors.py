@@ -52,3 +52,31 @@ class ProtocolError(TransientError):
     """The device answered something that does not parse (bad CRC, bad checksum, noise)."""
 
     kind = "protocol"
+
+
+class WriteRefused(ParkgateError):
+    """A command the agent will not carry out (not writable, out of limits, not encodable).
+
+    Becomes a reply with status `refused`; the device is never touched.
+    """
+
+
+class DeviceRejected(DeviceError):
+    """The device answered a write or command with a refusal (a Modbus exception, a NAK).
+
+    Becomes a reply with status `failed`; `code` is the device's own code where it has one
+    (the Modbus exception code, a DL/T 645 error byte).
+    """
+
+    kind = "rejected"
+
+    def __init__(self, message: str, *, code: int | None = None, device: str | None = None,
+                 address: str | int | None = None) -> None:
+        super().__init__(message, device=device, address=address)
+        self.code = code
+
+
+class VerifyFailed(DeviceError):
+    """A write was accepted but the value read back differs: status `failed`."""
+
+    kind = "verify"
