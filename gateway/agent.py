@@ -197,7 +197,8 @@ class Agent:
             self.notifier.ready()
             return False
         old = self.config
-        ignored = [section for section in ("gateway", "buffer", "uplink", "metrics", "agent")
+        ignored = [section for section in ("gateway", "buffer", "uplink", "metrics", "agent",
+                                                "commands")
                    if getattr(new.config, section) != getattr(old, section)]
         secrets = self.loaded.secrets | new.secrets
         logs.add_secrets(secrets)  # whether or not `logging:` changed

@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from gateway.commands.config import CommandsSection
 from gateway.driver import DeviceOptions, DriverInfo, discover_drivers
 from gateway.errors import ConfigError
 from gateway.redact import Masker
@@ -286,6 +287,7 @@ class Config(_Section):
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     agent: AgentSection = Field(default_factory=AgentSection)
+    commands: CommandsSection = Field(default_factory=CommandsSection)
     devices: tuple[DeviceOptions, ...] = ()
 
 
@@ -489,12 +491,15 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
 
     raw: _RawConfig | None = None
     try:
-        raw = _RawConfig.model_validate(doc)
+        # the files substituted, so a validator can name the one with a bad value in it
+        raw = _RawConfig.model_validate(doc, context={"sources": subst.sources})
     except ValidationError as exc:
         rep.add_validation(exc, (), Config)
 
     raw_devices = doc.get("devices", [])
     devices = _validate_devices(raw_devices, rep, drivers)
+    if raw is not None:
+        _topic_collisions(raw, devices, rep)
     del doc, raw_devices  # the YAML tree and any positions go once validated
     rep.positions = rep.find_positions = None
 
@@ -505,6 +510,23 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
     config = Config.model_construct(raw.model_fields_set | {"devices"}, **sections,
                                     devices=tuple(devices))
     return LoadedConfig(config=config, path=path, secrets=frozenset(subst.secrets))
+
+
+def _topic_collisions(raw: Config, devices: list[DeviceOptions], rep: Reporter) -> None:
+    """A command or reply topic that is also a device's data or the status topic."""
+    cmds = raw.commands
+    if not cmds.enabled:
+        return
+    site, gw = raw.gateway.site, raw.gateway.id
+    mqtt = raw.uplink.mqtt
+    taken = {mqtt.status_topic.format(site=site, gateway=gw): "the status topic"}
+    for d in devices:
+        taken.setdefault(mqtt.topic.format(site=site, gateway=gw, device=d.name),
+                         f"the data topic of device '{d.name}'")
+    for key, topic in zip(("topic", "reply_topic"), cmds.topics(site, gw), strict=True):
+        if topic in taken:
+            rep.add(("commands", key), f"{topic} is also {taken[topic]}: choose another "
+                                       "topic (or rename the device)")
 
 
 def _validate_devices(raw_devices: Any, rep: Reporter,
