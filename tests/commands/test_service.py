@@ -56,7 +56,7 @@ async def make(tmp_path: Path, r: Rig, **section: Any) -> Env:
     audits: list[Reading] = []
     ledger = Ledger(tmp_path / "buffer.db.commands.db", cfg.max_age, LOG)
     await ledger.open()
-    audit = Audit(audits.extend, r.metrics, LOG, lambda: r.sup.devices.keys())
+    audit = Audit(audits.extend, r.metrics, LOG, lambda: r.sup.devices)
     service = CommandService(cfg, "gw1", executor=Executor(r.sup, LOG), ledger=ledger,
                              audit=audit, log=LOG)
     return Env(r, service, Signer.from_file(tmp_path / "op.key"), audits)
@@ -99,7 +99,7 @@ async def test_unsigned_and_badly_signed_are_refused_untouched(tmp_path: Path) -
         tampered["value"] = 80
         reply = await env.send(tampered)
         assert reply["status"] == "refused" and "matches none" in reply["error"]
-        other, _ = keygen(tmp_path / "other.key")
+        keygen(tmp_path / "other.key")
         forged = env.doc(value=50, sign=False)
         forged["sig"] = Signer.from_file(tmp_path / "other.key").sign(canonical_form(forged))
         assert (await env.send(forged))["status"] == "refused"
