@@ -133,6 +133,18 @@ class CommandService:
         await self.ledger.finish(req, outcome)
         return answer(outcome)
 
+    def busy(self, delivery: Delivery, limit: int) -> Answer:
+        """The answer when `limit` requests are already under way (nothing recorded)."""
+        return self._answer(_fields(delivery), Outcome("refused", (
+            f"the gateway is carrying out {limit} requests already: send this one again "
+            "later")), delivery, key=None, authenticated=False)
+
+    def internal_error(self, delivery: Delivery) -> Answer:
+        """The answer when handling raised (a bug): failed, see the log."""
+        return self._answer(_fields(delivery), Outcome("failed", (
+            "internal error in the gateway; see its log")), delivery, key=None,
+            authenticated=False)
+
     def _deadline(self, delivery: Delivery) -> int | None:
         """The MQTT 5 message expiry as epoch ms."""
         if delivery.expiry_interval is None:
@@ -152,3 +164,10 @@ class CommandService:
         # an unauthenticated request does not choose where the gateway publishes
         return Answer(reply, outcome, None,
                       delivery.correlation_data if authenticated else None)
+
+
+def _fields(delivery: Delivery) -> dict[str, Any]:
+    """What a reply can echo of a request without parsing it."""
+    doc = delivery.document or {}
+    return {k: doc[k] for k in ("id", "device", "action", "point")
+            if isinstance(doc.get(k), str) and len(doc[k]) <= 128}
