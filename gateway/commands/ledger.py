@@ -43,6 +43,15 @@ PRUNE_EVERY_MS = 60_000
 T = TypeVar("T")
 
 
+class _Corrupt(sqlite3.DatabaseError):
+    """The integrity check failed."""
+
+
+def _corrupt(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, _Corrupt) or code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
 def ledger_path(buffer_path: Path) -> Path:
     """The ledger next to the buffer: `<buffer>.commands.db`."""
     return buffer_path.with_name(buffer_path.name + ".commands.db")
@@ -84,13 +93,16 @@ class Ledger:
 
     def _open(self) -> None:
         try:
-            self._open_checked()
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise FatalError(f"the command ledger {self.path} is locked: is another "
-                                 "parkgate running?") from None
-            self._move_aside(str(exc))
-            self._open_checked(since=self.clock())
+            try:
+                self._open_checked()
+            except sqlite3.DatabaseError as exc:
+                if not _corrupt(exc):
+                    raise
+                self._move_aside(str(exc))
+                self._open_checked(since=self.clock())
+        except (sqlite3.DatabaseError, OSError) as exc:
+            # locked, read-only, no space, no permission: the file is fine, we cannot use it
+            raise FatalError(f"cannot open the command ledger {self.path}: {exc}") from None
 
     def _open_checked(self, since: int = 0) -> None:
         if not self.path.exists():
@@ -104,7 +116,7 @@ class Ledger:
             db.execute("PRAGMA busy_timeout=2000")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check}")
+                raise _Corrupt(f"quick_check: {check}")
             self._migrate(db, since)
             self.since = int(db.execute("SELECT value FROM meta WHERE key='since'")
                              .fetchone()[0])

@@ -21,6 +21,7 @@ from gateway.commands.config import CommandsSection
 from gateway.commands.executor import Devices, Executor
 from gateway.commands.ledger import Ledger, ledger_path
 from gateway.commands.service import Answer, CommandService, Delivery
+from gateway.errors import FatalError
 from gateway.metrics import Metrics
 from gateway.model import Reading
 
@@ -44,10 +45,21 @@ class CommandRuntime:
             ledger=self.ledger, audit=self.audit, log=log)
         self._tasks: set[asyncio.Task[None]] = set()
         self._open = False
+        self.broken: str | None = None
+        """Why requests cannot be carried out (the ledger could not be opened)."""
 
     async def start(self, device_names: Collection[str]) -> None:
-        """Open the ledger; warn (at every start) when requests need no signature."""
-        await self.ledger.open()
+        """Open the ledger; warn (at every start) when requests need no signature.
+
+        A ledger that cannot be opened (read-only disk, no space) does not stop the agent
+        (the readings matter more): every request is then answered `failed`, saying why.
+        """
+        try:
+            await self.ledger.open()
+        except FatalError as exc:
+            self.broken = str(exc)
+            self.log.error("commands are off: the record of requests cannot be kept",
+                           error=self.broken)
         self._open = True
         self.audit.prepare(device_names)
         if not self.section.verify_keys:
@@ -63,8 +75,9 @@ class CommandRuntime:
         """Carry out and answer `delivery` in a task of its own; never waits."""
         if not self._open:
             return  # stopping: the broker redelivers what it did not get a reply for
-        if len(self._tasks) >= MAX_IN_FLIGHT:
-            answer = self.service.busy(delivery, MAX_IN_FLIGHT)
+        if self.broken is not None or len(self._tasks) >= MAX_IN_FLIGHT:
+            answer = (self.service.unavailable(delivery, self.broken) if self.broken
+                      else self.service.busy(delivery, MAX_IN_FLIGHT))
             task = asyncio.create_task(respond(delivery, answer), name="command.busy")
         else:
             task = asyncio.create_task(self._one(delivery, respond), name="command")

@@ -139,6 +139,12 @@ class CommandService:
             f"the gateway is carrying out {limit} requests already: send this one again "
             "later")), delivery, key=None, authenticated=False)
 
+    def unavailable(self, delivery: Delivery, why: str) -> Answer:
+        """The answer while requests cannot be recorded (nothing is carried out)."""
+        return self._answer(_fields(delivery), Outcome("failed", (
+            f"commands are unavailable on this gateway: {why}")), delivery, key=None,
+            authenticated=False)
+
     def internal_error(self, delivery: Delivery) -> Answer:
         """The answer when handling raised (a bug): failed, see the log."""
         return self._answer(_fields(delivery), Outcome("failed", (

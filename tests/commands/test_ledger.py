@@ -132,3 +132,32 @@ async def test_corrupt_file_moved_aside_and_older_requests_unknown(tmp_path: Pat
     assert await ledger.claim(_req()) is None
     await ledger.close()
     assert [p.name for p in tmp_path.glob("l.db.corrupt-*")]
+
+
+async def test_service_refuses_requests_older_than_a_replaced_ledger(tmp_path: Path) -> None:
+    from gateway.commands.audit import Audit
+    from gateway.commands.config import CommandsSection
+    from gateway.commands.executor import Executor
+    from gateway.commands.service import CommandService, Delivery
+    from gateway.metrics import Metrics
+    from gateway.model import now_ms
+    from tests.commands.harness import boiler, rig
+
+    path = tmp_path / "l.db"
+    path.write_bytes(b"garbage" * 1000)
+    ledger = Ledger(path, 30.0, LOG)
+    await ledger.open()
+    async with rig([boiler()]) as r:
+        service = CommandService(
+            CommandsSection(enabled=True, allow_unsigned=True), "gw",
+            executor=Executor(r.sup, LOG), ledger=ledger,
+            audit=Audit(lambda _r: None, Metrics(), LOG, lambda: r.sup.devices), log=LOG)
+        before = {"v": 1, "id": "x1", "ts": ledger.since - 1000, "device": "boiler",
+                  "action": "write", "point": "mode", "value": "manual"}
+        answer = await service.handle(Delivery(before))
+        assert answer.outcome.status == "refused"
+        assert "record of requests seen was lost" in str(answer.outcome.error)
+        after = {**before, "id": "x2", "ts": now_ms()}
+        assert (await service.handle(Delivery(after))).outcome.status == "ok"
+        assert r.driver("boiler").writes == 1
+    await ledger.close()

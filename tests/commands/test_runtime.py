@@ -86,3 +86,26 @@ async def test_cap_on_requests_in_flight(tmp_path: Path, monkeypatch: Any) -> No
         assert len(busy) == 1 and busy[0].reply["id"] == docs[2]["id"]
         assert "carrying out 2 requests already" in str(busy[0].reply["error"])
         await rt.close()
+
+
+async def test_unusable_ledger_answers_failed_and_keeps_the_agent(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    section = CommandsSection(enabled=True, allow_unsigned=True)
+    async with rig([boiler()]) as r:
+        rt = CommandRuntime(section, "gw", r.sup, sink=lambda _r: None, metrics=r.metrics,
+                            log=LOG, buffer_path=tmp_path / "file" / "buffer.db")
+        await rt.start(["boiler"])
+        assert rt.broken is not None and "cannot open the command ledger" in rt.broken
+        got: list[Answer] = []
+
+        async def respond(d: Delivery, a: Answer) -> None:
+            got.append(a)
+
+        rt.submit(Delivery(doc("boiler", "mode", "manual")), respond)
+        async with asyncio.timeout(5):
+            while not got:
+                await asyncio.sleep(0.01)
+        assert got[0].outcome.status == "failed"
+        assert "commands are unavailable on this gateway" in str(got[0].reply["error"])
+        assert r.driver("boiler").writes == 0
+        await rt.close()

@@ -40,7 +40,7 @@ async def test_poll_now_is_an_extra_poll_off_schedule() -> None:
             await sup.poll_now("bad")
         assert sup.driver("s") is not None and sup.driver("ghost") is None
         await sup.stop_all()
-    by_device = {name: st for name, st in states}
+    by_device = dict(states)
     assert by_device["s"].up and by_device["s"].kind is None
     bad = by_device["bad"]
     assert not bad.up and bad.kind == "simulated" and "simulated failure" in (bad.error or "")
