@@ -72,6 +72,8 @@ class CommandService:
         self.monotonic = monotonic
         keys = section.public_keys()
         self.verifier = Verifier(keys) if keys else None
+        self._running: set[str] = set()
+        """Ids being carried out now (a ledger row without outcome is not always a crash)."""
 
     async def handle(self, delivery: Delivery) -> Answer:
         """Answer one request; never raises for anything the request contains."""
@@ -121,6 +123,10 @@ class CommandService:
                 return answer(Outcome("refused", (
                     f"the id {req.id} was used before by a different request: every "
                     "request needs a new id")))
+            if seen.outcome is None and req.id in self._running:
+                return answer(Outcome("duplicate", (
+                    "this request is being carried out now (an earlier delivery); it is "
+                    "not run twice: its reply follows")))
             if seen.outcome is None:
                 return answer(Outcome("duplicate", (
                     "this request was received before and the gateway stopped while "
@@ -129,8 +135,12 @@ class CommandService:
             return answer(Outcome("duplicate", (
                 f"this request was received before and answered {seen.outcome.status}; "
                 "it is not run again")), first=seen.outcome)
-        outcome = await self.executor.run(req, stale)
-        await self.ledger.finish(req, outcome)
+        self._running.add(req.id)
+        try:
+            outcome = await self.executor.run(req, stale)
+            await self.ledger.finish(req, outcome)
+        finally:
+            self._running.discard(req.id)
         return answer(outcome)
 
     def busy(self, delivery: Delivery, limit: int) -> Answer:

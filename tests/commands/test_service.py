@@ -184,3 +184,18 @@ async def test_allow_unsigned(tmp_path: Path) -> None:
         reply = await env.send(env.doc(value=25.0, sign=False))
         assert reply["status"] == "ok"
         assert json.loads(str(env.audits[0].value))["key"] is None
+
+
+async def test_duplicate_while_the_first_is_still_running(tmp_path: Path) -> None:
+    import asyncio
+
+    async with rig([boiler(write_delay=0.3)]) as r:
+        env = await make(tmp_path, r)
+        doc = env.doc(point="pump_on", value=True)
+        first = asyncio.create_task(env.send(doc))
+        await asyncio.sleep(0.05)
+        second = await env.send(doc)
+        assert second["status"] == "duplicate"
+        assert "being carried out now" in second["error"]
+        assert (await first)["status"] == "ok"
+        assert r.driver("boiler").writes == 1
