@@ -54,6 +54,8 @@ class _Running:
     """`poll_now()` callers waiting for the next poll."""
     waker: asyncio.Future[bool] | None = None
     """The poll loop's sleep; set to False to end it early."""
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while `driver` is open."""
 
 
 def error_kind(exc: BaseException) -> str:
@@ -100,6 +102,16 @@ class Supervisor:
         running = self._running.get(name)
         return running.driver if running is not None else None
 
+    async def wait_open(self, name: str) -> Driver:
+        """The device's driver once it is open (commands arriving while it connects)."""
+        while True:
+            running = self._running.get(name)
+            if running is None:
+                raise WriteRefused(f"unknown device '{name}'")
+            if running.driver is not None:
+                return running.driver
+            await running.opened.wait()
+
     def state(self, name: str) -> DeviceState | None:
         """A device's last known state; None before its first poll or failure."""
         running = self._running.get(name)
@@ -116,12 +128,12 @@ class Supervisor:
         running = self._running.get(name)
         if running is None:
             raise WriteRefused(f"unknown device '{name}'")
+        if running.driver is None:
+            state = running.state
+            why = f" ({state.kind}: {state.error})" if state and state.kind else ""
+            raise TransientError(f"device '{name}' is down{why}; it is being retried",
+                                 device=name)
         if not isinstance(running.driver, PollingDriver):
-            if running.driver is None:
-                state = running.state
-                why = f" ({state.kind}: {state.error})" if state and state.kind else ""
-                raise TransientError(f"device '{name}' is down{why}; it is being retried",
-                                     device=name)
             raise WriteRefused(f"device '{name}' reports on its own; it cannot be polled")
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         running.waiters.append(waiter)
@@ -227,6 +239,7 @@ class Supervisor:
                 async with asyncio.timeout(opts.timeout):
                     await driver.open()
                 running.driver = driver
+                running.opened.set()
                 if isinstance(driver, StreamingDriver):
                     await driver.run(emit)
                     log.warning("driver stream ended; restarting")
@@ -241,6 +254,7 @@ class Supervisor:
                 failed = exc
             finally:
                 running.driver = None
+                running.opened.clear()
                 if driver is not None:
                     with contextlib.suppress(Exception):
                         async with asyncio.timeout(CLOSE_TIMEOUT):

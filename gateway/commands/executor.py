@@ -19,6 +19,7 @@ from gateway.commands.request import Outcome, Request
 from gateway.driver import Commandable, DeviceOptions, Driver, WriteLimits
 from gateway.errors import DeviceError, DeviceRejected, VerifyFailed, WriteRefused
 from gateway.model import Value
+from gateway.supervisor import DeviceState
 
 
 class Devices(Protocol):
@@ -30,6 +31,10 @@ class Devices(Protocol):
     def driver(self, name: str) -> Driver | None: ...
 
     async def poll_now(self, name: str) -> int: ...
+
+    async def wait_open(self, name: str) -> Driver: ...
+
+    def state(self, name: str) -> DeviceState | None: ...
 
 
 def _number(value: Value) -> bool:
@@ -124,12 +129,21 @@ class Executor:
 
     async def _run(self, req: Request, options: DeviceOptions) -> Outcome:
         name = req.device
+        driver = self.devices.driver(name)
+        if driver is None:
+            # connecting (just after a start or a reload) or down: wait as long as a
+            # connect may take, then say so
+            try:
+                async with asyncio.timeout(options.timeout):
+                    driver = await self.devices.wait_open(name)
+            except TimeoutError:
+                state = self.devices.state(name)
+                why = f" ({state.kind}: {state.error})" if state and state.kind else ""
+                return Outcome("failed", f"device '{name}' is not connected{why}; it is "
+                                         "being retried")
         if req.action == "poll":
             await self.devices.poll_now(name)
             return Outcome("ok")
-        driver = self.devices.driver(name)
-        if driver is None:
-            return Outcome("failed", f"device '{name}' is not connected; it is being retried")
         if not isinstance(driver, Commandable):
             return Outcome("refused", f"device '{name}' (driver {options.driver}) takes no "
                                       "commands")

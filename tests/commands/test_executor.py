@@ -207,3 +207,29 @@ async def test_device_down_and_streaming() -> None:
         state = r.sup.state("flaky")
         assert state is not None and not state.up and state.kind == "simulated"
         assert r.sup.state("boiler") is not None
+
+
+async def test_command_waits_for_a_device_still_connecting() -> None:
+    from drivers.sim import SimDriver
+    from gateway.driver import DriverInfo
+    from gateway.metrics import Metrics
+    from gateway.supervisor import Supervisor
+
+    class SlowOpen(SimDriver):
+        async def open(self) -> None:
+            await asyncio.sleep(0.3)
+
+    sup = Supervisor({"sim": DriverInfo("sim", SlowOpen)}, lambda _r: None, Metrics(), LOG)
+    async with asyncio.TaskGroup() as tg:
+        sup.bind(tg)
+        await sup.apply([boiler(), boiler(name="never", timeout=0.2)])
+        ex = Executor(sup, LOG)
+        started = time.monotonic()
+        assert sup.driver("boiler") is None
+        out = await ex.run(req(point="pump_on", value=True), fresh)
+        assert out.status == "ok"
+        assert 0.25 < time.monotonic() - started < 0.6
+        # a device that does not open within its timeout: failed, saying so
+        out = await ex.run(req(point="pump_on", value=True, device="never"), fresh)
+        assert out.status == "failed" and "not connected" in (out.error or ""), out
+        await sup.stop_all()
