@@ -43,6 +43,16 @@ class DeviceState:
 StateListener = Callable[[str, DeviceState], None]
 
 
+def state_document(state: DeviceState) -> dict[str, object]:
+    """A device state as published upstream: `state` up/down, `since` (epoch ms), and for
+    down the `kind` of the last error and its text."""
+    doc: dict[str, object] = {"state": "up" if state.up else "down", "since": state.since}
+    if not state.up:
+        doc["kind"] = state.kind
+        doc["error"] = state.error
+    return doc
+
+
 @dataclass(slots=True)
 class _Running:
     options: DeviceOptions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -39,6 +40,8 @@ class Operator:
             [(f"{self.reply_topic}/#", 1), (self.reply_topic, 1),
              (f"parkgate/{site}/{gateway}/status/#", 1)])
         self.client.connect("127.0.0.1", port)
+        # no Nagle: a request is not held ~40 ms for the broker's delayed ACK
+        self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             raise AssertionError("operator never subscribed")
@@ -69,7 +72,7 @@ class Operator:
         return doc
 
     def publish(self, doc: dict[str, Any], *, response: bool = True,
-                expiry: int | None = None) -> None:
+                expiry: int | None = None, wait: bool = True) -> None:
         props = Properties(PacketTypes.PUBLISH)
         if response:
             props.ResponseTopic = self.response_topic
@@ -77,7 +80,8 @@ class Operator:
         if expiry is not None:
             props.MessageExpiryInterval = expiry
         info = self.client.publish(self.topic, json.dumps(doc), qos=1, properties=props)
-        info.wait_for_publish(10)
+        if wait:
+            info.wait_for_publish(10)
 
     def wait(self, rid: str, count: int = 1, timeout: float = 20.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout

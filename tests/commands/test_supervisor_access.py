@@ -47,3 +47,11 @@ async def test_poll_now_is_an_extra_poll_off_schedule() -> None:
     # repeated failures of the same kind are one state change, not one per failure
     assert [n for n, _ in states].count("bad") == 1
     assert abs(bad.since - time.time() * 1000) < 5000
+
+
+def test_state_document() -> None:
+    from gateway.supervisor import state_document
+
+    assert state_document(DeviceState(True, 5)) == {"state": "up", "since": 5}
+    assert state_document(DeviceState(False, 6, "timeout", "no answer")) == {
+        "state": "down", "since": 6, "kind": "timeout", "error": "no answer"}
