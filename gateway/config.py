@@ -513,16 +513,25 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
 
 
 def _topic_collisions(raw: Config, devices: list[DeviceOptions], rep: Reporter) -> None:
-    """A command or reply topic that is also a device's data or the status topic."""
-    cmds = raw.commands
-    if not cmds.enabled:
-        return
+    """A command, reply or device state topic that is also a device's data topic or the
+    status topic (a data template of another depth, a device named `cmd`)."""
     site, gw = raw.gateway.site, raw.gateway.id
     mqtt = raw.uplink.mqtt
-    taken = {mqtt.status_topic.format(site=site, gateway=gw): "the status topic"}
+    status = mqtt.status_topic.format(site=site, gateway=gw)
+    taken = {status: "the status topic"}
     for d in devices:
         taken.setdefault(mqtt.topic.format(site=site, gateway=gw, device=d.name),
                          f"the data topic of device '{d.name}'")
+    for d in devices:
+        state = f"{status}/{d.name}"  # retained device state (the parkgate dialect)
+        if state in taken:
+            rep.add(("uplink", "mqtt", "topic"), f"{state} is both {taken[state]} and the "
+                    f"state topic of device '{d.name}' (status_topic/DEVICE): choose "
+                    "another data topic or status_topic")
+            break
+    cmds = raw.commands
+    if not cmds.enabled:
+        return
     for key, topic in zip(("topic", "reply_topic"), cmds.topics(site, gw), strict=True):
         if topic in taken:
             rep.add(("commands", key), f"{topic} is also {taken[topic]}: choose another "

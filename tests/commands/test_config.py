@@ -158,3 +158,13 @@ def test_command_topic_has_no_device(tmp_path: Path) -> None:
     assert _problems(text, tmp_path) == [
         "FILE:9:16: commands.reply_topic: the reply topic must differ from the command "
         "topic (the gateway would read its own replies)"]
+
+
+def test_state_topic_cannot_be_a_data_topic(tmp_path: Path) -> None:
+    text = BASE.replace('brokers: ["mqtt://127.0.0.1:1883"]',
+                        'brokers: ["mqtt://127.0.0.1:1883"]\n'
+                        '    topic: "parkgate/{site}/{gateway}/status/{device}"')
+    assert _problems(text, tmp_path) == [
+        "FILE:5:12: uplink.mqtt.topic: parkgate/s1/gw1/status/boiler is both the data topic "
+        "of device 'boiler' and the state topic of device 'boiler' (status_topic/DEVICE): "
+        "choose another data topic or status_topic"]
