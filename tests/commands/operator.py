@@ -37,8 +37,8 @@ class Operator:
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_a: self._subscribed.set()
         self.client.on_connect = lambda c, *_a: c.subscribe(
-            [(f"{self.reply_topic}/#", 1), (self.reply_topic, 1),
-             (f"parkgate/{site}/{gateway}/status/#", 1)])
+            # `reply/#` matches `reply` too: one subscription, one copy of each reply
+            [(f"{self.reply_topic}/#", 1), (f"parkgate/{site}/{gateway}/status/#", 1)])
         self.client.connect("127.0.0.1", port)
         # no Nagle: a request is not held ~40 ms for the broker's delayed ACK
         self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
