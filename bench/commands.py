@@ -43,10 +43,28 @@ def sim_device() -> tuple[dict[str, Any], list[tuple[str, str, Any]], Any]:
     return device, plan, None
 
 
-def modbus_device() -> tuple[dict[str, Any], list[tuple[str, str, Any]], Any]:
-    from tests.commands.modbus_server import ModbusServer  # noqa: PLC0415
+class _Plc:
+    """The Modbus emulator in a thread of its own (what the gateway talks to)."""
 
-    server = ModbusServer().start()
+    def __init__(self) -> None:
+        sys.path.insert(0, str(ROOT / "hardware-in-loop"))
+        from emulators.modbus_meter import MeterEmulator, points_of  # noqa: PLC0415
+
+        from tests.modbus.conftest import LoopThread  # noqa: PLC0415
+
+        self.loop = LoopThread()
+        self.emu = MeterEmulator(points_of([{"name": "setpoint", "table": "holding",
+                                             "address": 30, "type": "int16", "scale": 0.1}]),
+                                 [1], values={"setpoint": 20.0})
+        self.port = self.loop.run(self.emu.start_tcp())
+
+    def stop(self) -> None:
+        self.loop.run(self.emu.stop())
+        self.loop.close()
+
+
+def modbus_device() -> tuple[dict[str, Any], list[tuple[str, str, Any]], Any]:
+    server = _Plc()
     device = {"name": "dev", "driver": "modbus", "interval": "1s",
               "transport": {"type": "tcp", "host": "127.0.0.1", "port": server.port},
               "unit": 1, "registers": [
@@ -82,7 +100,7 @@ def run(args: argparse.Namespace, nodelay: bool) -> None:
         statuses: dict[str, int] = {}
         for i in range(args.requests):
             action, point, _ = plan[i % len(plan)]
-            value = float(i % 1000) if action == "write" else None
+            value = float(i % 1000) / 10 if action == "write" else None
             doc = op.request("dev", action, point, value)
             started = time.perf_counter()
             op.publish(doc, wait=False)
