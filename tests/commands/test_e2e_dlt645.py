@@ -9,17 +9,17 @@ from zoneinfo import ZoneInfo
 import pytest
 
 pytest.importorskip("drivers.dlt645.frame", reason="needs the DL/T 645 time sync (issue 13)")
-from drivers.dlt645 import frame as _frame  # noqa: E402
+from drivers.dlt645 import frame as _frame
 
 if not hasattr(_frame, "broadcast_time"):
     pytest.skip("needs the DL/T 645 time sync (issue 13)", allow_module_level=True)
 
-from emulators.dlt645_meter import Meter, MeterBus  # noqa: E402
-from emulators.line_sensor import LoopThread  # noqa: E402
+from emulators.dlt645_meter import Meter, MeterBus
+from emulators.line_sensor import LoopThread
 
-from gateway.commands.signing import keygen  # noqa: E402
-from tests.commands.operator import Operator  # noqa: E402
-from tests.support import (  # noqa: E402
+from gateway.commands.signing import keygen
+from tests.commands.operator import Operator
+from tests.support import (
     GatewayProcess,
     Mosquitto,
     base_config,
