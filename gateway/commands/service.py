@@ -6,6 +6,7 @@ the `Answer`; tests drive `handle()` directly with real keys, a real ledger and 
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -138,7 +139,12 @@ class CommandService:
         self._running.add(req.id)
         try:
             outcome = await self.executor.run(req, stale)
-            await self.ledger.finish(req, outcome)
+            try:
+                await self.ledger.finish(req, outcome)
+            except (sqlite3.Error, OSError) as exc:
+                # the command ran: say what it did; a repeat is answered "outcome unknown"
+                self.log.error("command outcome not recorded", id=req.id,
+                               status=outcome.status, error=str(exc))
         finally:
             self._running.discard(req.id)
         return answer(outcome)

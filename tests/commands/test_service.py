@@ -199,3 +199,17 @@ async def test_duplicate_while_the_first_is_still_running(tmp_path: Path) -> Non
         assert "being carried out now" in second["error"]
         assert (await first)["status"] == "ok"
         assert r.driver("boiler").writes == 1
+
+
+async def test_an_outcome_the_ledger_cannot_record_is_still_answered(tmp_path: Path) -> None:
+    import asyncio
+
+    async with rig([boiler(write_delay=0.2)]) as r:
+        env = await make(tmp_path, r)
+        task = asyncio.create_task(env.send(env.doc(point="pump_on", value=True)))
+        await asyncio.sleep(0.05)
+        ledger = env.service.ledger
+        await ledger._call(ledger._db.close)  # the file goes away under a running command
+        reply = await task
+        assert reply["status"] == "ok"  # what the device did, not an internal error
+        assert r.driver("boiler").values["pump_on"] is True
