@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 OBJECTS = ua.NodeId.from_string("i=85")  # the Objects folder: browse paths start here
 GONE = frozenset({ua.StatusCodes.BadNodeIdUnknown, ua.StatusCodes.BadNodeIdInvalid})
 """Statuses of a node that does not exist (any more): a path is looked up again."""
+MISSING = GONE | {ua.StatusCodes.BadNoMatch}
 
 
 class OpcUaDriver(Driver, Commandable):
@@ -137,9 +138,12 @@ class OpcUaDriver(Driver, Commandable):
         return Reading(self.o.name, spec.name, None, self.ctx.clock(), spec.unit, "bad")
 
     def _mark_bad(self, spec: NodeSpec, code: int, why: str) -> None:
-        if self._bad.get(spec.name) == code:
+        old = self._bad.get(spec.name)
+        if old == code:
             return
         self._bad[spec.name] = code
+        if old in MISSING and code in MISSING:
+            return  # deleted, then its path not found again: the same news, told once
         self._m_bad.set(len(self._bad))
         if spec.path is not None and code in GONE:
             self.ids[spec.name] = None  # deleted and maybe re-created: look it up again

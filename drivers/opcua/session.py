@@ -165,6 +165,7 @@ async def connect(s: Settings, log: FilteringBoundLogger | None = None,
     client = Client(s.endpoint, timeout=s.timeout, watchdog_intervall=s.keepalive)
     client.name = client.description = "parkgate"
     client.application_uri = "urn:parkgate:client"
+    client.session_timeout = 600_000  # what servers commonly grant; asking more only warns
     client.connection_lost_callback = on_lost
     if s.security.policy != "None":
         await _secure(client, s, log)
