@@ -13,9 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from emulators.opcua_server import PlantServer
 
 from drivers.opcua import OpcUaDriver, OpcUaOptions
-from emulators.opcua_server import PlantServer
 from gateway.metrics import Metrics
 from tests.support import driver_context, free_port
 

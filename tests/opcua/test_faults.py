@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import pytest
 from asyncua import ua
+from emulators.opcua_server import PlantServer
 from structlog.testing import capture_logs
 
 from drivers.opcua import OpcUaDriver
-from emulators.opcua_server import PlantServer
 from gateway.errors import DeviceConfigError, TransientError
 from gateway.model import Reading
 from tests.opcua.conftest import Drivers, node
@@ -63,8 +63,8 @@ async def test_polled_server_restart_recovers(plant: PlantServer, drivers: Drive
     drv = await drivers.open(plant.url, nodes)
     assert (await drv.poll())[0].value == 2.5  # type: ignore[attr-defined]
     await plant.stop()
-    with pytest.raises(TransientError):
-        for _ in range(50):  # the first poll may still be answered from a closing socket
+    with pytest.raises(TransientError):  # noqa: PT012 - a poll in flight may still be answered
+        for _ in range(50):
             await drv.poll()  # type: ignore[attr-defined]
             await asyncio.sleep(0.05)
     await drv.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from emulators.opcua_server import SOURCE_TS, PlantServer
+
 from tests.opcua.conftest import Drivers, node
 
 

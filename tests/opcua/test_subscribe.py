@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Sequence
 
 from asyncua import ua
-
 from emulators.opcua_server import PlantServer
+
 from gateway.model import Reading
 from tests.opcua.conftest import Drivers, node
 
