@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,12 @@ def _link_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user-key", metavar="FILE", help="its private key")
     p.add_argument("--timeout", type=parse_duration, default=5.0, metavar="DURATION",
                    help="longest wait for one answer (default 5s)")
+
+
+def _quiet(args: argparse.Namespace) -> None:
+    """asyncua's own warnings (a channel closed twice) are noise next to our one line."""
+    if not args.debug:
+        logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -152,6 +159,7 @@ async def _with_client(args: argparse.Namespace, what: str, work: Any) -> dict[s
     from .session import classify, connect, disconnect  # noqa: PLC0415
 
     settings = _settings(args)
+    _quiet(args)
     try:
         client = await connect(settings)
     except DeviceError as exc:
@@ -235,6 +243,7 @@ async def _certs(args: argparse.Namespace) -> dict[str, Any]:
     from . import trust  # noqa: PLC0415
     from .session import classify  # noqa: PLC0415
 
+    _quiet(args)
     try:
         endpoints = await Client(args.url, timeout=args.timeout) \
             .connect_and_get_server_endpoints()
