@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -30,7 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import structlog  # noqa: E402
 from procfs import cpu_seconds, rss_mib, terminate  # noqa: E402
+
+from drivers.opcua import OpcUaDriver, OpcUaOptions  # noqa: E402
+from gateway.driver import DriverContext, ResourcePool  # noqa: E402
+from gateway.metrics import Metrics  # noqa: E402
+from gateway.model import Reading  # noqa: E402
+from tests.support import free_port, wait_port  # noqa: E402
 
 
 def _cpu() -> float:
@@ -39,13 +47,6 @@ def _cpu() -> float:
 
 
 async def _client(args: argparse.Namespace) -> dict[str, Any]:
-    import structlog
-
-    from drivers.opcua import OpcUaDriver, OpcUaOptions
-    from gateway.driver import DriverContext, ResourcePool
-    from gateway.metrics import Metrics
-    from gateway.model import Reading
-
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     nodes = [{"name": f"n{i}", "node": f"ns=2;s=Bench.{i}"} for i in range(args.nodes)]
     cfg: dict[str, Any] = {"name": args.mode, "driver": "opcua", "endpoint": args.url,
@@ -86,14 +87,12 @@ async def _client(args: argparse.Namespace) -> dict[str, Any]:
     await drv.close()
     values = n1 - n0
     cpu = c1 - c0
-    rss, hwm = rss_mib(__import__("os").getpid())
+    rss, hwm = rss_mib(os.getpid())
     return {"mode": args.mode, "values": values, "good": good, "seconds": t1 - t0,
             "cpu_s": cpu, "rss_mib": rss, "hwm_mib": hwm}
 
 
 def _run(args: argparse.Namespace) -> None:
-    from tests.support import free_port, wait_port
-
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "hardware-in-loop/emulators/opcua_server.py"),
