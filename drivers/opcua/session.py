@@ -27,8 +27,20 @@ from gateway.errors import DeviceConfigError, DeviceError, TransientError
 from . import trust
 from .options import AnonymousAuth, Auth, CertificateAuth, Security, UserAuth
 
-# asyncua logs every publish at INFO (formatting whole responses); its warnings still show
-logging.getLogger("asyncua").setLevel(logging.WARNING)
+
+class _ExpectedLoss(logging.Filter):
+    """Drops asyncua's traceback for a connection that closed: the driver reports the loss
+    itself, as one line, and the supervisor reconnects."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, ConnectionError | OSError | asyncio.CancelledError)
+
+
+# asyncua logs every publish at INFO (formatting whole responses) and warns at each close of
+# a dead connection ("close_session was called but connection is closed"): errors only
+logging.getLogger("asyncua").setLevel(logging.ERROR)
+logging.getLogger("asyncua.client.ua_session.UaSession").addFilter(_ExpectedLoss())
 
 CONFIG_STATUS = frozenset({
     "BadUserAccessDenied", "BadIdentityTokenInvalid", "BadIdentityTokenRejected",

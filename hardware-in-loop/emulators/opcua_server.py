@@ -6,7 +6,7 @@ Script (the benchmark's server, in its own process):
 Tests:
     `PlantServer` serves, under Objects/2:Plant, one variable of every scalar type
     (`ns=2;s=Plant.<Type>`, writable), a variable with a bad status (`Plant.Broken`), an
-    uncertain one (`Plant.Shaky`), `Plant.NoSource` without a source timestamp, and `Bench.<i>`
+    uncertain one (`Plant.Shaky`, with a source timestamp), and `Bench.<i>`
     Doubles; optionally Basic256Sha256 endpoints with a certificate and a user manager.
     It stops and starts again on the same port (a server restart).
 """

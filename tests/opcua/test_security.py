@@ -87,3 +87,12 @@ async def test_trust_on_first_use_then_a_changed_certificate(
     other = thumbprint(certs.other_server.cert.read_bytes())
     assert other in str(err.value) and first in str(err.value)
     assert [p.name for p in store.iterdir()] == [f"{first}.der"]
+
+
+async def test_no_endpoint_with_the_policy_is_a_config_error(plant: PlantServer, certs: Certs,
+                                                              drivers: Drivers) -> None:
+    drv = drivers.make(plant.url, [node("Double")],
+                       security=secured(certs, [str(certs.server.cert)]))
+    with pytest.raises(DeviceConfigError, match=r"offers no endpoint with "
+                       r"Basic256Sha256/SignAndEncrypt; it offers None/None"):
+        await drv.open()
