@@ -158,15 +158,23 @@ class OpcUaDriver(Driver, Commandable):
     async def read(self, names: Sequence[str]) -> list[ua.DataValue]:
         """One Read service call for the resolved nodes among `names`, in that order."""
         client = self.connected()
-        ids = [self.ids[n] for n in names]
-        params = ua.ReadParameters(
-            NodesToRead=[ua.ReadValueId(NodeId=i, AttributeId=ua.AttributeIds.Value)
-                         for i in ids if i is not None],
-            TimestampsToReturn=ua.TimestampsToReturn.Both)
+        wanted = [ua.ReadValueId(NodeId=i, AttributeId=ua.AttributeIds.Value)
+                  for i in (self.ids[n] for n in names) if i is not None]
+        step = self.o.max_nodes_per_read or len(wanted) or 1
+        out: list[ua.DataValue] = []
         try:
-            return await client.uaclient.read(params)
+            for start in range(0, len(wanted), step):
+                out += await client.uaclient.read(ua.ReadParameters(
+                    NodesToRead=wanted[start:start + step],
+                    TimestampsToReturn=ua.TimestampsToReturn.Both))
         except Exception as exc:  # noqa: BLE001 - classified
-            raise classify(exc, f"{self.o.endpoint}: Read") from None
+            error = classify(exc, f"{self.o.endpoint}: Read of {len(wanted)} nodes")
+            if "BadTooManyOperations" in str(error):
+                raise DeviceConfigError(f"{error}: the server reads fewer nodes per call; "
+                                        "set `max_nodes_per_read:` (e.g. 100)",
+                                        kind="config") from None
+            raise error from None
+        return out
 
     # -- commands ------------------------------------------------------------------------------
     def writable(self) -> Mapping[str, WriteLimits]:

@@ -171,6 +171,9 @@ class OpcUaOptions(DeviceOptions):
                                       description="Longest wait for one answer.")
     keepalive: Duration = Field(default=5.0, ge=1, description=(
         "How often an idle connection is checked (a read of the server state)."))
+    max_nodes_per_read: int | None = Field(default=None, ge=1, description=(
+        "Split each poll's Read into calls of at most this many nodes, for servers that "
+        "answer BadTooManyOperations (default: one call with every node)."))
     nodes: list[NodeSpec] = Field(min_length=1, description="The variables to read.")
 
     @field_validator("endpoint")

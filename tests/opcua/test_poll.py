@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asyncua.common.callback import CallbackType, ServerItemCallback
 from emulators.opcua_server import SOURCE_TS, PlantServer
 
 from tests.opcua.conftest import Drivers, node
@@ -31,3 +32,28 @@ async def test_status_maps_to_quality_and_source_timestamp_to_ts(
     assert (got["shaky"].value, got["shaky"].quality) == (3.0, "uncertain")
     assert got["shaky"].ts == int(SOURCE_TS.timestamp() * 1000)
     assert got["double"].quality == "good"
+
+
+async def test_one_read_call_per_poll_unless_the_server_needs_smaller_ones(
+        plant: PlantServer, drivers: Drivers) -> None:
+    assert plant.server is not None
+    reads: list[int] = []
+
+    def count(event: ServerItemCallback, _dispatcher: object) -> None:
+        if event.is_external:  # the clients' Reads, not the server's own
+            reads.append(len(event.request_params.NodesToRead))
+
+    plant.server.subscribe_server_callback(CallbackType.PreRead, count)
+    names = ["Boolean", "Int16", "Int32", "Float", "Double"]
+    drv = await drivers.open(plant.url, [node(n) for n in names], keepalive="60s")
+    reads.clear()
+    for _ in range(3):
+        assert len(await drv.poll()) == 5  # type: ignore[attr-defined]
+    assert reads == [5, 5, 5]
+    small = await drivers.open(plant.url, [node(n) for n in names], name="small",
+                               max_nodes_per_read=2, keepalive="60s")
+    reads.clear()
+    got = await small.poll()  # type: ignore[attr-defined]
+    assert reads == [2, 2, 1]
+    assert [r.metric for r in got] == [n.lower() for n in names]
+    assert all(r.quality == "good" for r in got)
