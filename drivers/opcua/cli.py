@@ -72,7 +72,12 @@ def _link_args(p: argparse.ArgumentParser) -> None:
 
 
 def _quiet(args: argparse.Namespace) -> None:
-    """asyncua's own warnings (a channel closed twice) are noise next to our one line."""
+    """Needs asyncua; its own warnings (a channel closed twice) are noise next to our line."""
+    try:
+        import asyncua  # noqa: F401, PLC0415 - only to say what is missing
+    except ImportError:
+        raise ParkgateError("parkgate opcua needs asyncua: pip install 'parkgate[opcua]'") \
+            from None
     if not args.debug:
         logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 
@@ -159,7 +164,6 @@ async def _with_client(args: argparse.Namespace, what: str, work: Any) -> dict[s
     from .session import classify, connect, disconnect  # noqa: PLC0415
 
     settings = _settings(args)
-    _quiet(args)
     try:
         client = await connect(settings)
     except DeviceError as exc:
@@ -227,12 +231,14 @@ async def _browse(args: argparse.Namespace) -> dict[str, Any]:
 
 def read_command(args: argparse.Namespace) -> int:
     """`parkgate opcua read`."""
+    _quiet(args)
     print(json.dumps(asyncio.run(_read(args)), indent=2))
     return 0
 
 
 def browse_command(args: argparse.Namespace) -> int:
     """`parkgate opcua browse`."""
+    _quiet(args)
     print(json.dumps(asyncio.run(_browse(args)), indent=2))
     return 0
 
@@ -243,7 +249,6 @@ async def _certs(args: argparse.Namespace) -> dict[str, Any]:
     from . import trust  # noqa: PLC0415
     from .session import classify  # noqa: PLC0415
 
-    _quiet(args)
     try:
         endpoints = await Client(args.url, timeout=args.timeout) \
             .connect_and_get_server_endpoints()
@@ -289,6 +294,7 @@ def _accept(args: argparse.Namespace, ders: dict[str, bytes]) -> str:
 
 def cert_command(args: argparse.Namespace) -> int:
     """`parkgate opcua cert`."""
+    _quiet(args)
     print(json.dumps(asyncio.run(_certs(args)), indent=2))
     return 0
 

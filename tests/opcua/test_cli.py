@@ -85,3 +85,31 @@ async def test_cert_show_accept_and_secured_read(secure_plant: PlantServer, cert
     doc = await ok("read", secure_plant.url, "ns=2;s=Plant.Double", *secured,
                    "--username", "operator", "--password-file", str(password))
     assert doc["values"][0]["value"] == 2.5
+
+
+BLOCK_ASYNCUA = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "asyncua" or name.startswith("asyncua."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, Block())
+from gateway.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_without_the_extra_the_fix_is_named() -> None:
+    import subprocess
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", BLOCK_ASYNCUA, *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    done = run("opcua", "read", "opc.tcp://127.0.0.1:4840", "i=2258")
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("parkgate: error: parkgate opcua needs asyncua: "
+                                   "pip install 'parkgate[opcua]'")
+    done = run("check", "drivers/opcua/sample.yaml")
+    assert done.returncode == 2
+    assert "pip install 'parkgate[opcua]'" in done.stdout + done.stderr
