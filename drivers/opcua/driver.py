@@ -111,7 +111,7 @@ class OpcUaDriver(Driver, Commandable):
                 t = res.Targets[0].TargetId
                 self.ids[spec.name] = ua.NodeId(t.Identifier, t.NamespaceIndex, t.NodeIdType)
             else:
-                self._mark_bad(spec, code, "browse path not found")
+                self._mark_bad(spec, code, "is not found by its browse path")
 
     # -- readings ------------------------------------------------------------------------------
     def reading(self, spec: NodeSpec, dv: ua.DataValue) -> Reading:
@@ -120,7 +120,8 @@ class OpcUaDriver(Driver, Commandable):
         ts = timestamp(dv, self.ctx.clock)
         q = quality(code)
         if q == "bad":
-            self._mark_bad(spec, code, "bad status")
+            self._mark_bad(spec, code, "is gone from the server (deleted?)" if code in GONE
+                           else "has a bad status")
             return Reading(self.o.name, spec.name, None, ts, spec.unit, "bad")
         value, usable = convert(dv.Value)
         if not usable:
@@ -142,11 +143,11 @@ class OpcUaDriver(Driver, Commandable):
         if old == code:
             return
         self._bad[spec.name] = code
-        if old in MISSING and code in MISSING:
-            return  # deleted, then its path not found again: the same news, told once
         self._m_bad.set(len(self._bad))
         if spec.path is not None and code in GONE:
             self.ids[spec.name] = None  # deleted and maybe re-created: look it up again
+        if old in MISSING and code in MISSING:
+            return  # deleted, then its path not found again: the same news, told once
         self.ctx.log.warning(f"node {why}; reported bad until it reads again", node=spec.name,
                              where=spec.where(), status=status_name(code))
 

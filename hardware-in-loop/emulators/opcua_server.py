@@ -139,6 +139,14 @@ class PlantServer:
     async def get(self, name: str) -> Any:
         return await self.vars[name].read_value()
 
+    async def add(self, name: str, node_id: str, value: Any, vtype: ua.VariantType) -> None:
+        """A variable `2:<name>` under Plant with the given NodeId (re-creating one)."""
+        assert self.server is not None
+        plant = self.server.get_node(ua.NodeId("Plant", self.idx))
+        self.vars[name] = await plant.add_variable(ua.NodeId.from_string(node_id),
+                                                   ua.QualifiedName(name, self.idx),
+                                                   ua.Variant(value, vtype))
+
     async def delete(self, name: str) -> None:
         assert self.server is not None
         await self.server.delete_nodes([self.vars.pop(name)])

@@ -49,6 +49,14 @@ async def test_node_deleted_while_polled(plant: PlantServer, drivers: Drivers) -
     assert sorted(e["node"] for e in warned) == ["by_path", "int32"], warned
     assert all("BadNodeIdUnknown" in e["status"] for e in warned)
     assert "ns=2;s=Plant.Int32" in {e["where"] for e in warned}
+    assert all("gone from the server" in e["event"] for e in warned)
+    # re-created under another NodeId: the path finds it again, the NodeId stays bad
+    await plant.add("Int16", "ns=2;i=4711", 77, ua.VariantType.Int16)
+    with capture_logs() as logs:
+        back = {r.metric: r for r in await drv.poll()}  # type: ignore[attr-defined]
+    assert (back["by_path"].value, back["by_path"].quality) == (77, "good")
+    assert back["int32"].quality == "bad"
+    assert [(e["event"], e["node"]) for e in logs] == [("node reads again", "by_path")]
 
 
 async def test_every_node_unknown_is_a_config_error(plant: PlantServer,

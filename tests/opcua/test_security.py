@@ -79,6 +79,13 @@ async def test_trust_on_first_use_then_a_changed_certificate(
     assert any(e.get("thumbprint") == first and e["log_level"] == "warning" for e in logs)
     assert [r.value for r in await drv.poll()] == [2.5]  # type: ignore[attr-defined]
     await drv.close()
+    # a restart with the same certificate: trusted now, connects without a word
+    await secure_plant.restart()
+    with capture_logs() as logs:
+        same = await drivers.open(secure_plant.url, [node("Double")], security=sec)
+    assert [r.value for r in await same.poll()] == [2.5]  # type: ignore[attr-defined]
+    assert not [e for e in logs if e["log_level"] == "warning"]
+    await same.close()
     # the server comes back with another certificate: refused, both thumbprints named
     await secure_plant.restart(cert=certs.other_server.cert, key=certs.other_server.key)
     again = drivers.make(secure_plant.url, [node("Double")], security=sec)
