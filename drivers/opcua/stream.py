@@ -25,6 +25,9 @@ DEADBAND_TYPES = {"absolute": ua.DeadbandType.Absolute, "percent": ua.DeadbandTy
 class SubscribedOpcUa(OpcUaDriver, StreamingDriver):
     """Emits a reading for every data change the server reports."""
 
+    resolve_every = 30.0
+    """Seconds between lookups of browse paths not found (a PLC program being loaded)."""
+
     def _request(self, handle: int, spec: NodeSpec,
                  node: ua.NodeId) -> ua.MonitoredItemCreateRequest:
         o = self.o
@@ -42,45 +45,71 @@ class SubscribedOpcUa(OpcUaDriver, StreamingDriver):
             ItemToMonitor=ua.ReadValueId(NodeId=node, AttributeId=ua.AttributeIds.Value),
             MonitoringMode=ua.MonitoringMode.Reporting, RequestedParameters=params)
 
-    async def _subscribe(self) -> tuple[Subscription, dict[int, NodeSpec], list[Reading]]:
-        client = self.connected()
+    async def _add_items(self, sub: Subscription, handles: dict[int, NodeSpec],
+                         refused: set[str]) -> list[Reading]:
+        """Monitored items for resolved nodes not monitored yet; bad readings for the rest.
+
+        A node's client handle is its position in the config (1-based), so a late one gets
+        the same handle whenever it is added.
+        """
         o = self.o
-        handles: dict[int, NodeSpec] = {}
-        requests = []
+        todo: list[tuple[int, NodeSpec]] = []
+        requests: list[ua.MonitoredItemCreateRequest] = []
         for i, spec in enumerate(o.nodes, start=1):
             node = self.ids[spec.name]
-            if node is not None:
-                handles[i] = spec
+            if node is not None and i not in handles and spec.name not in refused:
+                todo.append((i, spec))
                 requests.append(self._request(i, spec, node))
+        try:
+            results = await sub.create_monitored_items(requests) if requests else []
+        except Exception as exc:  # noqa: BLE001 - classified
+            raise classify(exc, f"{o.endpoint}: CreateMonitoredItems") from None
+        bad: list[Reading] = []
+        for (i, spec), res in zip(todo, results, strict=True):
+            if isinstance(res, ua.StatusCode):
+                refused.add(spec.name)
+                self.ctx.log.warning("monitored item refused by the server; reported bad",
+                                     node=spec.name, where=spec.where(),
+                                     status=status_name(int(res.value)))
+                bad.append(self.bad(spec))
+            else:
+                handles[i] = spec
+        return bad
+
+    def _unresolved(self) -> list[NodeSpec]:
+        return [s for s in self.o.nodes if self.ids[s.name] is None]
+
+    async def run(self, emit: Emit) -> None:
+        """Create the subscription and emit changes until the connection is lost.
+
+        Nodes whose browse path is not found are reported bad and looked up again every
+        `resolve_every` seconds; found, they join the subscription.
+        """
+        o = self.o
+        client = self.connected()
         try:
             sub = await client.create_subscription(
                 o.publishing_interval * 1000, None,
                 queue_maxsize=max(1000, 20 * len(o.nodes)))
-            results = await sub.create_monitored_items(requests) if requests else []
         except Exception as exc:  # noqa: BLE001 - classified
-            raise classify(exc, f"{o.endpoint}: creating the subscription") from None
-        refused: list[Reading] = []
-        for req, res in zip(requests, results, strict=True):
-            if isinstance(res, ua.StatusCode):
-                spec = handles.pop(req.RequestedParameters.ClientHandle)
-                self.ctx.log.warning("monitored item refused by the server; reported bad",
-                                     node=spec.name, where=spec.where(),
-                                     status=status_name(int(res.value)))
-                refused.append(self.bad(spec))
-        unresolved = [self.bad(s) for s in o.nodes if self.ids[s.name] is None]
+            raise classify(exc, f"{o.endpoint}: CreateSubscription") from None
+        handles: dict[int, NodeSpec] = {}
+        refused: set[str] = set()
+        initial = await self._add_items(sub, handles, refused)
+        initial += [self.bad(s) for s in self._unresolved()]
         self.ctx.log.info("subscribed", items=len(handles),
                           publishing_interval=o.publishing_interval)
-        return sub, handles, refused + unresolved
-
-    async def run(self, emit: Emit) -> None:
-        """Create the subscription and emit changes until the connection is lost."""
-        sub, handles, initial = await self._subscribe()
         if initial:
             emit(initial)
         try:
             while True:
-                event = await sub.next_event()
-                if isinstance(event, DataChangeEvent):
+                event = await sub.next_event(self.resolve_every if self._unresolved()
+                                             else None)
+                if event is None:  # a late node may have appeared
+                    await self.resolve()
+                    late = await self._add_items(sub, handles, refused)
+                    emit(late + [self.bad(s) for s in self._unresolved()])
+                elif isinstance(event, DataChangeEvent):
                     item = event.data.monitored_item
                     spec = handles.get(item.ClientHandle)
                     if spec is not None and item.Value is not None:

@@ -49,3 +49,34 @@ async def test_changes_are_pushed_with_deadband(plant: PlantServer, drivers: Dri
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_node_that_appears_later_joins_the_subscription(plant: PlantServer,
+                                                                drivers: Drivers) -> None:
+    drv = await drivers.open(plant.url, [node("Int32"), {"name": "later",
+                                                         "path": "2:Plant/2:Later"}],
+                             mode="subscribe", publishing_interval="50ms")
+    drv.resolve_every = 0.2  # type: ignore[attr-defined]
+    seen: list[Reading] = []
+    arrived = asyncio.Event()
+
+    def emit(rs: Sequence[Reading]) -> None:
+        seen.extend(rs)
+        arrived.set()
+
+    task = asyncio.create_task(drv.run(emit))  # type: ignore[attr-defined]
+    try:
+        async with asyncio.timeout(5):
+            while not any(r.metric == "later" for r in seen):
+                arrived.clear()
+                await arrived.wait()
+        assert next(r.quality for r in seen if r.metric == "later") == "bad"
+        await plant.add("Later", "ns=2;s=Plant.Later", 5, ua.VariantType.Int32)
+        async with asyncio.timeout(5):
+            while not any(r.metric == "later" and r.quality == "good" for r in seen):
+                arrived.clear()
+                await arrived.wait()
+        assert [r.value for r in seen if r.metric == "later" and r.quality == "good"] == [5]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
