@@ -24,7 +24,7 @@ from gateway.errors import (
 from gateway.model import Reading, Value
 
 from .convert import convert, encode, quality, same, status_name, timestamp, variant_of_data_type
-from .options import NodeSpec, OpcUaOptions, split_path
+from .options import NodeSpec, OpcUaOptions, UserAuth, split_path
 from .session import Settings, classify, connect, disconnect
 
 if TYPE_CHECKING:
@@ -75,6 +75,10 @@ class OpcUaDriver(Driver, Commandable):
     async def open(self) -> None:
         """Connect (verifying the server certificate), log in, look up browse paths."""
         self.client = await connect(self.settings, self.ctx.log, self._on_lost)
+        if isinstance(self.o.auth, UserAuth) and self.o.security.policy == "None":
+            self.ctx.log.warning("user and password over an unsecured connection: the "
+                                 "password may travel in clear text; use security policy "
+                                 "Basic256Sha256")
         await self.resolve()
 
     async def close(self) -> None:
