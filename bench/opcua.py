@@ -2,6 +2,7 @@
 
     python bench/opcua.py                  # 100 nodes, every value changes each 1 s, 30 s
     python bench/opcua.py --nodes 200 --window 60
+    python bench/opcua.py --change 10      # values change every 10 s, still polled at 1 s
 
 One emulated server (hardware-in-loop/emulators/opcua_server.py) in its own process
 changes all of its `Bench.<i>` Doubles every second. Two client processes run side by
@@ -96,7 +97,7 @@ def _run(args: argparse.Namespace) -> None:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "hardware-in-loop/emulators/opcua_server.py"),
-         "--port", str(port), "--nodes", str(args.nodes), "--change", "1s"],
+         "--port", str(port), "--nodes", str(args.nodes), "--change", f"{args.change:g}s"],
         cwd=ROOT, stdout=subprocess.DEVNULL)
     try:
         wait_port(port, 60)
@@ -113,7 +114,7 @@ def _run(args: argparse.Namespace) -> None:
         server_cpu = cpu_seconds(server.pid) - s0
     finally:
         terminate(server)
-    print(f"OPC UA driver, {args.nodes} nodes, every value changing each 1 s, "
+    print(f"OPC UA driver, {args.nodes} nodes, every value changing each {args.change:g} s, "
           f"{args.window:.0f} s window after {args.warmup:.0f} s warm-up")
     print(f"{'mode':<10} {'values':>7} {'values/s':>9} {'CPU s':>7} {'CPU ms/1000 values':>19} "
           f"{'% core':>7} {'RSS MiB':>8}")
@@ -130,6 +131,9 @@ def main() -> None:
     p.add_argument("--nodes", type=int, default=100)
     p.add_argument("--window", type=float, default=30.0, help="seconds measured (default 30)")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before (default 5)")
+    p.add_argument("--change", type=float, default=1.0, help=(
+        "seconds between changes of the values (default 1; 10 shows what a subscription "
+        "saves when values change less often than they are polled)"))
     p.add_argument("--client", choices=("poll", "subscribe"), help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     args = p.parse_args()
