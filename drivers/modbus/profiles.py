@@ -140,4 +140,10 @@ def _parse(path: Path, _mtime_ns: int, _size: int) -> LoadedProfile:
                 msg = "unknown key"
             problems.append(f"{loc}: {msg}" if loc else msg)
         raise ProfileError(f"profile file {path}: {'; '.join(problems)}") from None
+    writable = [r.name for r in profile.registers if r.write is not None]
+    if writable:
+        # a profile describes a meter model; what a site may change is the site's decision
+        raise ProfileError(f"profile file {path}: {', '.join(writable)}: `write:` belongs in "
+                           "a device's own `registers:` (e.g. {name: setpoint, write: {...}}), "
+                           "never in a profile")
     return LoadedProfile(profile, path)

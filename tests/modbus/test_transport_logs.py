@@ -12,12 +12,14 @@ from drivers.modbus.transport import Bus, LinkSettings
 from gateway.errors import DeviceError
 
 
-async def _garbage_server() -> tuple[asyncio.Server, int]:
+async def _garbage_server(done: asyncio.Event) -> tuple[asyncio.Server, int]:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await reader.read(256):
             writer.write(b"\xff" * 12)  # protocol id 0xffff: pymodbus logs it at error level
             await writer.drain()
         writer.close()
+        await writer.wait_closed()
+        done.set()
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
@@ -28,7 +30,8 @@ async def test_bus_leaves_the_pymodbus_level_alone_and_quiets_only_its_own_links
     logger = logging.getLogger("pymodbus.logging")
     level = logger.level
     caplog.set_level(logging.DEBUG, logger="pymodbus.logging")
-    server, port = await _garbage_server()
+    done = asyncio.Event()
+    server, port = await _garbage_server(done)
     bus = Bus(LinkSettings("tcp", "127.0.0.1", port=port))
     try:
         assert logger.level == logging.DEBUG  # what the test set, not CRITICAL
@@ -42,6 +45,7 @@ async def test_bus_leaves_the_pymodbus_level_alone_and_quiets_only_its_own_links
         assert any("someone else's pymodbus client: lost" in m for m in theirs)
     finally:
         await bus.aclose()
+        await asyncio.wait_for(done.wait(), 5)
         server.close()
         await server.wait_closed()
     assert logging.getLogger("pymodbus.logging").level == logging.DEBUG
