@@ -58,6 +58,8 @@ def register_write(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     w.add_argument("--retries", type=int, default=0, metavar="N",
                    help="extra attempts of the reads after a timeout (the write is sent "
                         "once; default 0)")
+    w.add_argument("--multiple", action="store_true",
+                   help="FC16/FC15 even for one register or coil (devices without FC06/FC05)")
     w.add_argument("--yes", action="store_true", help="write without asking")
     w.set_defaults(handler=write_command)
 
@@ -106,7 +108,8 @@ def _confirm(prompt: str) -> bool:
 async def _write(args: argparse.Namespace, planned: command.Planned) -> Value | None:
     settings = link_settings(args)
     bus = Bus(settings)
-    link = command.Link(bus, args.unit, f"unit {args.unit}", args.timeout, args.retries)
+    link = command.Link(bus, args.unit, f"unit {args.unit}", args.timeout, args.retries,
+                        args.multiple)
     try:
         return await command.execute(link, planned, verify=True, tally=Tally())
     except DeviceError as exc:

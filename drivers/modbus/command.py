@@ -59,6 +59,8 @@ class Link:
     device: str
     reply_timeout: float
     retries: int
+    multiple: bool = False
+    """FC16/FC15 even for one register or coil (devices without FC06/FC05)."""
 
 
 async def execute(link: Link, planned: Planned, *, verify: bool,
@@ -102,7 +104,7 @@ async def _write(link: Link, held: BusHold, planned: Planned,
     p, unit, timeout = planned.point, link.unit, link.reply_timeout
     if p.table == "coil":
         await held.write_bits(unit, p.address, [bool(planned.state)], reply_timeout=timeout,
-                              tally=tally)
+                              tally=tally, multiple=link.multiple)
         return ()
     words = planned.words
     if p.type == "bit":
@@ -110,7 +112,8 @@ async def _write(link: Link, held: BusHold, planned: Planned,
         (old,) = await held.read(unit, "holding", p.address, 1, reply_timeout=timeout,
                                  retries=link.retries, tally=tally)
         words = (with_bit(int(old), p.bit or 0, bool(planned.state)),)
-    await held.write_registers(unit, p.address, words, reply_timeout=timeout, tally=tally)
+    await held.write_registers(unit, p.address, words, reply_timeout=timeout, tally=tally,
+                               multiple=link.multiple)
     return words
 
 

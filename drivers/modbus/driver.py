@@ -342,7 +342,7 @@ class ModbusDriver(PollingDriver, Commandable):
         if self._bus is None:
             raise TransientError(f"{self.o.name} is not open", kind="disconnected")
         return command.Link(self._bus, self.o.unit, self.o.name, self.o.request_timeout,
-                            self.o.retries)
+                            self.o.retries, self.o.write_multiple)
 
     def _account_command(self, tally: Tally) -> None:
         self._m_requests.inc(tally.requests)

@@ -96,6 +96,9 @@ class ModbusOptions(DeviceOptions):
                          description="Extra attempts after a request timed out.")
     max_registers: int | None = Field(default=None, ge=1, le=MAX_READ_REGISTERS, description=(
         "Most registers per read (default: the profile's, else 125)."))
+    write_multiple: bool = Field(default=False, description=(
+        "Write single registers and coils with FC16/FC15 too, for devices that lack "
+        "FC06/FC05 (some PLCs)."))
     max_gap: int | None = Field(default=None, ge=0, le=MAX_READ_REGISTERS - 1, description=(
         "Unused registers one read may bridge to save a request (default: the profile's, "
         "else 10)."))

@@ -191,16 +191,21 @@ class Bus:
                                 retries=retries, tally=tally, held=False)
 
     async def write_registers(self, unit: int, address: int, words: Sequence[int], *,
-                              reply_timeout: float, tally: Tally | None = None) -> None:
-        """Write holding registers: FC06 for one word, FC16 for more. Never repeated."""
+                              reply_timeout: float, tally: Tally | None = None,
+                              multiple: bool = False) -> None:
+        """Write holding registers: FC06 for one word (unless `multiple`), else FC16.
+
+        Never repeated.
+        """
         await self._write_registers(unit, address, words, reply_timeout=reply_timeout,
-                                    tally=tally, held=False)
+                                    tally=tally, held=False, multiple=multiple)
 
     async def write_bits(self, unit: int, address: int, bits: Sequence[bool], *,
-                         reply_timeout: float, tally: Tally | None = None) -> None:
-        """Write coils: FC05 for one, FC15 for more. Never repeated."""
+                         reply_timeout: float, tally: Tally | None = None,
+                         multiple: bool = False) -> None:
+        """Write coils: FC05 for one (unless `multiple`), else FC15. Never repeated."""
         await self._write_bits(unit, address, bits, reply_timeout=reply_timeout, tally=tally,
-                               held=False)
+                               held=False, multiple=multiple)
 
     @asynccontextmanager
     async def hold(self) -> AsyncIterator[BusHold]:
@@ -240,28 +245,30 @@ class Bus:
         raise failure
 
     async def _write_registers(self, unit: int, address: int, words: Sequence[int], *,
-                               reply_timeout: float, tally: Tally | None, held: bool) -> None:
+                               reply_timeout: float, tally: Tally | None, held: bool,
+                               multiple: bool = False) -> None:
         c = self._client
         regs = [int(w) for w in words]
         where = Where(self.settings.label, unit, "holding", address, len(regs), reply_timeout,
                       "write")
 
         def send() -> Awaitable[Any]:
-            if len(regs) == 1:
+            if len(regs) == 1 and not multiple:
                 return c.write_register(address, regs[0], device_id=unit)
             return c.write_registers(address, regs, device_id=unit)
 
         await self._write(send, where, tally, held)
 
     async def _write_bits(self, unit: int, address: int, bits: Sequence[bool], *,
-                          reply_timeout: float, tally: Tally | None, held: bool) -> None:
+                          reply_timeout: float, tally: Tally | None, held: bool,
+                          multiple: bool = False) -> None:
         c = self._client
         values = [bool(b) for b in bits]
         where = Where(self.settings.label, unit, "coil", address, len(values), reply_timeout,
                       "write")
 
         def send() -> Awaitable[Any]:
-            if len(values) == 1:
+            if len(values) == 1 and not multiple:
                 return c.write_coil(address, values[0], device_id=unit)
             return c.write_coils(address, values, device_id=unit)
 
@@ -375,13 +382,15 @@ class BusHold:
                                 retries=retries, tally=tally, held=True)
 
     async def write_registers(self, unit: int, address: int, words: Sequence[int], *,
-                              reply_timeout: float, tally: Tally | None = None) -> None:
+                              reply_timeout: float, tally: Tally | None = None,
+                              multiple: bool = False) -> None:
         """As `Bus.write_registers`."""
         await self._write_registers(unit, address, words, reply_timeout=reply_timeout,
-                                    tally=tally, held=True)
+                                    tally=tally, held=True, multiple=multiple)
 
     async def write_bits(self, unit: int, address: int, bits: Sequence[bool], *,
-                         reply_timeout: float, tally: Tally | None = None) -> None:
+                         reply_timeout: float, tally: Tally | None = None,
+                         multiple: bool = False) -> None:
         """As `Bus.write_bits`."""
         await self._write_bits(unit, address, bits, reply_timeout=reply_timeout, tally=tally,
-                               held=True)
+                               held=True, multiple=multiple)

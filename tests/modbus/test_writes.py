@@ -206,3 +206,13 @@ async def test_read_point_reads_one_point_now(rig: Rig, plc: Any) -> None:
     assert emu.requests[-1] == Request(1, "input", 0, 1, None, 4)
     with pytest.raises(WriteRefused, match="no such register"):
         await d.read_point("nonesuch")
+
+
+async def test_write_multiple_uses_fc16_and_fc15_for_single_values(rig: Rig, plc: Any) -> None:
+    emu, port = plc
+    d = await driver(rig, port, write_multiple=True)
+    assert await d.write("setpoint", 21.5) == 21.5
+    assert await d.write("pump_on", True) is True
+    assert await d.write("alarm_ack", True) is True
+    assert [(r.fc, r.address, r.values) for r in emu.writes] == [
+        (16, 30, (215,)), (15, 2, (True,)), (16, 50, (0xA5A9,))]
