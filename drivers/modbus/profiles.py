@@ -143,4 +143,10 @@ def _parse(path: Path, _mtime_ns: int, _size: int) -> LoadedProfile:
             where = f"line {at[0]}: " if at else ""
             problems.append(f"{where}{loc}: {msg}" if loc else f"{where}{msg}")
         raise ProfileError(f"profile file {path}: {'; '.join(problems)}") from None
+    writable = [r.name for r in profile.registers if r.write is not None]
+    if writable:
+        # a profile describes a meter model; what a site may change is the site's decision
+        raise ProfileError(f"profile file {path}: {', '.join(writable)}: `write:` belongs in "
+                           "a device's own `registers:` (e.g. {name: setpoint, write: {...}}), "
+                           "never in a profile")
     return LoadedProfile(profile, path)
