@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway import buffer as buffer_module
+from gateway.buffer import seqfile as buffer_module
 from gateway import logs
 from gateway.buffer import Buffer, ChunkEncoder
 from gateway.config import BufferSection
