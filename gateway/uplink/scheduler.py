@@ -200,6 +200,8 @@ class Scheduler:
     async def next(self, now: float) -> tuple[Message | None, float]:
         """The next message to publish, or None and how long until one may be ready."""
         wait_s = 1.0
+        if not self.session.ready():  # e.g. Sparkplug's primary host offline: buffer
+            return None, wait_s
         for stream in self.order():
             msg, ready_in = await self.next_of(stream, now)
             wait_s = min(wait_s, ready_in)

@@ -193,3 +193,16 @@ async def test_a_chunk_of_only_too_large_readings_still_names_its_device_and_top
     msg, _ = await sched.next(0.0)
     assert msg is not None and msg.parts == [] and msg.too_large == [1]
     assert (msg.device, msg.topic, msg.readings) == ("huge", "parkgate/s/g/huge", 0)
+
+
+async def test_nothing_goes_while_the_session_is_not_ready() -> None:
+    src = MemorySource(chunk_max=10)
+    src.store(readings(10, "d1"), accepted_ms=T0 - 60_000)
+    sched, s = make(src)
+    ready = [False]
+    s.ready = lambda: ready[0]  # type: ignore[method-assign]  # a host that is offline
+    msg, wait = await sched.next(0.0)
+    assert msg is None and wait == 1.0 and src.reads == 0
+    ready[0] = True
+    msg, _ = await sched.next(0.0)
+    assert msg is not None and msg.firsts == [1]
