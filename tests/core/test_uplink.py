@@ -413,11 +413,11 @@ def test_backlog_does_not_hold_back_live_readings(agents: Agents, tmp_path: Path
                                                   dcollector: Collector) -> None:
     """Live readings overtake a 200k backlog.
 
-    The policy (gateway/uplink/scheduler.py): when a connection starts, the buffer's
-    `next_seq` splits the data into a *backlog* (accepted before, oldest first) and *live*
-    data (accepted since). While the backlog drains, live data may hold up to `live_share`
-    of the publish window (at least one slot), so fresh readings reach the platform within
-    about one round trip even behind hours of old ones; the platform sees seqs out of order meanwhile.
+    The policy (gateway/uplink/): when a connection starts, the buffer's `next_seq` splits
+    the data into a *backlog* (accepted before, oldest first) and *live* data (accepted
+    since). While the backlog drains, live data may hold up to `live_share` of the publish
+    window (at least one slot), so fresh readings reach the platform within about one round
+    trip even behind hours of old ones; the platform sees seqs out of order meanwhile.
     """
     # 25 readings per message: ~8000 messages of backlog, so the drain outlasts the first
     # fresh live message (0.2 s + max_delay after the reconnect) even on an idle machine;
