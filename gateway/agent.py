@@ -50,7 +50,8 @@ class Agent:
         cfg = self.config
         self.buffer = Buffer(cfg.buffer, chunk_max=cfg.uplink.mqtt.batch.max_readings,
                              metrics=self.metrics, log=self.log.bind(component="buffer"))
-        self.uplink = Uplink(cfg.uplink.mqtt, cfg.gateway, self.buffer, self.metrics, self.log)
+        self.uplink = Uplink(cfg.uplink.mqtt, cfg.gateway, self.buffer, self.metrics, self.log,
+                             drops=self.buffer, state_path=cfg.buffer.path)
         self.supervisor = Supervisor(self.drivers, self.buffer.add, self.metrics,
                                      self.log.bind(component="supervisor"),
                                      room=self.buffer.wait_for_room)

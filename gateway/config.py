@@ -85,6 +85,10 @@ class BatchSection(_Section):
     max_delay: Duration = Field(default=1.0, ge=0.0, le=60.0)
 
 
+DIALECTS = ("parkgate",)
+"""Values of `uplink.mqtt.dialect` (gateway/uplink/dialects/)."""
+
+
 class MqttSection(_Section):
     """The MQTT uplink."""
 
@@ -100,6 +104,9 @@ class MqttSection(_Section):
     topic: str = "parkgate/{site}/{gateway}/{device}"
     status_topic: str = "parkgate/{site}/{gateway}/status"
     qos: Literal[1] = Field(default=1, description="QoS 1: at-least-once delivery.")
+    dialect: str = Field(
+        default="parkgate",
+        description="What goes on the wire: parkgate (the native JSON; the only one so far).")
     batch: BatchSection = Field(default_factory=BatchSection)
     max_message_bytes: Size = Field(
         default=128_000, ge=512, le=268_435_455,
@@ -134,6 +141,15 @@ class MqttSection(_Section):
             if problem:
                 raise ValueError(problem)
         return urls
+
+    @field_validator("dialect")
+    @classmethod
+    def _dialect(cls, name: str) -> str:
+        if name not in DIALECTS:
+            raise ValueError(f"unknown dialect {name!r}: this version speaks "
+                             f"{', '.join(DIALECTS)} (sparkplug, thingsboard, aliyun and "
+                             "huawei are planned, not yet available)")
+        return name
 
     @field_validator("topic", "status_topic")
     @classmethod

@@ -54,9 +54,9 @@ def _buffer_stats(args: argparse.Namespace) -> int:
     import time  # noqa: PLC0415
 
     from gateway.buffer import (  # noqa: PLC0415
-        TOTALS_SQL,
         file_bytes,
         read_side_file,
+        read_stats,
         resume_seq,
         seq_side_path,
     )
@@ -79,17 +79,17 @@ def _buffer_stats(args: argparse.Namespace) -> int:
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         try:
-            rows, chunks, size, oldest = db.execute(TOTALS_SQL).fetchone()
-            last = db.execute("SELECT MAX(last) FROM chunks").fetchone()[0]
-            meta = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+            stored = read_stats(db)
         finally:
             db.close()
     except sqlite3.DatabaseError as exc:
         raise ParkgateError(f"cannot read the buffer {path}: {exc}") from None
-    next_seq = resume_seq(max(int(meta[0]) if meta else 1, int(last or 0) + 1), reserved,
-                          trust_db=meta is not None and section.synchronous == "full")
+    # the same rule as the agent opening the file (gateway/buffer/store.py)
+    next_seq = stored.next_seq(reserved, synchronous=section.synchronous)
+    oldest = stored.oldest_ms
     age = None if oldest is None else round(max(0.0, time.time() - oldest / 1000), 3)
-    print(json.dumps({"path": str(path), "rows": rows, "chunks": chunks, "bytes": size,
+    print(json.dumps({"path": str(path), "rows": stored.readings, "chunks": stored.chunks,
+                      "bytes": stored.bytes,
                       "file_bytes": file_bytes(path), "oldest_age_seconds": age,
                       "next_seq": next_seq}))
     return 0

@@ -33,8 +33,9 @@ from structlog.typing import FilteringBoundLogger
 
 from gateway.backoff import Backoff
 
-if TYPE_CHECKING:  # the buffer imports this module; only its type is needed here
-    from gateway.buffer import Buffer
+if TYPE_CHECKING:  # the buffer imports this module; only its types are needed here
+    from gateway.buffer.source import DropSource
+    from gateway.uplink.messages import Outgoing
 
 NOTICE_DEVICE = "dropped"
 """The device part of the notice topic (`parkgate/{site}/{gateway}/dropped` by default)."""
@@ -175,10 +176,13 @@ class NoticeSender:
     connection ends the session through the uplink's own checks; the next one resends).
     """
 
-    def __init__(self, buffer: Buffer, topic: str, *, gateway: str, site: str,
-                 log: FilteringBoundLogger, sent: Counter) -> None:
+    def __init__(self, buffer: DropSource, topic: str, *, gateway: str, site: str,
+                 log: FilteringBoundLogger, sent: Counter,
+                 message: Callable[[Sequence[DropRange]], Outgoing] | None = None) -> None:
         self.buffer = buffer
         self.topic = topic
+        self.message = message
+        """The dialect's notice (topic and payload); else `encode()` on `topic`."""
         self.gateway = gateway
         self.site = site
         self.log = log
@@ -189,13 +193,17 @@ class NoticeSender:
         """`publish(topic, payload)` returns None when acknowledged, else the refusal."""
         backoff = Backoff(base=1.0, cap=60.0)
         while True:
-            self.buffer.drops_changed.clear()  # before reading: a drop meanwhile wakes us
             ranges = await self.buffer.pending_drops(MAX_RANGES)
             if not ranges:
-                await self.buffer.drops_changed.wait()
+                await self.buffer.wait_drops()  # a drop since the last wake-up returns at once
                 continue
+            if self.message is not None:
+                out = self.message(ranges)
+                topic, payload = out.topic, out.payload
+            else:
+                topic, payload = self.topic, encode(self.gateway, self.site, ranges)
             try:
-                refusal = await publish(self.topic, encode(self.gateway, self.site, ranges))
+                refusal = await publish(topic, payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any publish failure: keep it, retry
@@ -203,12 +211,12 @@ class NoticeSender:
             if refusal is not None:
                 delay = backoff.next_delay()
                 self.log.warning("drop notice not acknowledged; it stays buffered and is sent"
-                                 " again", topic=self.topic, error=refusal,
+                                 " again", topic=topic, error=refusal,
                                  retry_in_s=round(delay, 1))
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
             await self.buffer.drops_sent(ranges)
             self.sent.inc()
-            self.log.info("drop notice sent", topic=self.topic, ranges=len(ranges),
+            self.log.info("drop notice sent", topic=topic, ranges=len(ranges),
                           readings=sum(r.count for r in ranges))

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from gateway import buffer as buffer_module
 from gateway import logs
 from gateway.buffer import Buffer, ChunkEncoder
+from gateway.buffer import seqfile as buffer_module
 from gateway.config import BufferSection
 from gateway.metrics import Metrics
 from gateway.model import Reading

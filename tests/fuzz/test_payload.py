@@ -1,4 +1,4 @@
-"""Readings -> ChunkEncoder -> the uplink's message framing -> json.loads gives them back."""
+"""Readings -> ChunkEncoder -> the parkgate dialect's framing -> json.loads gives them back."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from gateway.buffer import ChunkEncoder, group_chunks
 from gateway.config import GatewaySection, MqttSection
 from gateway.model import Reading
-from gateway.uplink import Uplink
+from gateway.uplink.dialects.parkgate import ParkgateDialect, ParkgateSession
 
 NAMES = st.text(min_size=1, max_size=24)  # any Unicode: quotes, backslashes, controls, emoji
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
@@ -22,17 +22,11 @@ READINGS = st.builds(Reading, device=st.sampled_from(["m1", 'dev "2"', "パー�
                      quality=st.sampled_from(["good", "uncertain", "bad"]))
 
 
-def _framing(gateway: str, site: str) -> bytes:
-    """The uplink's own message prefix (built the way `Uplink.__init__` does)."""
+def _framing(gateway: str, site: str) -> ParkgateSession:
+    """The native dialect's session, which frames stored items into a data message."""
     mqtt = MqttSection.model_validate({"brokers": ["mqtt://127.0.0.1"]})
-    up = Uplink(mqtt, GatewaySection(id=gateway, site=site), None, None,  # type: ignore[arg-type]
-                _NoLog())
-    return up._prefix
-
-
-class _NoLog:
-    def bind(self, **_kw: object) -> _NoLog:
-        return self
+    return ParkgateDialect(mqtt, GatewaySection(id=gateway, site=site)).open(
+        "mqtt://127.0.0.1", "fuzz")
 
 
 @settings(max_examples=300, deadline=500, derandomize=True)
@@ -43,12 +37,12 @@ class _NoLog:
 def test_payload_round_trip(readings: list[Reading], first: int, chunk_max: int,
                             gateway: str, site: str) -> None:
     enc = ChunkEncoder()
-    prefix = _framing(gateway, site)
+    session = _framing(gateway, site)
     seq = first
     for chunk in group_chunks(readings, chunk_max):
         # the uplink joins several chunk bodies of one device into one message
         body = enc.encode(seq, chunk)
-        payload = prefix + body.encode() + b"]}"
+        payload = session.frame(chunk[0].device, body.encode(), False).payload
         doc = json.loads(payload)  # strict JSON: NaN/Infinity would not be valid
         assert doc["v"] == 1 and doc["gateway"] == gateway and doc["site"] == site
         assert [r["seq"] for r in doc["readings"]] == list(range(seq, seq + len(chunk)))

@@ -1,0 +1,15 @@
+"""One module per wire dialect (gateway/uplink/dialect.py says what a dialect owns)."""
+
+from __future__ import annotations
+
+from gateway.config import GatewaySection, MqttSection
+from gateway.uplink.dialect import Dialect
+
+
+def load(cfg: MqttSection, gateway: GatewaySection) -> Dialect:
+    """The dialect `uplink.mqtt.dialect` names (validated by the config already)."""
+    if cfg.dialect == "parkgate":
+        from gateway.uplink.dialects.parkgate import ParkgateDialect  # noqa: PLC0415
+
+        return ParkgateDialect(cfg, gateway)
+    raise ValueError(f"unknown dialect {cfg.dialect!r}")
