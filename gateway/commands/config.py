@@ -50,6 +50,9 @@ class CommandsSection(BaseModel):
     allow_unsigned: bool = Field(default=False, description=(
         "Accept requests without a signature; required when verify_keys is empty. Anyone "
         "who may publish on the broker can then write to devices."))
+    session_expiry: Duration = Field(default=3600.0, ge=0, le=2**32 - 1, description=(
+        "How long the broker keeps the gateway's MQTT session while it is away, queueing "
+        "requests (answered, or expired, when it is back); 0: a clean session."))
     timeout: Duration | None = Field(default=None, gt=0, description=(
         "Longest one command may take at the device; default twice the device's timeout "
         "(a write and its read-back)."))

@@ -47,6 +47,9 @@ class Request:
 
     document: Mapping[str, object]
     incoming: Incoming
+    error: str | None = None
+    """Why the message on the command topic is not a request (not JSON, ...); the
+    commands path answers it `refused` with this sentence."""
 
 
 class DialectSession(Protocol):

@@ -77,7 +77,8 @@ class Uplink:
 
     def __init__(self, cfg: MqttSection, gateway: GatewaySection, source: ChunkSource,
                  metrics: Metrics, log: FilteringBoundLogger, *, drops: DropSource,
-                 state_path: Path, dialect: Dialect | None = None) -> None:
+                 state_path: Path, dialect: Dialect | None = None,
+                 session_expiry: int = 0) -> None:
         self.cfg = cfg
         self.gw = gateway
         self.source = source
@@ -87,6 +88,9 @@ class Uplink:
         self.metrics = metrics
         self.log = log.bind(component="uplink")
         self.dialect = dialect or dialects.load(cfg, gateway)
+        self.session_expiry = session_expiry
+        """Seconds the broker keeps our session (subscriptions, queued requests) while we
+        are away; 0: a clean session on every connect. Commands ask for one."""
         self.brokers = [Broker.parse(u) for u in cfg.brokers]
         self.state = UplinkState()
         self.client_id = cfg.client_id or ""
@@ -149,7 +153,11 @@ class Uplink:
             password=creds.password,
             identifier=creds.client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            clean_session=None if v5 else True,
+            # a kept session lets the broker queue requests on our subscriptions while
+            # we are away (answered, or expired, when we are back)
+            clean_session=None if v5 else not self.session_expiry,
+            clean_start=not (v5 and self.session_expiry),
+            properties=adapter.connect_properties(self.session_expiry) if v5 else None,
             will=None if will is None else aiomqtt.Will(
                 will.topic, will.payload, qos=will.qos, retain=will.retain,
                 properties=adapter.properties(will, v5)),
@@ -305,6 +313,7 @@ class Uplink:
                          session: DialectSession) -> None:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(client)  # CONNACK refusals: MqttCodeError
+            adapter.no_delay(client)
             self._max_bytes = min(self.cfg.max_message_bytes,
                                   connack.max_packet or self.cfg.max_message_bytes)
             self.log.info("uplink connected", broker=broker.url,

@@ -7,13 +7,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-
-pytest.importorskip("drivers.dlt645.frame", reason="needs the DL/T 645 time sync (issue 13)")
-from drivers.dlt645 import frame as _frame
-
-if not hasattr(_frame, "broadcast_time"):
-    pytest.skip("needs the DL/T 645 time sync (issue 13)", allow_module_level=True)
-
 from emulators.dlt645_meter import Meter, MeterBus
 from emulators.line_sensor import LoopThread
 

@@ -9,9 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("drivers.modbus.encode", reason="needs the Modbus writes (issue 13)")
-
 from emulators.modbus_meter import WRITE_FCS, MeterEmulator, points_of
 
 from gateway.commands.signing import keygen
