@@ -50,6 +50,7 @@ from pathlib import Path
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from structlog.typing import FilteringBoundLogger
 
 from gateway.buffer.source import ChunkSource, DropSource
@@ -156,7 +157,8 @@ class Uplink:
             # a kept session lets the broker queue requests on our subscriptions while
             # we are away (answered, or expired, when we are back)
             clean_session=None if v5 else not self.session_expiry,
-            clean_start=not (v5 and self.session_expiry),
+            # paho takes no clean_start on 3.1.1 but its default (first connect only)
+            clean_start=False if v5 and self.session_expiry else MQTT_CLEAN_START_FIRST_ONLY,
             properties=adapter.connect_properties(self.session_expiry) if v5 else None,
             will=None if will is None else aiomqtt.Will(
                 will.topic, will.payload, qos=will.qos, retain=will.retain,
