@@ -61,7 +61,8 @@ class Agent:
         self.supervisor = Supervisor(self.drivers, self.buffer.add, self.metrics,
                                      self.log.bind(component="supervisor"),
                                      room=self.buffer.wait_for_room)
-        self.supervisor.on_state = self._device_state
+        if cfg.uplink.mqtt.device_state:
+            self.supervisor.on_state = self._device_state
         self.commands: CommandRuntime | None = None
         if commands is not None:
             from gateway.commands.link import CommandLink  # noqa: PLC0415 - only when on

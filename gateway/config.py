@@ -103,6 +103,12 @@ class MqttSection(_Section):
     tls: TlsSection = Field(default_factory=TlsSection)
     topic: str = "parkgate/{site}/{gateway}/{device}"
     status_topic: str = "parkgate/{site}/{gateway}/status"
+    device_state: bool = Field(
+        default=False,
+        description="Publish each device's state (up, or down with the last error kind, "
+                    "since when) retained on {status_topic}/{device} when it changes. Off "
+                    "by default: the broker's ACL must allow those topics (a broker that "
+                    "disconnects on a refused publish would otherwise reconnect forever).")
     qos: Literal[1] = Field(default=1, description="QoS 1: at-least-once delivery.")
     dialect: str = Field(
         default="parkgate",
@@ -538,7 +544,7 @@ def _topic_collisions(raw: Config, devices: list[DeviceOptions], rep: Reporter) 
     for d in devices:
         taken.setdefault(mqtt.topic.format(site=site, gateway=gw, device=d.name),
                          f"the data topic of device '{d.name}'")
-    for d in devices:
+    for d in devices if mqtt.device_state else ():
         state = f"{status}/{d.name}"  # retained device state (the parkgate dialect)
         if state in taken:
             rep.add(("uplink", "mqtt", "topic"), f"{state} is both {taken[state]} and the "

@@ -163,8 +163,11 @@ def test_command_topic_has_no_device(tmp_path: Path) -> None:
 def test_state_topic_cannot_be_a_data_topic(tmp_path: Path) -> None:
     text = BASE.replace('brokers: ["mqtt://127.0.0.1:1883"]',
                         'brokers: ["mqtt://127.0.0.1:1883"]\n'
+                        '    device_state: true\n'
                         '    topic: "parkgate/{site}/{gateway}/status/{device}"')
     assert _problems(text, tmp_path) == [
-        "FILE:5:12: uplink.mqtt.topic: parkgate/s1/gw1/status/boiler is both the data topic "
+        "FILE:6:12: uplink.mqtt.topic: parkgate/s1/gw1/status/boiler is both the data topic "
         "of device 'boiler' and the state topic of device 'boiler' (status_topic/DEVICE): "
         "choose another data topic or status_topic"]
+    # without device_state nothing is published there: no collision
+    parse_config(text.replace("device_state: true", "device_state: false"), tmp_path / "c.yaml")

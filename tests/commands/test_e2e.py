@@ -44,6 +44,9 @@ class Rig:
         pub, _ = keygen(tmp / "op.key")
         self.cfg = base_config(tmp, broker.port, devices or [BOILER],
                                gateway={"id": self.gw_id, "site": "e2e"},
+                               uplink={"mqtt": {"brokers": [broker.url],
+                                                "batch": {"max_delay": "100ms"},
+                                                "device_state": True}},
                                commands={"enabled": True, "max_age": max_age,
                                          "verify_keys": [f"${{file:{pub}}}"]})
         self.path = write_config(tmp / "gw.yaml", self.cfg)
