@@ -37,7 +37,7 @@ FLAKY: dict[str, Any] = {"name": "flaky", "driver": "sim", "interval": "100ms",
 
 class Rig:
     def __init__(self, tmp: Path, broker: Mosquitto, *, max_age: str = "30s",
-                 devices: list[dict[str, Any]] | None = None) -> None:
+                 devices: list[dict[str, Any]] | None = None, protocol: str = "5") -> None:
         self.tmp = tmp
         self.broker = broker
         self.gw_id = f"gw-{tmp.name[-10:]}".replace("_", "-")
@@ -46,7 +46,8 @@ class Rig:
                                gateway={"id": self.gw_id, "site": "e2e"},
                                uplink={"mqtt": {"brokers": [broker.url],
                                                 "batch": {"max_delay": "100ms"},
-                                                "device_state": True}},
+                                                "device_state": True,
+                                                "protocol": protocol}},
                                commands={"enabled": True, "max_age": max_age,
                                          "verify_keys": [f"${{file:{pub}}}"]})
         self.path = write_config(tmp / "gw.yaml", self.cfg)
@@ -163,9 +164,10 @@ def test_device_state_retained(tmp_path: Path, shared_broker: Mosquitto) -> None
         r.close()
 
 
-def test_request_queued_during_an_outage_is_expired(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_request_queued_during_an_outage_is_expired(tmp_path: Path, protocol: str) -> None:
     broker = Mosquitto(persistent=True).start()
-    r = Rig(tmp_path, broker, max_age="2s")
+    r = Rig(tmp_path, broker, max_age="2s", protocol=protocol)
     try:
         r.start()
         assert r.op.send(r.op.request("boiler", "read", "setpoint"))["status"] == "ok"
@@ -176,8 +178,10 @@ def test_request_queued_during_an_outage_is_expired(tmp_path: Path) -> None:
         r.op.publish(gone, expiry=1)  # the broker drops it after 1 s: never delivered
         time.sleep(3)
         r.start()
-        reply = r.op.wait(stale["id"])[0]
+        [(reply, _props, topic)] = _raw(r.op, stale["id"])
         assert reply["status"] == "expired" and "max_age is 2 s" in reply["error"]
+        # MQTT 3.1.1 carries no response topic: the reply goes to the reply topic
+        assert topic == (r.op.response_topic if protocol == "5" else r.op.reply_topic)
         read = r.op.send(r.op.request("boiler", "read", "setpoint"))
         assert read["value"] == 20.0
         assert gone["id"] not in r.op.replies
