@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -237,6 +238,11 @@ class Agent:
                              "(systemctl restart parkgate); keeping their running values",
                              sections=ignored)
         changes = await self.supervisor.apply(new.config.devices)
+        if self.config.uplink.mqtt.device_state:
+            for name in changes["stopped"]:  # its retained state would outlive it
+                gone = self.uplink.dialect.device_state(name, {})
+                self.uplink.set_retained_state(f"device:{name}",
+                                               dataclasses.replace(gone, payload=b""))
         self.config = old.model_copy(update={"devices": new.config.devices,
                                              "logging": new.config.logging})
         self.loaded = LoadedConfig(self.config, path, secrets)

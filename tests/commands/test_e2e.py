@@ -164,6 +164,28 @@ def test_device_state_retained(tmp_path: Path, shared_broker: Mosquitto) -> None
         r.close()
 
 
+def test_a_removed_device_state_is_cleared_on_reload(tmp_path: Path,
+                                                    shared_broker: Mosquitto) -> None:
+    import signal
+
+    r = Rig(tmp_path, shared_broker, devices=[BOILER, FLAKY])
+    try:
+        r.start()
+        r.op.wait_state("flaky", lambda s: s.get("state") == "down")
+        r.cfg["devices"] = [BOILER]
+        write_config(r.path, r.cfg)
+        r.gw.signal(signal.SIGHUP)
+        r.op.wait_state("flaky", lambda s: s == {})  # the retained message is deleted
+        late = Operator(shared_broker.port, "e2e", r.gw_id, None)
+        try:
+            late.wait_state("boiler", lambda s: s.get("state") == "up")
+            assert "flaky" not in late.states
+        finally:
+            late.close()
+    finally:
+        r.close()
+
+
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_request_queued_during_an_outage_is_expired(tmp_path: Path, protocol: str) -> None:
     broker = Mosquitto(persistent=True).start()
