@@ -210,3 +210,38 @@ def test_request_queued_during_an_outage_is_expired(tmp_path: Path, protocol: st
     finally:
         r.close()
         broker.close()
+
+
+def test_command_send_cli_against_the_agent(rig: Rig) -> None:
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    def send(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", "command", "send", "-c",
+                               str(rig.path), *args], capture_output=True, text=True,
+                              cwd=ROOT, timeout=60, check=False)
+
+    key = str(rig.tmp / "op.key")
+    done = send("boiler", "write", "setpoint", "33.5", "--key", key)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["value"] == 33.5
+    done = send("boiler", "read", "setpoint", "--key", key)
+    assert json.loads(done.stdout)["value"] == 33.5
+    done = send("boiler", "write", "setpoint", "95", "--key", key)
+    assert done.returncode == 3
+    assert "above the maximum 80" in json.loads(done.stdout)["error"]
+
+
+def test_unsigned_allowed_warns_at_start(tmp_path: Path, shared_broker: Mosquitto) -> None:
+    r = Rig(tmp_path, shared_broker)
+    r.cfg["commands"] = {"enabled": True, "allow_unsigned": True}
+    write_config(r.path, r.cfg)
+    try:
+        r.start()
+        reply = r.op.send(r.op.request("boiler", "write", "pump_on", True, sign=False))
+        assert reply["status"] == "ok"
+        assert "commands accept UNSIGNED requests" in r.gw.output()
+    finally:
+        r.close()
