@@ -1,0 +1,400 @@
+"""`driver: bacnet`: one BACnet/IP device, read by COV where it can and polled where not.
+
+The driver streams: COV notifications are emitted when they arrive, the other objects are
+read every `interval` (ReadPropertyMultiple in batches, ReadProperty for devices without
+it). A device that stops answering makes `run` raise `TransientError`, so the supervisor
+backs off, reopens and subscribes again (which also covers a device that restarted and
+forgot its subscriptions); an object that disappears is reported `bad` on its own while
+the others keep flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from gateway.driver import Commandable, DriverContext, Emit, StreamingDriver, WriteLimits
+from gateway.errors import (
+    DeviceConfigError,
+    DeviceRejected,
+    TransientError,
+    VerifyFailed,
+    WriteRefused,
+)
+from gateway.model import Quality, Reading, Value
+
+from .link import AnswerError, CovCallback, Link, LinkSettings, PropertyValue
+from .objects import ObjectRef, encode, quality_of, same, unit_of
+from .options import BacnetOptions, ObjectSpec
+
+T = TypeVar("T")
+RENEW_AT = 0.75
+"""Share of a COV subscription's lifetime after which it is renewed."""
+
+
+class _Point:
+    """One object: its config and what was learnt about it (units, flags, faults)."""
+
+    __slots__ = ("cov", "flags", "name", "no_reliability", "priority", "ref", "reliability",
+                 "spec", "spid", "unit", "unit_known", "value", "warned")
+
+    def __init__(self, spec: ObjectSpec, default_priority: int) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.ref = spec.ref
+        self.unit: str | None = spec.unit
+        self.unit_known = spec.unit is not None or self.ref.kind != "analog"
+        self.priority = spec.priority or default_priority
+        self.cov = False
+        self.spid: int | None = None
+        self.flags: list[int] | None = None
+        self.reliability: str | None = None
+        self.no_reliability = False
+        self.value: Value = None
+        self.warned = False
+
+    def props(self) -> list[str]:
+        """Properties one read of this object asks for."""
+        out = ["present-value", "status-flags"]
+        if not self.no_reliability:
+            out.append("reliability")
+        if not self.unit_known:
+            out.append("units")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Sub:
+    spid: int
+    due: float
+    """Loop time at which it is renewed."""
+
+
+class BacnetDriver(StreamingDriver, Commandable):
+    """Reads (and, where the YAML allows, writes) the objects of one BACnet/IP device."""
+
+    Options = BacnetOptions
+
+    def __init__(self, options: BacnetOptions, ctx: DriverContext) -> None:
+        super().__init__(options, ctx)
+        self.o = options
+        self._settings = LinkSettings.of(options.network)
+        self._link: Link | None = None
+        self._points = [_Point(s, options.priority) for s in options.objects]
+        self._by_name = {p.name: p for p in self._points}
+        self._subs: dict[str, _Sub] = {}
+        self._emit: Emit | None = None
+        self._flush: asyncio.Handle | None = None
+        self._dirty: set[str] = set()
+        m, dev = ctx.metrics, options.name
+        self._m_requests = m.counter("bacnet_requests", "BACnet confirmed requests sent",
+                                     ["device", "service"])
+        self._m_cov = m.counter("bacnet_cov_notifications", "COV notifications received",
+                                ["device"]).labels(device=dev)
+        self._m_subscribed = m.gauge("bacnet_cov_subscriptions", "Objects of a device read "
+                                     "by COV subscription", ["device"]).labels(device=dev)
+
+    # -- life cycle ----------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Join the gateway's BACnet port; check the device id with Who-Is when given."""
+        settings = self._settings
+        self._link = await self.ctx.resources.acquire(settings.key,
+                                                      lambda: Link.start(settings))
+        if self._link.settings != settings:
+            diff = "; ".join(self._link.settings.differences(settings))
+            raise DeviceConfigError(
+                f"{settings.label} is shared with another BACnet device configured "
+                f"differently ({diff}); every BACnet device must give the same `network:`",
+                kind="config")
+        if self.o.device_id is not None:
+            await self._check_identity(self._link)
+
+    async def _check_identity(self, link: Link) -> None:
+        want = self.o.device_id
+        heard = await link.who_is(want, want, self.o.address, self.o.request_timeout)
+        if not heard:
+            raise TransientError(f"no I-Am from device {want} at {self.o.address}",
+                                 kind="timeout")
+        got = heard[0][0]
+        if got != want:
+            raise DeviceConfigError(f"{self.o.address} is device {got}, not {want}",
+                                    kind="config")
+
+    async def close(self) -> None:
+        """Cancel subscriptions (best effort) and leave the port; the last one closes it."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        link, self._link = self._link, None
+        if link is None:
+            return
+        subs, self._subs = self._subs, {}
+        for name, sub in subs.items():
+            point = self._by_name[name]
+            await link.unsubscribe(self.o.address, point.ref, sub.spid, reply_timeout=0.5)
+        self._m_subscribed.set(0)
+        await self.ctx.resources.release(self._settings.key)
+
+    def _need_link(self) -> Link:
+        if self._link is None:
+            raise TransientError("BACnet device used before open", kind="internal")
+        return self._link
+
+    # -- streaming -----------------------------------------------------------------------------
+    async def run(self, emit: Emit) -> None:
+        """First values of every object, COV subscriptions, then polls every `interval`."""
+        link = self._need_link()
+        self._emit = emit
+        loop = asyncio.get_running_loop()
+        emit(await self._read(self._points))
+        if self.o.cov:
+            await self._subscribe_all(link, loop.time())
+        deadline = loop.time()
+        while True:
+            deadline += self.o.interval
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            now = loop.time()
+            if now > deadline + self.o.interval:
+                deadline = now  # overran: skip ticks rather than burst
+            await self._renew_due(link, now)
+            polled = [p for p in self._points if not p.cov]
+            if polled:
+                emit(await self._read(polled))
+            else:  # every object by COV: one cheap read proves the device still answers
+                await self._probe(link)
+
+    async def _probe(self, link: Link) -> None:
+        point = self._points[0]
+        with contextlib.suppress(AnswerError):  # an error answer is an answer: alive
+            await self._request(link.read(self.o.address, point.ref, "status-flags",
+                                          reply_timeout=self.o.request_timeout,
+                                          retries=self.o.retries), "read")
+
+    # -- reading -------------------------------------------------------------------------------
+    async def _request(self, call: Awaitable[T], service: str) -> T:
+        """Await one request, counted by service."""
+        self._m_requests.labels(device=self.o.name, service=service).inc()
+        return await call
+
+    async def _read(self, points: Sequence[_Point]) -> list[Reading]:
+        """Read `points` (RPM batches, or one by one); a dead device raises TransientError."""
+        link = self._need_link()
+        caps = link.caps(self.o.address)
+        ts = self.ctx.clock()
+        out: list[Reading] = []
+        size = caps.max_per_request or self.o.max_per_request
+        answered = False
+        i = 0
+        while i < len(points):
+            chunk = points[i:i + size] if (self.o.rpm and caps.rpm) else points[i:i + 1]
+            try:
+                if self.o.rpm and caps.rpm:
+                    got = await self._read_rpm(link, chunk)
+                else:
+                    got = await self._read_one(link, chunk[0])
+            except AnswerError as exc:
+                if exc.unsupported_service and caps.rpm and self.o.rpm:
+                    caps.rpm = False
+                    self.ctx.log.warning("device does not take ReadPropertyMultiple; reading "
+                                         "its objects one by one from now on", error=str(exc))
+                    continue
+                if exc.too_big and len(chunk) > 1:
+                    size = caps.max_per_request = max(1, len(chunk) // 2)
+                    self.ctx.log.info("answer too big; asking for fewer objects at once",
+                                      max_per_request=size)
+                    continue
+                # the request as a whole was refused: read its objects alone this time
+                got = {}
+                for point in chunk:
+                    got.update(await self._read_one(link, point))
+            except TransientError:
+                if not answered:
+                    raise
+                self.ctx.log.warning("device stopped answering during a read; the rest of "
+                                     "its objects are reported bad")
+                out.extend(self._bad(points[i:], ts))
+                break
+            answered = True
+            out.extend(self._reading(point, got, ts) for point in chunk)
+            i += len(chunk)
+        return out
+
+    async def _read_rpm(self, link: Link, chunk: Sequence[_Point]
+                        ) -> dict[tuple[ObjectRef, str], PropertyValue]:
+        return await self._request(link.read_multiple(
+            self.o.address, [(p.ref, p.props()) for p in chunk],
+            reply_timeout=self.o.request_timeout, retries=self.o.retries), "rpm")
+
+    async def _read_one(self, link: Link, point: _Point
+                        ) -> dict[tuple[ObjectRef, str], PropertyValue]:
+        got: dict[tuple[ObjectRef, str], PropertyValue] = {}
+        for prop in point.props():
+            try:
+                got[(point.ref, prop)] = await self._request(link.read(
+                    self.o.address, point.ref, prop, reply_timeout=self.o.request_timeout,
+                    retries=self.o.retries), "read")
+            except AnswerError as exc:
+                got[(point.ref, prop)] = exc
+                if prop == "present-value":
+                    break  # the object itself is the problem: do not ask for the rest
+        return got
+
+    def _reading(self, point: _Point, got: Mapping[tuple[ObjectRef, str], PropertyValue],
+                 ts: int) -> Reading:
+        """The reading of one object from what a read returned; learns units and faults."""
+        ref = point.ref
+        units = got.get((ref, "units"))
+        if units is not None and not isinstance(units, AnswerError):
+            point.unit, point.unit_known = unit_of(str(_camel(units))), True
+        elif isinstance(units, AnswerError):
+            point.unit_known = True  # no units property: none
+        rel = got.get((ref, "reliability"))
+        if isinstance(rel, AnswerError):
+            point.no_reliability = True
+            point.reliability = None
+        elif rel is not None:
+            point.reliability = str(rel)
+        flags = got.get((ref, "status-flags"))
+        point.flags = flags if isinstance(flags, list) else None
+        value = got.get((ref, "present-value"))
+        if isinstance(value, AnswerError) or (ref, "present-value") not in got:
+            if not point.warned:
+                point.warned = True
+                self.ctx.log.warning("object cannot be read; reported bad",
+                                     point=point.name, object=str(ref),
+                                     error=str(value) if value is not None else "no answer")
+            return Reading(self.o.name, point.name, None, ts, point.unit, "bad")
+        if point.warned:
+            point.warned = False
+            self.ctx.log.info("object reads again", point=point.name, object=str(ref))
+        point.value = value
+        return Reading(self.o.name, point.name, value, ts, point.unit, self._quality(point))
+
+    def _quality(self, point: _Point) -> Quality:
+        return quality_of(point.flags, point.reliability)
+
+    def _bad(self, points: Sequence[_Point], ts: int) -> list[Reading]:
+        return [Reading(self.o.name, p.name, None, ts, p.unit, "bad") for p in points]
+
+    # -- change of value -----------------------------------------------------------------------
+    async def _subscribe_all(self, link: Link, now: float) -> None:
+        caps = link.caps(self.o.address)
+        for point in self._points:
+            wants = point.spec.cov if point.spec.cov is not None else self.o.cov
+            if not wants or point.ref in caps.no_cov:
+                continue
+            await self._subscribe(link, point, now)
+
+    async def _subscribe(self, link: Link, point: _Point, now: float) -> None:
+        lifetime = int(self.o.cov_lifetime)
+        old = self._subs.get(point.name)
+        try:
+            spid = await self._request(link.subscribe(
+                self.o.address, point.ref, lifetime, self._on_cov(point),
+                reply_timeout=self.o.request_timeout, retries=self.o.retries,
+                spid=old.spid if old else None), "subscribe-cov")
+        except AnswerError as exc:
+            link.caps(self.o.address).no_cov.add(point.ref)
+            self._subs.pop(point.name, None)
+            point.cov = False
+            self.ctx.log.info("object refuses COV; polled instead", point=point.name,
+                              object=str(point.ref), error=str(exc))
+        else:
+            self._subs[point.name] = _Sub(spid, now + lifetime * RENEW_AT)
+            point.cov = True
+        self._m_subscribed.set(len(self._subs))
+
+    async def _renew_due(self, link: Link, now: float) -> None:
+        for name, sub in list(self._subs.items()):
+            if now >= sub.due:
+                await self._subscribe(link, self._by_name[name], now)
+
+    def _on_cov(self, point: _Point) -> CovCallback:
+        def callback(prop: str, value: PropertyValue) -> None:
+            if prop == "present-value":
+                point.value = value
+                self._m_cov.inc()
+            elif prop == "status-flags":
+                point.flags = value if isinstance(value, list) else None
+            elif prop == "reliability":
+                point.reliability = None if value is None else str(value)
+            else:
+                return
+            self._dirty.add(point.name)
+            if self._flush is None:
+                # the properties of one notification arrive in one go: emit them as one
+                self._flush = asyncio.get_running_loop().call_soon(self._flush_cov)
+        return callback
+
+    def _flush_cov(self) -> None:
+        self._flush = None
+        names, self._dirty = self._dirty, set()
+        if self._emit is None:
+            return
+        ts = self.ctx.clock()
+        self._emit([Reading(self.o.name, p.name, p.value, ts, p.unit, self._quality(p))
+                    for p in (self._by_name[n] for n in sorted(names))])
+
+    # -- commands ------------------------------------------------------------------------------
+    def writable(self) -> Mapping[str, WriteLimits]:
+        """Objects with a `write:` block."""
+        return {s.name: s.write for s in self.o.objects if s.write is not None}
+
+    async def write(self, point: str, value: Value) -> Value | None:
+        """present-value at the object's priority; None relinquishes that priority."""
+        spec = self._by_name.get(point)
+        if spec is None or spec.spec.write is None:
+            raise WriteRefused(f"{point}: not a writable object of this device")
+        link = self._need_link()
+        ref = spec.ref
+        encoded: float | int | str | None = None
+        if value is not None:
+            states = None
+            if ref.kind == "multistate":
+                states = await self._states(link, spec)
+            encoded = encode(ref.kind, value, states=states)
+        try:
+            await self._request(link.write(self.o.address, ref, ref.kind, encoded,
+                                           spec.priority, reply_timeout=self.o.request_timeout),
+                                "write")
+        except AnswerError as exc:
+            raise DeviceRejected(f"{point} ({ref}): {exc}", code=exc.number,
+                                 device=self.o.name, address=str(ref)) from None
+        self.ctx.log.info("object written", point=point, object=str(ref), value=value,
+                          priority=spec.priority)
+        verify = spec.spec.write.verify
+        if verify is False:
+            return None
+        back = (await self.read_point(point)).value
+        if encoded is not None and not same(ref.kind, encoded, back):
+            raise VerifyFailed(f"{point} ({ref}): wrote {value!r} at priority {spec.priority} "
+                               f"but present-value reads {back!r} (a higher priority may be "
+                               "in control)", device=self.o.name, address=str(ref))
+        return back
+
+    async def _states(self, link: Link, point: _Point) -> int | None:
+        try:
+            got = await self._request(link.read(self.o.address, point.ref, "number-of-states",
+                                                reply_timeout=self.o.request_timeout,
+                                                retries=self.o.retries), "read")
+        except AnswerError:
+            return None
+        return got if isinstance(got, int) else None
+
+    async def read_point(self, point: str) -> Reading:
+        """Read one object now."""
+        spec = self._by_name.get(point)
+        if spec is None:
+            raise WriteRefused(f"{point}: no such object on this device")
+        link = self._need_link()
+        got = await self._read_one(link, spec)
+        return self._reading(spec, got, self.ctx.clock())
+
+
+def _camel(units: object) -> str:
+    """bacpypes3 prints units hyphenated (degrees-celsius); the table is keyed camelCase."""
+    words = str(units).split("-")
+    return words[0] + "".join(w[:1].upper() + w[1:] for w in words[1:])

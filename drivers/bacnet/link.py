@@ -1,0 +1,421 @@
+"""The gateway's BACnet/IP port: one bacpypes3 application on one UDP port, shared by every
+BACnet device of the agent through `DriverContext.resources`.
+
+Everything taken from bacpypes3's internals lives in this module, each reach-in marked, and
+tests/bacnet/test_link.py pins them so an upgrade fails in CI, not on site.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from bacpypes3.apdu import ErrorRejectAbortNack, SubscribeCOVRequest
+from bacpypes3.basetypes import BinaryPV, ErrorType
+from bacpypes3.ipv4.app import ForeignApplication, NormalApplication
+from bacpypes3.local.device import DeviceObject
+from bacpypes3.pdu import Address, IPv4Address
+from bacpypes3.primitivedata import (
+    CharacterString,
+    Enumerated,
+    Null,
+    ObjectIdentifier,
+    Real,
+    Unsigned,
+)
+from bacpypes3.vendor import get_vendor_info
+
+from gateway.errors import DeviceConfigError, DeviceError, TransientError
+
+from .objects import Kind, ObjectRef
+from .options import Network
+
+T = TypeVar("T")
+READY_TIMEOUT = 5.0
+"""Longest wait for the UDP socket to be bound (bacpypes3 retries a failed bind forever)."""
+REGISTER_TIMEOUT = 5.0
+"""Longest wait for a BBMD to accept the foreign-device registration."""
+
+PropertyValue = Any
+"""A decoded property: float, int, bool, str, None, a list of flags, or `AnswerError`."""
+
+
+class AnswerError(DeviceError):
+    """The device answered with a BACnet Error, Reject or Abort."""
+
+    kind = "bacnet-error"
+
+    def __init__(self, message: str, *, pdu: str, error_class: str | None, code: str,
+                 number: int) -> None:
+        super().__init__(message)
+        self.pdu = pdu
+        self.error_class = error_class
+        self.code = code
+        self.number = number
+
+    @property
+    def unknown_object(self) -> bool:
+        """The object is not (or no longer) in the device."""
+        return self.code in ("unknown-object", "unknownObject")
+
+    @property
+    def unsupported_service(self) -> bool:
+        """The device does not implement the service asked (RPM, SubscribeCOV)."""
+        return self.code in (
+            "unrecognized-service", "unrecognizedService", "service-request-denied",
+            "serviceRequestDenied", "optional-functionality-not-supported",
+            "optionalFunctionalityNotSupported", "not-cov-property", "notCovProperty",
+            "cov-subscription-failed", "covSubscriptionFailed")
+
+    @property
+    def too_big(self) -> bool:
+        """The answer would not fit the device's buffers: ask for less at once."""
+        return self.code in ("segmentation-not-supported", "segmentationNotSupported",
+                             "buffer-overflow", "bufferOverflow", "abort-apdu-too-long",
+                             "apduTooLong")
+
+
+def _name(value: object) -> str:
+    text = str(value)
+    return text if text and text != "None" else repr(value)
+
+
+def answer_error(exc: BaseException | ErrorType) -> AnswerError:
+    """Our error for a bacpypes3 Error/Reject/Abort PDU or an RPM element's error."""
+    error_class = getattr(exc, "errorClass", None)
+    error_code = getattr(exc, "errorCode", None)
+    if error_code is not None:
+        code = _name(error_code)
+        klass = _name(error_class) if error_class is not None else None
+        number = int(error_code) if isinstance(error_code, int) else -1
+        pdu = "error"
+        text = f"{klass}: {code}" if klass else code
+    else:
+        reason = getattr(exc, "apduAbortRejectReason", None)
+        pdu = "reject" if type(exc).__name__.startswith("Reject") else "abort"
+        code = _name(reason)
+        klass = None
+        number = int(reason) if isinstance(reason, int) else -1
+        text = f"{pdu}: {code}"
+    return AnswerError(f"device answered {text}", pdu=pdu, error_class=klass, code=code,
+                       number=number)
+
+
+def to_value(value: object) -> PropertyValue:
+    """A plain Python value of a decoded BACnet property."""
+    if isinstance(value, ErrorType):
+        return answer_error(value)
+    if value is None or isinstance(value, Null):
+        return None
+    if isinstance(value, BinaryPV):
+        return int(value) == 1
+    if isinstance(value, Enumerated):
+        return str(value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, CharacterString | str):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [int(x) if isinstance(x, int) else x for x in value]
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """What identifies the gateway's BACnet port and must agree between its devices."""
+
+    address: str
+    port: int
+    device_id: int
+    bbmd: str | None = None
+    ttl: int = 300
+
+    @classmethod
+    def of(cls, network: Network) -> LinkSettings:
+        """Settings of a device's `network:` block."""
+        foreign = network.foreign
+        return cls(network.address, network.port, network.device_id,
+                   foreign.bbmd if foreign else None, int(foreign.ttl) if foreign else 300)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Resource-pool key: one stack per UDP port."""
+        return ("bacnet", self.port)
+
+    @property
+    def label(self) -> str:
+        """How logs and errors name the port."""
+        return f"BACnet port {self.address.split('/')[0]}:{self.port}"
+
+    def differences(self, other: LinkSettings) -> list[str]:
+        """Human lines for each setting that differs."""
+        out = []
+        for name in ("address", "device_id", "bbmd", "ttl"):
+            a, b = getattr(self, name), getattr(other, name)
+            if a != b:
+                out.append(f"{name}: {a!r} vs {b!r}")
+        return out
+
+
+@dataclass(slots=True)
+class Capabilities:
+    """What a device (by address) turned out to support, remembered across reconnects."""
+
+    rpm: bool = True
+    max_per_request: int | None = None
+    no_cov: set[ObjectRef] = field(default_factory=set)
+
+
+CovCallback = Callable[[str, PropertyValue], None]
+"""Called with (property name, value) for each property of a COV notification."""
+
+
+class _CovSink:
+    """What bacpypes3 looks up in `_cov_contexts` to deliver a notification."""
+
+    def __init__(self, objid: ObjectIdentifier, callback: CovCallback) -> None:
+        self.monitored_object_identifier = objid  # read by bacpypes3's do_*COVNotification
+        self._class = get_vendor_info(0).get_object_class(objid[0])
+        self._callback = callback
+
+    async def put(self, property_value: Any) -> None:
+        """One property of a notification: decode by the object's class and hand it on."""
+        prop = property_value.propertyIdentifier
+        kind = self._class.get_property_type(prop) if self._class else None
+        if kind is None:
+            return
+        value = property_value.value.cast_out(kind)
+        self._callback(str(prop), to_value(value))
+
+
+class Link:
+    """One bacpypes3 application: reads, writes, COV and Who-Is for all BACnet devices."""
+
+    def __init__(self, settings: LinkSettings) -> None:
+        self.settings = settings
+        self.capabilities: dict[str, Capabilities] = {}
+        self._app: NormalApplication | ForeignApplication | None = None
+        self._next_spid = 1
+
+    # -- life cycle ----------------------------------------------------------------------------
+    @classmethod
+    async def start(cls, settings: LinkSettings) -> Link:
+        """Bind the port (and register with the BBMD); `DeviceConfigError` if it cannot."""
+        link = cls(settings)
+        await link._open()
+        return link
+
+    async def _open(self) -> None:
+        s = self.settings
+        host = s.address.split("/")[0]
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:  # bacpypes3 binds with SO_REUSEPORT and retries failures forever: check first
+            probe.bind((host, s.port))
+        except OSError as exc:
+            raise DeviceConfigError(f"{s.label}: cannot bind ({exc.strerror}); another BACnet "
+                                    "program on this box, or an address not on it?",
+                                    kind="config") from None
+        finally:
+            probe.close()
+        device = DeviceObject(
+            objectIdentifier=("device", s.device_id), objectName=f"parkgate-{s.device_id}",
+            vendorIdentifier=999, maxApduLengthAccepted=1476,
+            segmentationSupported="segmented-both",
+            # our own timeouts and retries bound every request (asyncio.timeout)
+            apduTimeout=60_000, numberOfApduRetries=0)
+        local = IPv4Address(f"{s.address}:{s.port}")
+        if s.bbmd is None:
+            app: NormalApplication | ForeignApplication = NormalApplication(device, local)
+            server = app.normal.server
+        else:
+            app = ForeignApplication(device, local)
+            server = app.server
+        self._app = app
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await server._local_transport_ready.wait()  # bacpypes3 internal: bind finished
+            if s.bbmd is not None:
+                await self._register(app)
+        except BaseException:
+            app.close()
+            self._app = None
+            raise
+
+    async def _register(self, app: Any) -> None:
+        s = self.settings
+        assert s.bbmd is not None
+        app.register(IPv4Address(s.bbmd), s.ttl)
+        foreign = app.foreign
+        try:
+            async with asyncio.timeout(REGISTER_TIMEOUT):
+                await foreign._registration_event.wait()  # bacpypes3 internal: BVLC result in
+        except TimeoutError:
+            raise TransientError(f"BBMD {s.bbmd} did not answer the foreign-device "
+                                 "registration", kind="timeout") from None
+        status = foreign.bbmdRegistrationStatus
+        if status != 0:
+            raise DeviceConfigError(f"BBMD {s.bbmd} refused the foreign-device registration "
+                                    f"(BVLC result {status}); is this gateway allowed in its "
+                                    "foreign device table?", kind="config")
+
+    @property
+    def registered(self) -> bool:
+        """Foreign mode: whether the BBMD currently holds our registration."""
+        app = self._app
+        return app is not None and getattr(getattr(app, "foreign", None),
+                                           "bbmdRegistrationStatus", -2) == 0
+
+    async def aclose(self) -> None:
+        """Unbind the port (the last BACnet device left)."""
+        app, self._app = self._app, None
+        if app is not None:
+            if self.settings.bbmd is not None:
+                with contextlib.suppress(Exception):
+                    app.unregister()
+            app.close()
+
+    def caps(self, address: str) -> Capabilities:
+        """What the device at `address` supports (learnt so far)."""
+        return self.capabilities.setdefault(address, Capabilities())
+
+    @property
+    def app(self) -> NormalApplication | ForeignApplication:
+        """The bacpypes3 application; TransientError once closed."""
+        if self._app is None:
+            raise TransientError("the BACnet port is closed", kind="disconnected")
+        return self._app
+
+    # -- requests ------------------------------------------------------------------------------
+    async def _call(self, make: Callable[[], Awaitable[T]], *, reply_timeout: float, retries: int,
+                    what: str) -> T:
+        for _ in range(retries + 1):
+            try:
+                async with asyncio.timeout(reply_timeout):
+                    return await make()
+            except TimeoutError:
+                continue
+            except ErrorRejectAbortNack as exc:  # a BaseException in bacpypes3
+                raise answer_error(exc) from None
+        raise TransientError(f"no answer to {what} within {reply_timeout:g}s "
+                             f"({retries + 1} attempts)", kind="timeout")
+
+    async def read(self, address: str, ref: ObjectRef, prop: str, *, reply_timeout: float,
+                   retries: int) -> PropertyValue:
+        """ReadProperty; `AnswerError` if the device refuses."""
+        app = self.app
+        objid = ObjectIdentifier((ref.type, ref.instance))
+        value = await self._call(lambda: app.read_property(Address(address), objid, prop),
+                                 reply_timeout=reply_timeout, retries=retries,
+                                 what=f"ReadProperty {ref} {prop}")
+        return to_value(value)
+
+    async def read_multiple(self, address: str, specs: Sequence[tuple[ObjectRef, Sequence[str]]],
+                            *, reply_timeout: float, retries: int
+                            ) -> dict[tuple[ObjectRef, str], PropertyValue]:
+        """ReadPropertyMultiple: each (object, property) to its value or `AnswerError`."""
+        app = self.app
+        args: list[Any] = []
+        by_id: dict[tuple[str, int], ObjectRef] = {}
+        for ref, props in specs:
+            args += [ObjectIdentifier((ref.type, ref.instance)), list(props)]
+            by_id[(ref.type, ref.instance)] = ref
+        got = await self._call(lambda: app.read_property_multiple(Address(address), args),
+                               reply_timeout=reply_timeout, retries=retries,
+                               what=f"ReadPropertyMultiple of {len(specs)} objects")
+        out: dict[tuple[ObjectRef, str], PropertyValue] = {}
+        for objid, prop, _index, value in got or ():
+            found = by_id.get((str(objid[0]), int(objid[1])))
+            if found is not None:
+                out[(found, str(prop))] = to_value(value)
+        return out
+
+    async def write(self, address: str, ref: ObjectRef, kind: Kind,
+                    value: float | int | str | None, priority: int | None, *,
+                    reply_timeout: float) -> None:
+        """WriteProperty present-value (None: relinquish, NULL at `priority`); no retries:
+        a write that got no answer may have been carried out."""
+        app = self.app
+        objid = ObjectIdentifier((ref.type, ref.instance))
+        encoded: Any
+        if value is None:
+            encoded = Null(())
+        elif kind == "analog":
+            encoded = Real(value)
+        elif kind in ("multistate", "unsigned"):
+            encoded = Unsigned(value)
+        else:
+            encoded = value  # binary words and integers: cast by the property's own type
+        await self._call(lambda: app.write_property(Address(address), objid, "present-value",
+                                                    encoded, priority=priority),
+                         reply_timeout=reply_timeout, retries=0, what=f"WriteProperty {ref}")
+
+    async def who_is(self, low: int | None, high: int | None, to: str | None,
+                     wait: float) -> list[tuple[int, str, int, int, str]]:
+        """Who-Is (to an address, or local broadcast); (instance, address, vendor,
+        max APDU, segmentation) for each I-Am heard within `wait` seconds."""
+        app = self.app
+        target = Address(to) if to else None
+        try:
+            async with asyncio.timeout(wait + 1.0):
+                iams = await app.who_is(low, high, target, timeout=wait)
+        except TimeoutError:
+            iams = []
+        return [(int(iam.iAmDeviceIdentifier[1]), str(iam.pduSource), int(iam.vendorID),
+                 int(iam.maxAPDULengthAccepted), str(iam.segmentationSupported))
+                for iam in iams or ()]
+
+    # -- change of value -----------------------------------------------------------------------
+    async def subscribe(self, address: str, ref: ObjectRef, lifetime: int,
+                        callback: CovCallback, *, reply_timeout: float, retries: int,
+                        spid: int | None = None) -> int:
+        """SubscribeCOV (unconfirmed notifications) for `lifetime` seconds, or renew the
+        subscription `spid`; returns its subscriber process id."""
+        app = self.app
+        if spid is None:
+            spid = self._next_spid
+            self._next_spid = self._next_spid % 4_000_000 + 1
+        objid = ObjectIdentifier((ref.type, ref.instance))
+        dest = Address(address)
+        contexts: dict[Any, Any] = app._cov_contexts  # bacpypes3 internal: notification routing
+        contexts[(dest, spid)] = _CovSink(objid, callback)
+
+        def request() -> Awaitable[Any]:
+            sent: Awaitable[Any] = app.request(SubscribeCOVRequest(
+                subscriberProcessIdentifier=spid, monitoredObjectIdentifier=objid,
+                issueConfirmedNotifications=False, lifetime=lifetime, destination=dest))
+            return sent
+
+        try:
+            await self._call(request, reply_timeout=reply_timeout, retries=retries,
+                             what=f"SubscribeCOV {ref}")
+        except BaseException:
+            contexts.pop((dest, spid), None)
+            raise
+        return spid
+
+    async def unsubscribe(self, address: str, ref: ObjectRef, spid: int, *,
+                          reply_timeout: float) -> None:
+        """Cancel a subscription (best effort: the device may be gone)."""
+        app = self._app
+        if app is None:
+            return
+        dest = Address(address)
+        app._cov_contexts.pop((dest, spid), None)  # bacpypes3 internal: notification routing
+        objid = ObjectIdentifier((ref.type, ref.instance))
+        with contextlib.suppress(DeviceError, TimeoutError):
+            await self._call(lambda: app.request(SubscribeCOVRequest(
+                subscriberProcessIdentifier=spid, monitoredObjectIdentifier=objid,
+                destination=dest)), reply_timeout=reply_timeout, retries=0,
+                             what="cancel SubscribeCOV")
+
+
+__all__ = ["AnswerError", "Capabilities", "Link", "LinkSettings", "answer_error",
+           "to_value"]
