@@ -114,11 +114,10 @@ class BacnetDriver(StreamingDriver, Commandable):
 
     async def _check_identity(self, link: Link) -> None:
         want = self.o.device_id
-        heard = await link.who_is(want, want, self.o.address, self.o.request_timeout)
-        if not heard:
-            raise TransientError(f"no I-Am from device {want} at {self.o.address}",
+        got = await link.identify(self.o.address, self.o.request_timeout)
+        if got is None:
+            raise TransientError(f"no I-Am from {self.o.address} (expected device {want})",
                                  kind="timeout")
-        got = heard[0][0]
         if got != want:
             raise DeviceConfigError(f"{self.o.address} is device {got}, not {want}",
                                     kind="config")

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from bacpypes3.apdu import ErrorRejectAbortNack, SubscribeCOVRequest
+from bacpypes3.apdu import ErrorRejectAbortNack, SubscribeCOVRequest, WhoIsRequest
 from bacpypes3.basetypes import BinaryPV, ErrorType
 from bacpypes3.ipv4.app import ForeignApplication, NormalApplication
 from bacpypes3.local.device import DeviceObject
@@ -27,6 +27,7 @@ from bacpypes3.primitivedata import (
     Real,
     Unsigned,
 )
+from bacpypes3.service.device import WhoIsFuture
 from bacpypes3.vendor import get_vendor_info
 
 from gateway.errors import DeviceConfigError, DeviceError, TransientError
@@ -172,6 +173,17 @@ class Capabilities:
     rpm: bool = True
     max_per_request: int | None = None
     no_cov: set[ObjectRef] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class IAm:
+    """A device that answered Who-Is."""
+
+    instance: int
+    address: str
+    vendor: int
+    max_apdu: int
+    segmentation: str
 
 
 CovCallback = Callable[[str, PropertyValue], None]
@@ -357,20 +369,48 @@ class Link:
                                                     encoded, priority=priority),
                          reply_timeout=reply_timeout, retries=0, what=f"WriteProperty {ref}")
 
-    async def who_is(self, low: int | None, high: int | None, to: str | None,
-                     wait: float) -> list[tuple[int, str, int, int, str]]:
-        """Who-Is (to an address, or local broadcast); (instance, address, vendor,
-        max APDU, segmentation) for each I-Am heard within `wait` seconds."""
+    async def identify(self, address: str, wait: float) -> int | None:
+        """Who-Is sent to one device; the instance of its I-Am (None if it stayed silent)."""
         app = self.app
-        target = Address(to) if to else None
         try:
             async with asyncio.timeout(wait + 1.0):
-                iams = await app.who_is(low, high, target, timeout=wait)
+                iams = await app.who_is(None, None, Address(address), timeout=wait)
+        except TimeoutError:
+            return None
+        return int(iams[0].iAmDeviceIdentifier[1]) if iams else None
+
+    async def discover(self, low: int | None, high: int | None, to: str | None,
+                       wait: float) -> list[IAm]:
+        """Who-Is to `to` (a directed broadcast such as 192.168.20.255, or one device), or
+        broadcast; every I-Am heard within `wait` seconds."""
+        app = self.app
+        s = self.settings
+        if to is None and s.bbmd is None and "/" not in s.address:
+            to = f"255.255.255.255:{s.port or 47808}"  # bound to any interface: no subnet
+        if to is None:
+            future = app.who_is(low, high, None, timeout=wait)
+        else:
+            # bacpypes3's who_is() keeps only I-Ams from the address it was sent to, which
+            # a directed broadcast never is: collect them like a broadcast Who-Is does
+            request = WhoIsRequest(destination=Address(to))
+            if low is not None and high is not None:
+                request.deviceInstanceRangeLowLimit = low
+                request.deviceInstanceRangeHighLimit = high
+            collector = WhoIsFuture(app, None, low, high, wait)
+            if not hasattr(app, "_who_is_futures"):
+                app._who_is_futures = []  # bacpypes3 internal: pending Who-Is collectors
+            app._who_is_futures.append(collector)  # bacpypes3 internal: routes I-Ams
+            app.request(request)
+            future = collector.future
+        try:
+            async with asyncio.timeout(wait + 1.0):
+                iams = await future
         except TimeoutError:
             iams = []
-        return [(int(iam.iAmDeviceIdentifier[1]), str(iam.pduSource), int(iam.vendorID),
-                 int(iam.maxAPDULengthAccepted), str(iam.segmentationSupported))
-                for iam in iams or ()]
+        found = [IAm(int(iam.iAmDeviceIdentifier[1]), str(iam.pduSource), int(iam.vendorID),
+                     int(iam.maxAPDULengthAccepted), str(iam.segmentationSupported))
+                 for iam in iams or ()]
+        return sorted(found, key=lambda i: i.instance)
 
     # -- change of value -----------------------------------------------------------------------
     async def subscribe(self, address: str, ref: ObjectRef, lifetime: int,
@@ -417,5 +457,12 @@ class Link:
                              what="cancel SubscribeCOV")
 
 
-__all__ = ["AnswerError", "Capabilities", "Link", "LinkSettings", "answer_error",
-           "to_value"]
+__all__ = [
+    "AnswerError",
+    "Capabilities",
+    "IAm",
+    "Link",
+    "LinkSettings",
+    "answer_error",
+    "to_value",
+]

@@ -106,6 +106,8 @@ class BacnetDevice:
         self.app = cls(device, IPv4Address(self.address))
         server = self.app.normal.server if hasattr(self.app, "normal") else self.app.server
         await asyncio.wait_for(server._local_transport_ready.wait(), 5)
+        if self.bbmd:  # a BBMD re-broadcasts on its own subnet only when its BDT holds it
+            self.app.add_peer(IPv4Address(self.address))
         self.objects = {}
         for obj in standard_objects(self.extra_analog):
             key = str(obj.objectIdentifier)

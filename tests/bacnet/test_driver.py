@@ -145,7 +145,7 @@ async def test_device_id_is_checked_with_who_is(rig: Rig) -> None:
     dev = await rig.device(device_id=1234)
     d = await rig.driver(dev, device_id=1234)
     assert d is not None
-    with pytest.raises(TransientError):
+    with pytest.raises(DeviceConfigError, match="is device 1234, not 999"):
         await rig.driver(dev, name="other", device_id=999)
 
 
@@ -178,5 +178,40 @@ async def test_port_taken_by_another_program_is_a_config_error(rig: Rig) -> None
         s.bind(("127.0.0.1", rig.port))
         with pytest.raises(DeviceConfigError, match="cannot bind"):
             await rig.driver(dev)
+    assert len(rig.pool) == 0
+    rig.drivers.clear()
+
+
+async def test_foreign_device_registers_with_the_bbmd_and_reads(rig: Rig) -> None:
+    from emulators.bacnet_device import BacnetDevice
+
+    from .conftest import free_udp_port
+
+    port = free_udp_port()
+    bbmd = BacnetDevice(f"127.0.0.4/8:{port}", 2999, bbmd=True)
+    rig.devices.append(bbmd)
+    await bbmd.start()
+    dev = await rig.device()
+    d = await rig.driver(dev, cov=False, network={
+        "address": "127.0.0.1", "port": rig.port,
+        "foreign": {"bbmd": f"127.0.0.4:{port}", "ttl": "60s"}})
+    assert d._link is not None and d._link.registered
+    fdt = bbmd.app.bbmd.bbmdFDT
+    assert [str(e.fdAddress) for e in fdt] == [f"127.0.0.1:{rig.port}"]
+    sink = rig.start(d)
+    await sink.wait(lambda: len(sink.readings) >= 6)
+
+
+async def test_silent_bbmd_is_a_transient_error(rig: Rig, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    from drivers.bacnet import link
+
+    from .conftest import free_udp_port
+
+    monkeypatch.setattr(link, "REGISTER_TIMEOUT", 0.3)
+    dev = await rig.device()
+    with pytest.raises(TransientError, match="did not answer the foreign-device"):
+        await rig.driver(dev, network={"address": "127.0.0.1", "port": rig.port,
+                                       "foreign": {"bbmd": f"127.0.0.1:{free_udp_port()}"}})
     assert len(rig.pool) == 0
     rig.drivers.clear()
