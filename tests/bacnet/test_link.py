@@ -1,0 +1,86 @@
+"""What drivers/bacnet/link.py takes from bacpypes3's internals, pinned so that an upgrade
+that moves them fails here and not on site; and the classification of device answers."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+from bacpypes3.apdu import AbortPDU, Error, ErrorRejectAbortNack, RejectPDU
+from bacpypes3.basetypes import ErrorType
+from bacpypes3.ipv4 import IPv4DatagramServer
+from bacpypes3.ipv4.app import ForeignApplication, NormalApplication
+from bacpypes3.ipv4.service import BIPForeign
+from bacpypes3.local.device import DeviceObject
+from bacpypes3.pdu import IPv4Address
+from bacpypes3.service import cov, device
+
+from drivers.bacnet.link import answer_error
+
+from .conftest import free_udp_port
+
+
+@pytest.mark.parametrize(("answer", "pdu", "code", "number", "flags"), [
+    (RejectPDU(reason="unrecognizedService"), "reject", "unrecognized-service", 9,
+     {"unsupported_service"}),
+    (AbortPDU(reason="segmentationNotSupported"), "abort", "segmentation-not-supported", 4,
+     {"too_big"}),
+    (ErrorType(errorClass="object", errorCode="unknownObject"), "error", "unknown-object", 31,
+     {"unknown_object"}),
+    (Error(service_choice=14, errorClass="services", errorCode="serviceRequestDenied"),
+     "error", "service-request-denied", 29, {"unsupported_service"}),
+    (ErrorType(errorClass="property", errorCode="writeAccessDenied"), "error",
+     "write-access-denied", 40, set()),
+])
+def test_answers_are_classified(answer: object, pdu: str, code: str, number: int,
+                                flags: set[str]) -> None:
+    err = answer_error(answer)  # type: ignore[arg-type]
+    assert (err.pdu, err.code, err.number) == (pdu, code, number)
+    assert {f for f in ("unsupported_service", "too_big", "unknown_object")
+            if getattr(err, f)} == flags
+
+
+def test_error_answers_are_base_exceptions() -> None:
+    # Link._call catches them by name: `except Exception` would let them through
+    assert issubclass(ErrorRejectAbortNack, BaseException)
+    assert not issubclass(ErrorRejectAbortNack, Exception)
+
+
+async def test_internals_the_link_reaches_into() -> None:
+    dev = DeviceObject(objectIdentifier=("device", 4194001), objectName="pin",
+                       vendorIdentifier=999)
+    app = NormalApplication(dev, IPv4Address(f"127.0.0.1:{free_udp_port()}"))
+    try:
+        server = app.normal.server
+        assert isinstance(server, IPv4DatagramServer)
+        assert isinstance(server._local_transport_ready, asyncio.Event)
+        await asyncio.wait_for(server._local_transport_ready.wait(), 5)
+        assert isinstance(app._cov_contexts, dict)
+    finally:
+        app.close()
+    # COV notifications are routed by (source address, process id) to an object with
+    # `monitored_object_identifier` and an awaitable `put(property_value)`
+    src = inspect.getsource(cov.ChangeOfValueServices.do_UnconfirmedCOVNotificationRequest)
+    assert "self._cov_contexts.get((address, subscriber_process_identifier)" in src
+    assert "scm.monitored_object_identifier" in src
+    assert "await scm.put(property_value)" in src
+    # Who-Is collectors: WhoIsFuture(app, address, low, high, timeout) in _who_is_futures
+    params = list(inspect.signature(device.WhoIsFuture.__init__).parameters)
+    assert params == ["self", "app", "address", "low_limit", "high_limit", "timeout"]
+    assert "self.app._who_is_futures.remove(self)" in inspect.getsource(
+        device.WhoIsFuture.who_is_done)
+    # foreign registration: an event set by the BVLC result, and the result code
+    assert "_registration_event" in inspect.getsource(BIPForeign.__init__)
+    assert "bbmdRegistrationStatus" in inspect.getsource(BIPForeign.__init__)
+    assert "self.foreign = BIPForeign()" in inspect.getsource(ForeignApplication.__init__)
+    assert "self.server = IPv4DatagramServer(" in inspect.getsource(ForeignApplication.__init__)
+
+
+def test_loopback_short_circuit_that_shapes_the_tests() -> None:
+    # bacpypes3 delivers a unicast to any 127.x.x.x on its own port to itself, so tests put
+    # the gateway and the devices on different ports (or devices on 127.0.0.2+ sharing one)
+    src = inspect.getsource(IPv4DatagramServer.indication)
+    assert 'pdu_destination[0].startswith("127.")' in src
+    # and it binds with SO_REUSEPORT (why Link checks the port is free before binding)
+    assert "reuse_port" in inspect.getsource(IPv4DatagramServer.retrying_create_datagram_endpoint)
