@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -32,6 +32,8 @@ from .options import BacnetOptions, ObjectSpec
 
 T = TypeVar("T")
 RENEW_AT = 0.75
+CANCEL_TIMEOUT = 0.5
+"""Longest `close()` waits for the device to confirm cancelled subscriptions."""
 """Share of a COV subscription's lifetime after which it is renewed."""
 
 
@@ -66,6 +68,14 @@ class _Point:
         return out
 
 
+class _Again(Exception):  # control flow inside _read, never escapes
+    """Read the same objects again with a changed plan (RPM off, or smaller batches)."""
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__()
+        self.size = size
+
+
 @dataclass(frozen=True, slots=True)
 class _Sub:
     spid: int
@@ -89,6 +99,8 @@ class BacnetDriver(StreamingDriver, Commandable):
         self._emit: Emit | None = None
         self._flush: asyncio.Handle | None = None
         self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stop_listening: Callable[[], None] | None = None
         m, dev = ctx.metrics, options.name
         self._m_requests = m.counter("bacnet_requests", "BACnet confirmed requests sent",
                                      ["device", "service"])
@@ -111,6 +123,15 @@ class BacnetDriver(StreamingDriver, Commandable):
                 kind="config")
         if self.o.device_id is not None:
             await self._check_identity(self._link)
+        self._stop_listening = self._link.listen_i_am(self.o.address, self._on_i_am)
+
+    def _on_i_am(self, _instance: int) -> None:
+        """The device announced itself: it (re)started and forgot our subscriptions."""
+        if not self._subs:
+            return
+        self.ctx.log.info("device announced itself (I-Am): subscribing again")
+        self._subs = {name: _Sub(sub.spid, 0.0) for name, sub in self._subs.items()}
+        self._wake.set()
 
     async def _check_identity(self, link: Link) -> None:
         want = self.o.device_id
@@ -127,15 +148,28 @@ class BacnetDriver(StreamingDriver, Commandable):
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
+        self._emit = None
         link, self._link = self._link, None
         if link is None:
             return
         subs, self._subs = self._subs, {}
-        for name, sub in subs.items():
-            point = self._by_name[name]
-            await link.unsubscribe(self.o.address, point.ref, sub.spid, reply_timeout=0.5)
+        for sub in subs.values():
+            link.forget(self.o.address, sub.spid)  # nothing is emitted after close
         self._m_subscribed.set(0)
-        await self.ctx.resources.release(self._settings.key)
+        try:
+            # cancelled on the device in parallel, bounded: after a failure it is gone
+            async with asyncio.timeout(CANCEL_TIMEOUT):
+                await asyncio.gather(*(
+                    link.unsubscribe(self.o.address, self._by_name[name].ref, sub.spid,
+                                     reply_timeout=CANCEL_TIMEOUT)
+                    for name, sub in subs.items()))
+        except TimeoutError:
+            pass
+        finally:
+            await self.ctx.resources.release(self._settings.key)
 
     def _need_link(self) -> Link:
         if self._link is None:
@@ -151,14 +185,21 @@ class BacnetDriver(StreamingDriver, Commandable):
         emit(await self._read(self._points))
         if self.o.cov:
             await self._subscribe_all(link, loop.time())
-        deadline = loop.time()
+        deadline = loop.time() + self.o.interval
         while True:
-            deadline += self.o.interval
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            # wake for the next poll, the next renewal, or an I-Am (a device restart)
+            renew = min((sub.due for sub in self._subs.values()), default=deadline)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, min(deadline, renew) - loop.time())):
+                    await self._wake.wait()
+            self._wake.clear()
             now = loop.time()
-            if now > deadline + self.o.interval:
-                deadline = now  # overran: skip ticks rather than burst
             await self._renew_due(link, now)
+            if now < deadline:
+                continue
+            deadline += self.o.interval
+            if now > deadline:
+                deadline = now + self.o.interval  # overran: skip ticks rather than burst
             polled = [p for p in self._points if not p.cov]
             if polled:
                 emit(await self._read(polled))
@@ -188,27 +229,13 @@ class BacnetDriver(StreamingDriver, Commandable):
         answered = False
         i = 0
         while i < len(points):
-            chunk = points[i:i + size] if (self.o.rpm and caps.rpm) else points[i:i + 1]
+            batch = self.o.rpm and caps.rpm
+            chunk = points[i:i + size] if batch else points[i:i + 1]
             try:
-                if self.o.rpm and caps.rpm:
-                    got = await self._read_rpm(link, chunk)
-                else:
-                    got = await self._read_one(link, chunk[0])
-            except AnswerError as exc:
-                if exc.unsupported_service and caps.rpm and self.o.rpm:
-                    caps.rpm = False
-                    self.ctx.log.warning("device does not take ReadPropertyMultiple; reading "
-                                         "its objects one by one from now on", error=str(exc))
-                    continue
-                if exc.too_big and len(chunk) > 1:
-                    size = caps.max_per_request = max(1, len(chunk) // 2)
-                    self.ctx.log.info("answer too big; asking for fewer objects at once",
-                                      max_per_request=size)
-                    continue
-                # the request as a whole was refused: read its objects alone this time
-                got = {}
-                for point in chunk:
-                    got.update(await self._read_one(link, point))
+                got = await self._read_chunk(link, chunk, batch)
+            except _Again as again:
+                size = again.size or size
+                continue
             except TransientError:
                 if not answered:
                     raise
@@ -220,6 +247,33 @@ class BacnetDriver(StreamingDriver, Commandable):
             out.extend(self._reading(point, got, ts) for point in chunk)
             i += len(chunk)
         return out
+
+    async def _read_chunk(self, link: Link, chunk: Sequence[_Point], batch: bool
+                          ) -> dict[tuple[ObjectRef, str], PropertyValue]:
+        """One RPM (or the reads of one object); `_Again` when the plan must change."""
+        if not batch:
+            return await self._read_one(link, chunk[0])
+        caps = link.caps(self.o.address)
+        try:
+            return await self._read_rpm(link, chunk)
+        except AnswerError as exc:
+            if exc.unsupported_service:
+                caps.rpm = False
+                self.ctx.log.warning("device does not take ReadPropertyMultiple; reading its "
+                                     "objects one by one from now on", error=str(exc))
+                raise _Again(None) from None
+            if exc.too_big and len(chunk) > 1:
+                size = caps.max_per_request = max(1, len(chunk) // 2)
+                self.ctx.log.info("answer too big; asking for fewer objects at once",
+                                  max_per_request=size)
+                raise _Again(size) from None
+            error = exc
+        # the request as a whole was refused: read its objects alone this time
+        self.ctx.log.debug("ReadPropertyMultiple refused; objects read alone", error=str(error))
+        got: dict[tuple[ObjectRef, str], PropertyValue] = {}
+        for point in chunk:
+            got.update(await self._read_one(link, point))
+        return got
 
     async def _read_rpm(self, link: Link, chunk: Sequence[_Point]
                         ) -> dict[tuple[ObjectRef, str], PropertyValue]:

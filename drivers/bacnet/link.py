@@ -208,6 +208,30 @@ class _CovSink:
         self._callback(str(prop), to_value(value))
 
 
+IAmCallback = Callable[[int], None]
+"""Called with the device instance of an I-Am heard from a device's address."""
+
+
+class _Listening:
+    """Mixed into the bacpypes3 applications: I-Ams also go to the link's listeners (a
+    device announces itself when it starts: it has forgotten our COV subscriptions)."""
+
+    i_am_listeners: dict[str, list[IAmCallback]]
+
+    async def do_IAmRequest(self, apdu: Any) -> None:
+        await super().do_IAmRequest(apdu)  # type: ignore[misc]
+        for callback in list(self.i_am_listeners.get(str(apdu.pduSource), ())):
+            callback(int(apdu.iAmDeviceIdentifier[1]))
+
+
+class _Normal(_Listening, NormalApplication):  # type: ignore[misc]
+    pass
+
+
+class _Foreign(_Listening, ForeignApplication):  # type: ignore[misc]
+    pass
+
+
 class Link:
     """One bacpypes3 application: reads, writes, COV and Who-Is for all BACnet devices."""
 
@@ -216,6 +240,7 @@ class Link:
         self.capabilities: dict[str, Capabilities] = {}
         self._app: NormalApplication | ForeignApplication | None = None
         self._next_spid = 1
+        self._i_am: dict[str, list[IAmCallback]] = {}
 
     # -- life cycle ----------------------------------------------------------------------------
     @classmethod
@@ -245,11 +270,12 @@ class Link:
             apduTimeout=60_000, numberOfApduRetries=0)
         local = IPv4Address(f"{s.address}:{s.port}")
         if s.bbmd is None:
-            app: NormalApplication | ForeignApplication = NormalApplication(device, local)
+            app: NormalApplication | ForeignApplication = _Normal(device, local)
             server = app.normal.server
         else:
-            app = ForeignApplication(device, local)
+            app = _Foreign(device, local)
             server = app.server
+        app.i_am_listeners = self._i_am
         self._app = app
         try:
             async with asyncio.timeout(READY_TIMEOUT):
@@ -293,6 +319,18 @@ class Link:
                 with contextlib.suppress(Exception):
                     app.unregister()
             app.close()
+
+    def listen_i_am(self, address: str, callback: IAmCallback) -> Callable[[], None]:
+        """Call `callback` for each I-Am from `address`; returns the function that stops it."""
+        self._i_am.setdefault(address, []).append(callback)
+
+        def stop() -> None:
+            callbacks = self._i_am.get(address, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                self._i_am.pop(address, None)
+        return stop
 
     def caps(self, address: str) -> Capabilities:
         """What the device at `address` supports (learnt so far)."""
@@ -441,14 +479,19 @@ class Link:
             raise
         return spid
 
+    def forget(self, address: str, spid: int) -> None:
+        """Stop delivering notifications of subscription `spid` (at once, no request)."""
+        if self._app is not None:
+            self._app._cov_contexts.pop((Address(address), spid), None)  # bacpypes3 internal
+
     async def unsubscribe(self, address: str, ref: ObjectRef, spid: int, *,
                           reply_timeout: float) -> None:
         """Cancel a subscription (best effort: the device may be gone)."""
         app = self._app
         if app is None:
             return
+        self.forget(address, spid)
         dest = Address(address)
-        app._cov_contexts.pop((dest, spid), None)  # bacpypes3 internal: notification routing
         objid = ObjectIdentifier((ref.type, ref.instance))
         with contextlib.suppress(DeviceError, TimeoutError):
             await self._call(lambda: app.request(SubscribeCOVRequest(

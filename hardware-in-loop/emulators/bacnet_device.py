@@ -25,7 +25,7 @@ from bacpypes3.local.analog import AnalogInputObject, AnalogOutputObject, Analog
 from bacpypes3.local.binary import BinaryOutputObject, BinaryValueObjectCmd
 from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.multistate import MultiStateValueObject
-from bacpypes3.pdu import IPv4Address
+from bacpypes3.pdu import Address, IPv4Address
 
 
 class _NoRpm(NormalApplication):  # type: ignore[misc]
@@ -129,6 +129,10 @@ class BacnetDevice:
     def set(self, ref: str, value: Any) -> None:
         """Change a present-value (triggers COV notifications)."""
         self.objects[ref].presentValue = value
+
+    def announce(self, to: str) -> None:
+        """I-Am, as a device sends on start (by broadcast on a real subnet; to `to` here)."""
+        self.app.i_am(Address(to))
 
     def delete(self, ref: str) -> None:
         """Remove an object: reads of it get unknown-object from now on."""

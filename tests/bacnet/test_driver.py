@@ -215,3 +215,26 @@ async def test_silent_bbmd_is_a_transient_error(rig: Rig, monkeypatch: pytest.Mo
                                        "foreign": {"bbmd": f"127.0.0.1:{free_udp_port()}"}})
     assert len(rig.pool) == 0
     rig.drivers.clear()
+
+
+async def test_fast_restart_announced_by_i_am_resubscribes(rig: Rig) -> None:
+    """A device that restarts between two polls forgets its subscriptions; its I-Am on
+    start makes the driver subscribe again at once instead of at the next renewal."""
+    dev = await rig.device()
+    d = await rig.driver(dev, interval="30s")
+    sink = rig.start(d)
+    await sink.wait(lambda: rig.sample("parkgate_bacnet_cov_subscriptions", device="ahu") == COV)
+    await dev.stop()
+    await dev.start()
+    assert not dev.app._cov_detections
+    dev.announce(f"127.0.0.1:{rig.port}")
+
+    def subscribes() -> float:
+        return rig.sample("parkgate_bacnet_requests_total", device="ahu",
+                          service="subscribe-cov")
+
+    async with asyncio.timeout(5):
+        while subscribes() < 2 * COV + REFUSED:
+            await asyncio.sleep(0.05)
+    dev.set("analog-value,2", 21.0)
+    await sink.value("setpoint", 21.0)
