@@ -10,6 +10,7 @@ from typing import Any
 from gateway.errors import DeviceError, ParkgateError
 from gateway.units import parse_duration
 
+from .answers import AnswerError
 from .objects import ObjectRef
 from .options import DEFAULT_PORT, GATEWAY_INSTANCE, ForeignDevice, Network, _host_port
 
@@ -124,8 +125,6 @@ def read_command(args: argparse.Namespace) -> int:
                                     ["present-value", "status-flags"])
 
     async def work(link: Any) -> dict[str, Any]:
-        from .link import AnswerError  # noqa: PLC0415
-
         values: dict[str, Any] = {}
         errors: dict[str, str] = {}
         for prop in props:

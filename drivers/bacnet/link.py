@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bacpypes3.apdu import ErrorRejectAbortNack, SubscribeCOVRequest, WhoIsRequest
@@ -32,79 +31,15 @@ from bacpypes3.vendor import get_vendor_info
 
 from gateway.errors import DeviceConfigError, DeviceError, TransientError
 
+from .answers import AnswerError, answer_error
 from .objects import Kind, ObjectRef
-from .options import Network
+from .port import Capabilities, CovCallback, IAm, IAmCallback, LinkSettings, PropertyValue
 
 T = TypeVar("T")
 READY_TIMEOUT = 5.0
 """Longest wait for the UDP socket to be bound (bacpypes3 retries a failed bind forever)."""
 REGISTER_TIMEOUT = 5.0
 """Longest wait for a BBMD to accept the foreign-device registration."""
-
-PropertyValue = Any
-"""A decoded property: float, int, bool, str, None, a list of flags, or `AnswerError`."""
-
-
-class AnswerError(DeviceError):
-    """The device answered with a BACnet Error, Reject or Abort."""
-
-    kind = "bacnet-error"
-
-    def __init__(self, message: str, *, pdu: str, error_class: str | None, code: str,
-                 number: int) -> None:
-        super().__init__(message)
-        self.pdu = pdu
-        self.error_class = error_class
-        self.code = code
-        self.number = number
-
-    @property
-    def unknown_object(self) -> bool:
-        """The object is not (or no longer) in the device."""
-        return self.code in ("unknown-object", "unknownObject")
-
-    @property
-    def unsupported_service(self) -> bool:
-        """The device does not implement the service asked (RPM, SubscribeCOV)."""
-        return self.code in (
-            "unrecognized-service", "unrecognizedService", "service-request-denied",
-            "serviceRequestDenied", "optional-functionality-not-supported",
-            "optionalFunctionalityNotSupported", "not-cov-property", "notCovProperty",
-            "cov-subscription-failed", "covSubscriptionFailed")
-
-    @property
-    def too_big(self) -> bool:
-        """The answer would not fit the device's buffers: ask for less at once."""
-        return self.code in ("segmentation-not-supported", "segmentationNotSupported",
-                             "buffer-overflow", "bufferOverflow", "abort-apdu-too-long",
-                             "apduTooLong")
-
-
-def _name(value: object) -> str:
-    text = str(value)
-    return text if text and text != "None" else repr(value)
-
-
-def answer_error(exc: BaseException | ErrorType) -> AnswerError:
-    """Our error for a bacpypes3 Error/Reject/Abort PDU or an RPM element's error."""
-    error_class = getattr(exc, "errorClass", None)
-    error_code = getattr(exc, "errorCode", None)
-    if error_code is not None:
-        code = _name(error_code)
-        klass = _name(error_class) if error_class is not None else None
-        number = int(error_code) if isinstance(error_code, int) else -1
-        pdu = "error"
-        text = f"{klass}: {code}" if klass else code
-    else:
-        reason = getattr(exc, "apduAbortRejectReason", None)
-        pdu = "reject" if type(exc).__name__.startswith("Reject") else "abort"
-        code = _name(reason)
-        klass = None
-        number = int(reason) if isinstance(reason, int) else -1
-        text = f"{pdu}: {code}"
-    return AnswerError(f"device answered {text}", pdu=pdu, error_class=klass, code=code,
-                       number=number)
-
 
 def to_value(value: object) -> PropertyValue:
     """A plain Python value of a decoded BACnet property."""
@@ -129,67 +64,6 @@ def to_value(value: object) -> PropertyValue:
     return str(value)
 
 
-@dataclass(frozen=True, slots=True)
-class LinkSettings:
-    """What identifies the gateway's BACnet port and must agree between its devices."""
-
-    address: str
-    port: int
-    device_id: int
-    bbmd: str | None = None
-    ttl: int = 300
-
-    @classmethod
-    def of(cls, network: Network) -> LinkSettings:
-        """Settings of a device's `network:` block."""
-        foreign = network.foreign
-        return cls(network.address, network.port, network.device_id,
-                   foreign.bbmd if foreign else None, int(foreign.ttl) if foreign else 300)
-
-    @property
-    def key(self) -> tuple[str, int]:
-        """Resource-pool key: one stack per UDP port."""
-        return ("bacnet", self.port)
-
-    @property
-    def label(self) -> str:
-        """How logs and errors name the port."""
-        return f"BACnet port {self.address.split('/')[0]}:{self.port}"
-
-    def differences(self, other: LinkSettings) -> list[str]:
-        """Human lines for each setting that differs."""
-        out = []
-        for name in ("address", "device_id", "bbmd", "ttl"):
-            a, b = getattr(self, name), getattr(other, name)
-            if a != b:
-                out.append(f"{name}: {a!r} vs {b!r}")
-        return out
-
-
-@dataclass(slots=True)
-class Capabilities:
-    """What a device (by address) turned out to support, remembered across reconnects."""
-
-    rpm: bool = True
-    max_per_request: int | None = None
-    no_cov: set[ObjectRef] = field(default_factory=set)
-
-
-@dataclass(frozen=True, slots=True)
-class IAm:
-    """A device that answered Who-Is."""
-
-    instance: int
-    address: str
-    vendor: int
-    max_apdu: int
-    segmentation: str
-
-
-CovCallback = Callable[[str, PropertyValue], None]
-"""Called with (property name, value) for each property of a COV notification."""
-
-
 class _CovSink:
     """What bacpypes3 looks up in `_cov_contexts` to deliver a notification."""
 
@@ -206,10 +80,6 @@ class _CovSink:
             return
         value = property_value.value.cast_out(kind)
         self._callback(str(prop), to_value(value))
-
-
-IAmCallback = Callable[[int], None]
-"""Called with the device instance of an I-Am heard from a device's address."""
 
 
 class _Listening:

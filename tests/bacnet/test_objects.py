@@ -140,3 +140,15 @@ def test_config_mistakes_come_back_with_their_place(tmp_path: Path,
                              "unknown object type")
     assert out[2].startswith(f"{cfg}:10:9: devices.0.objects.1: write: analog-input objects "
                              "are not commandable")
+
+
+def test_checking_a_config_does_not_load_the_protocol_stack() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from gateway.config import load_config; "
+            f"load_config({str(ROOT / 'drivers/bacnet/sample.yaml')!r}); "
+            "print('bacpypes3' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
