@@ -146,8 +146,8 @@ def test_checking_a_config_does_not_load_the_protocol_stack() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from gateway.config import load_config; "
-            f"load_config({str(ROOT / 'drivers/bacnet/sample.yaml')!r}); "
+    code = ("import sys; from pathlib import Path; from gateway.config import load_config; "
+            f"load_config(Path({str(ROOT / 'drivers/bacnet/sample.yaml')!r})); "
             "print('bacpypes3' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, cwd=ROOT, check=True)
