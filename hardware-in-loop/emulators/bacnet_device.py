@@ -153,19 +153,32 @@ class BacnetDevice:
 
 async def _main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--address", default="127.0.0.1:47901")
+    p.add_argument("--address", default="127.0.0.1:47901",
+                   help="HOST:PORT of the first device; more devices take the next ports")
     p.add_argument("--device-id", type=int, default=1001)
+    p.add_argument("--devices", type=int, default=1)
     p.add_argument("--no-rpm", action="store_true")
     p.add_argument("--no-cov", action="store_true")
     p.add_argument("--points", type=int, default=0, help="extra analog inputs 100..")
+    p.add_argument("--change", type=float, default=0.0, metavar="SECONDS",
+                   help="give every extra analog input a new value this often (COV)")
     a = p.parse_args()
-    dev = await BacnetDevice(a.address, a.device_id, rpm=not a.no_rpm, cov=not a.no_cov,
-                             extra_analog=a.points).start()
-    print(f"BACnet device {a.device_id} on {a.address}", flush=True)
+    host, port = a.address.rsplit(":", 1)
+    devs = [await BacnetDevice(f"{host}:{int(port) + i}", a.device_id + i, rpm=not a.no_rpm,
+                               cov=not a.no_cov, extra_analog=a.points).start()
+            for i in range(a.devices)]
+    print(f"serving {a.devices} BACnet device(s) from {a.address}", flush=True)
     try:
-        await asyncio.Event().wait()
+        tick = 0
+        while True:
+            await asyncio.sleep(a.change or 3600)
+            tick += 1
+            for dev in devs:
+                for i in range(a.points):
+                    dev.set(f"analog-input,{100 + i}", float(i + tick % 2))
     finally:
-        await dev.stop()
+        for dev in devs:
+            await dev.stop()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import inspect
 
 import pytest
 from bacpypes3.apdu import AbortPDU, Error, ErrorRejectAbortNack, RejectPDU
+from bacpypes3.appservice import ApplicationServiceAccessPoint
 from bacpypes3.basetypes import ErrorType
 from bacpypes3.ipv4 import IPv4DatagramServer
 from bacpypes3.ipv4.app import ForeignApplication, NormalApplication
@@ -57,6 +58,7 @@ async def test_internals_the_link_reaches_into() -> None:
         assert isinstance(server._local_transport_ready, asyncio.Event)
         await asyncio.wait_for(server._local_transport_ready.wait(), 5)
         assert isinstance(app._cov_contexts, dict)
+        assert type(app.asap) is ApplicationServiceAccessPoint  # Link swaps its class
     finally:
         app.close()
     # COV notifications are routed by (source address, process id) to an object with
@@ -75,6 +77,13 @@ async def test_internals_the_link_reaches_into() -> None:
     assert "bbmdRegistrationStatus" in inspect.getsource(BIPForeign.__init__)
     assert "self.foreign = BIPForeign()" in inspect.getsource(ForeignApplication.__init__)
     assert "self.server = IPv4DatagramServer(" in inspect.getsource(ForeignApplication.__init__)
+    # RPM answers are decoded by drivers/bacnet/rpm.py: the ASAP decodes complex ACKs in
+    # sap_response and passes them on through ServiceAccessPoint.sap_response
+    src = inspect.getsource(ApplicationServiceAccessPoint.sap_response)
+    assert "xpdu = APCISequence.decode(apdu)" in src
+    assert "await ServiceAccessPoint.sap_response(self, xpdu)" in src
+    assert "self.asap = ApplicationServiceAccessPoint(" in inspect.getsource(
+        NormalApplication.__init__)
 
 
 def test_loopback_short_circuit_that_shapes_the_tests() -> None:
@@ -84,3 +93,28 @@ def test_loopback_short_circuit_that_shapes_the_tests() -> None:
     assert 'pdu_destination[0].startswith("127.")' in src
     # and it binds with SO_REUSEPORT (why Link checks the port is free before binding)
     assert "reuse_port" in inspect.getsource(IPv4DatagramServer.retrying_create_datagram_endpoint)
+
+
+async def test_rpm_falls_back_to_read_property_for_values_the_lean_decoder_skips() -> None:
+    from emulators.bacnet_device import BacnetDevice
+
+    from drivers.bacnet.link import Link, LinkSettings
+    from drivers.bacnet.objects import ObjectRef
+
+    dev = await BacnetDevice(f"127.0.0.1:{free_udp_port()}", 3001).start()
+    link = await Link.start(LinkSettings("127.0.0.1", free_udp_port(), 4194001))
+    try:
+        av = ObjectRef("analog-value", 2)
+        got = await link.read_multiple(dev.address, [
+            (av, ["present-value", "priority-array", "units"]),
+            (ObjectRef("analog-input", 77), ["present-value"])],
+            reply_timeout=2.0, retries=0)
+        assert got[(av, "present-value")] == 20.0
+        assert got[(av, "units")] == "degrees-celsius"
+        assert isinstance(got[(av, "priority-array")], list)  # read again, the library's way
+        assert len(got[(av, "priority-array")]) == 16
+        missing = got[(ObjectRef("analog-input", 77), "present-value")]
+        assert getattr(missing, "unknown_object", False)
+    finally:
+        await link.aclose()
+        await dev.stop()
