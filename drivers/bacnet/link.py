@@ -56,7 +56,7 @@ from gateway.errors import DeviceConfigError, DeviceError, TransientError
 from .answers import AnswerError, answer_error
 from .objects import Kind, ObjectRef
 from .port import Capabilities, CovCallback, IAm, IAmCallback, LinkSettings, PropertyValue
-from .rpm import DecodeError, Failed, Unparsed, decode_ack
+from .rpm import DecodeError, Failed, Unparsed, decode_ack, decode_cov
 
 T = TypeVar("T")
 READY_TIMEOUT = 5.0
@@ -72,6 +72,10 @@ def _prop_id(name: str) -> Any:
     prop = PropertyIdentifier(name)
     _PROP_NAMES[int(prop)] = str(prop)
     return prop
+
+
+for _name_ in ("present-value", "status-flags", "reliability", "units", "out-of-service"):
+    _prop_id(_name_)
 
 
 def _lean_value(kind: Kind, prop: str, raw: object) -> PropertyValue:
@@ -159,9 +163,26 @@ RPM_SERVICE = 14
 """Confirmed service choice of ReadPropertyMultiple."""
 
 
+COV_SERVICE = 2
+"""Unconfirmed service choice of UnconfirmedCOVNotification."""
+LeanCov = Callable[[Any, bytes], bool]
+
+
 class _LeanASAP(ApplicationServiceAccessPoint):  # type: ignore[misc]
-    """Hands ReadPropertyMultiple-ACKs up undecoded: drivers/bacnet/rpm.py decodes them at a
-    fraction of the cost (every other answer takes bacpypes3's own path)."""
+    """Hands ReadPropertyMultiple-ACKs up undecoded, and COV notifications of our own
+    subscriptions to `lean_cov`: drivers/bacnet/rpm.py decodes both at a fraction of the
+    cost (everything else takes bacpypes3's own path)."""
+
+    lean_cov: LeanCov | None = None
+
+    async def confirmation(self, pdu: Any) -> None:
+        data = pdu.pduData
+        handler = self.lean_cov
+        # an unconfirmed request (APDU type 1) whose service is a COV notification
+        if handler is not None and len(data) > 2 and data[0] >> 4 == 1 \
+                and data[1] == COV_SERVICE and handler(pdu.pduSource, bytes(data[2:])):
+            return
+        await super().confirmation(pdu)
 
     async def sap_response(self, apdu: Any) -> None:
         if isinstance(apdu, ComplexAckPDU) and apdu.apduService == RPM_SERVICE:
@@ -187,6 +208,7 @@ class Link:
         self._app: NormalApplication | ForeignApplication | None = None
         self._next_spid = 1
         self._i_am: dict[str, list[IAmCallback]] = {}
+        self._cov: dict[tuple[Any, int], tuple[tuple[int, int], Kind, CovCallback]] = {}
         self._plans: dict[Any, tuple[bytes, dict[tuple[int, int], ObjectRef],
                                      dict[ObjectRef, Kind]]] = {}
 
@@ -225,6 +247,7 @@ class Link:
             server = app.server
         app.i_am_listeners = self._i_am
         app.asap.__class__ = _LeanASAP  # bacpypes3 builds its ASAP in __init__: swap its class
+        app.asap.lean_cov = self._on_cov
         self._app = app
         try:
             async with asyncio.timeout(READY_TIMEOUT):
@@ -459,7 +482,8 @@ class Link:
         objid = ObjectIdentifier((ref.type, ref.instance))
         dest = Address(address)
         contexts: dict[Any, Any] = app._cov_contexts  # bacpypes3 internal: notification routing
-        contexts[(dest, spid)] = _CovSink(objid, callback)
+        contexts[(dest, spid)] = _CovSink(objid, callback)  # confirmed or undecodable ones
+        self._cov[(dest, spid)] = ((int(objid[0]), ref.instance), ref.kind, callback)
 
         def request() -> Awaitable[Any]:
             sent: Awaitable[Any] = app.request(SubscribeCOVRequest(
@@ -472,11 +496,29 @@ class Link:
                              what=f"SubscribeCOV {ref}")
         except BaseException:
             contexts.pop((dest, spid), None)
+            self._cov.pop((dest, spid), None)
             raise
         return spid
 
+    def _on_cov(self, source: Any, data: bytes) -> bool:
+        """A COV notification's service data; False leaves it to bacpypes3."""
+        try:
+            note = decode_cov(data)
+        except DecodeError:
+            return False
+        route = self._cov.get((source, note.spid))
+        if route is None or route[0] != (note.object_type, note.instance):
+            return False
+        _obj, kind, callback = route
+        for prop_number, _index, raw in note.values:
+            prop = _PROP_NAMES.get(prop_number)
+            if prop is not None and not isinstance(raw, Unparsed):
+                callback(prop, _lean_value(kind, prop, raw))
+        return True
+
     def forget(self, address: str, spid: int) -> None:
         """Stop delivering notifications of subscription `spid` (at once, no request)."""
+        self._cov.pop((Address(address), spid), None)
         if self._app is not None:
             self._app._cov_contexts.pop((Address(address), spid), None)  # bacpypes3 internal
 

@@ -1,4 +1,5 @@
-"""A lean decoder of ReadPropertyMultiple-ACK, the answer every poll gets.
+"""Lean decoders of the two messages a gateway gets all day: ReadPropertyMultiple-ACK (every
+poll) and UnconfirmedCOVNotification (every change).
 
 bacpypes3 decodes an answer into a tree of generic sequence objects and casts each value by
 the object's class: about 0.5 ms of CPU per value read, a hundred times what a Modbus value
@@ -174,19 +175,72 @@ def decode_ack(data: bytes) -> list[Result]:
     return out
 
 
-def _value(r: _Reader) -> Value:
-    """The value inside an opening tag 4, up to and including its closing tag."""
+def _value(r: _Reader, closing: int = 4) -> Value:
+    """The value after an opening tag, up to and including its closing tag `closing`."""
     start = r.pos
     number, context, lvt, length = r.tag()
     if context:
         r.pos = start
-        r.skip_to_closing(4)
+        r.skip_to_closing(closing)
         return Unparsed()
     value = _primitive(r, number, lvt, length)
     after = r.pos
     number, context, lvt, _ = r.tag()
-    if context and lvt == 7 and number == 4:
+    if context and lvt == 7 and number == closing:
         return value
     r.pos = after  # more than one value (a list): not a scalar
-    r.skip_to_closing(4)
+    r.skip_to_closing(closing)
     return Unparsed()
+
+
+@dataclass(frozen=True, slots=True)
+class CovNotification:
+    """An UnconfirmedCOVNotification: who sent it for which object, and the values."""
+
+    spid: int
+    device: int
+    object_type: int
+    instance: int
+    time_remaining: int
+    values: tuple[tuple[int, int | None, Value], ...]
+    """(property number, array index, value) for each property."""
+
+
+def decode_cov(data: bytes) -> CovNotification:
+    """The service data of an UnconfirmedCOVNotification-Request (after its 2-byte header)."""
+    r = _Reader(data)
+    fields: list[int] = []
+    for want in range(4):  # [0] process id, [1] device, [2] object, [3] time remaining
+        number, context, lvt, length = r.tag()
+        if not (context and number == want and lvt not in (6, 7)):
+            raise DecodeError(f"expected context tag {want}")
+        fields.append(_unsigned(r.take(length)))
+    number, context, lvt, _ = r.tag()
+    if not (context and number == 4 and lvt == 6):
+        raise DecodeError("expected the list of values [4]")
+    values: list[tuple[int, int | None, Value]] = []
+    while True:
+        number, context, lvt, length = r.tag()
+        if context and number == 4 and lvt == 7:
+            break
+        if not (context and number == 0):
+            raise DecodeError("expected a property identifier [0]")
+        prop = _unsigned(r.take(length))
+        index: int | None = None
+        number, context, lvt, length = r.tag()
+        if context and number == 1 and lvt not in (6, 7):
+            index = _unsigned(r.take(length))
+            number, context, lvt, length = r.tag()
+        if not (context and number == 2 and lvt == 6):
+            raise DecodeError("expected a value [2]")
+        values.append((prop, index, _value(r, 2)))
+        if r.more():  # an optional priority [3]
+            mark = r.pos
+            number, context, lvt, length = r.tag()
+            if context and number == 3 and lvt not in (6, 7):
+                r.pos += length
+            else:
+                r.pos = mark
+    device, obj = fields[1], fields[2]
+    return CovNotification(fields[0], device & 0x3FFFFF, obj >> 22, obj & 0x3FFFFF, fields[3],
+                           tuple(values))

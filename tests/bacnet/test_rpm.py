@@ -128,3 +128,45 @@ def test_agrees_with_the_encoder(items: list[tuple[str, int, tuple[str, Any]]]) 
 def test_truncated_or_wrong_answers_raise_decode_error(data: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_ack(data)
+
+
+def cov_bytes(values: list[Any], *, spid: int = 7, obj: str = "analog-value,2") -> bytes:
+    from bacpypes3.apdu import UnconfirmedCOVNotificationRequest
+    from bacpypes3.basetypes import PropertyValue
+
+    note = UnconfirmedCOVNotificationRequest(
+        subscriberProcessIdentifier=spid,
+        initiatingDeviceIdentifier=ObjectIdentifier("device,4194302"),
+        monitoredObjectIdentifier=ObjectIdentifier(obj), timeRemaining=299,
+        listOfValues=[PropertyValue(**v) for v in values])
+    encoded = note.encode()
+    assert encoded.apduService == 2
+    return bytes(encoded.pduData)
+
+
+def test_cov_notification() -> None:
+    from drivers.bacnet.rpm import CovNotification, decode_cov
+
+    data = cov_bytes([
+        {"propertyIdentifier": "present-value", "value": AnyValue(Real(25.5))},
+        {"propertyIdentifier": "status-flags", "value": AnyValue(StatusFlags([0, 0, 0, 1])),
+         "priority": 8},
+        {"propertyIdentifier": "priority-array", "propertyArrayIndex": 3,
+         "value": AnyValue(Null(()))},
+        {"propertyIdentifier": "priority-array",
+         "value": AnyValue(PriorityArray([PriorityValue(null=())] * 16))},
+        {"propertyIdentifier": "reliability", "value": AnyValue(Enumerated(7))},
+    ], spid=4_000_000, obj="multi-state-value,4194302")
+    assert decode_cov(data) == CovNotification(
+        4_000_000, 4194302, 19, 4194302, 299,
+        ((85, None, 25.5), (111, None, [0, 0, 0, 1]), (87, 3, None), (87, None, Unparsed()),
+         (103, None, 7)))
+
+
+@pytest.mark.parametrize("cut", [1, 5, 12, 20])
+def test_truncated_cov_notification_raises(cut: int) -> None:
+    from drivers.bacnet.rpm import decode_cov
+
+    data = cov_bytes([{"propertyIdentifier": "present-value", "value": AnyValue(Real(1.0))}])
+    with pytest.raises(DecodeError):
+        decode_cov(data[:cut])
