@@ -151,11 +151,12 @@ class _Listening:
     """Mixed into the bacpypes3 applications: I-Ams also go to the link's listeners (a
     device announces itself when it starts: it has forgotten our COV subscriptions)."""
 
-    i_am_listeners: dict[str, list[IAmCallback]]
+    i_am_listeners: dict[Any, list[IAmCallback]]
+    """By bacpypes3 Address: "192.168.1.5" and "192.168.1.5:47808" are one station."""
 
     async def do_IAmRequest(self, apdu: Any) -> None:
         await super().do_IAmRequest(apdu)  # type: ignore[misc]
-        for callback in list(self.i_am_listeners.get(str(apdu.pduSource), ())):
+        for callback in list(self.i_am_listeners.get(apdu.pduSource, ())):
             callback(int(apdu.iAmDeviceIdentifier[1]))
 
 
@@ -207,7 +208,7 @@ class Link:
         self.capabilities: dict[str, Capabilities] = {}
         self._app: NormalApplication | ForeignApplication | None = None
         self._next_spid = 1
-        self._i_am: dict[str, list[IAmCallback]] = {}
+        self._i_am: dict[Any, list[IAmCallback]] = {}
         self._cov: dict[tuple[Any, int], tuple[tuple[int, int], Kind, CovCallback]] = {}
         self._plans: dict[Any, tuple[bytes, dict[tuple[int, int], ObjectRef],
                                      dict[ObjectRef, Kind]]] = {}
@@ -297,14 +298,15 @@ class Link:
 
     def listen_i_am(self, address: str, callback: IAmCallback) -> Callable[[], None]:
         """Call `callback` for each I-Am from `address`; returns the function that stops it."""
-        self._i_am.setdefault(address, []).append(callback)
+        station = Address(address)
+        self._i_am.setdefault(station, []).append(callback)
 
         def stop() -> None:
-            callbacks = self._i_am.get(address, [])
+            callbacks = self._i_am.get(station, [])
             if callback in callbacks:
                 callbacks.remove(callback)
             if not callbacks:
-                self._i_am.pop(address, None)
+                self._i_am.pop(station, None)
         return stop
 
     def caps(self, address: str) -> Capabilities:

@@ -118,3 +118,26 @@ async def test_rpm_falls_back_to_read_property_for_values_the_lean_decoder_skips
     finally:
         await link.aclose()
         await dev.stop()
+
+
+async def test_i_am_listeners_match_the_station_whatever_its_spelling() -> None:
+    from bacpypes3.apdu import IAmRequest
+    from bacpypes3.primitivedata import ObjectIdentifier
+
+    from drivers.bacnet.link import Link, LinkSettings
+
+    link = await Link.start(LinkSettings("127.0.0.1", free_udp_port(), 4194001))
+    heard: list[int] = []
+    try:
+        stop = link.listen_i_am("192.168.20.31:47808", heard.append)
+        i_am = IAmRequest(iAmDeviceIdentifier=ObjectIdentifier("device,1031"),
+                          maxAPDULengthAccepted=1476, segmentationSupported="segmented-both",
+                          vendorID=5)
+        i_am.pduSource = IPv4Address("192.168.20.31")  # how the default port is printed
+        await link.app.do_IAmRequest(i_am)
+        assert heard == [1031]
+        stop()
+        await link.app.do_IAmRequest(i_am)
+        assert heard == [1031]
+    finally:
+        await link.aclose()
