@@ -10,9 +10,17 @@ from typing import Any
 from gateway.errors import DeviceError, ParkgateError
 from gateway.units import parse_duration
 
+from . import options
 from .answers import AnswerError
 from .objects import ObjectRef
-from .options import DEFAULT_PORT, GATEWAY_INSTANCE, ForeignDevice, Network, _host_port
+from .options import (
+    DEFAULT_PORT,
+    GATEWAY_INSTANCE,
+    STACK_MISSING,
+    ForeignDevice,
+    Network,
+    _host_port,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -78,6 +86,8 @@ def _network(args: argparse.Namespace) -> Network:
 
 
 async def _with_link(args: argparse.Namespace, work: Any) -> Any:
+    if not options.stack_installed():
+        raise ParkgateError(STACK_MISSING)
     from .link import Link, LinkSettings  # noqa: PLC0415 - bacpypes3 only for this command
 
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 from typing import Literal
 
@@ -15,6 +16,15 @@ from .objects import ObjectRef
 DEFAULT_PORT = 47808
 GATEWAY_INSTANCE = 4_194_000
 """The gateway's own BACnet device instance unless `network.device_id` says otherwise."""
+
+
+STACK_MISSING = ("the BACnet driver needs bacpypes3, which is not installed: "
+                 "pip install 'parkgate[bacnet]'")
+
+
+def stack_installed() -> bool:
+    """Whether bacpypes3 can be imported (checked without importing it)."""
+    return importlib.util.find_spec("bacpypes3") is not None
 
 
 def _host_port(text: str, default_port: int) -> tuple[str, int]:
@@ -145,6 +155,8 @@ class BacnetOptions(DeviceOptions):
 
     @model_validator(mode="after")
     def _unique(self) -> BacnetOptions:
+        if not stack_installed():
+            raise ValueError(STACK_MISSING)
         seen: dict[str, str] = {}
         objects: dict[str, str] = {}
         for spec in self.objects:

@@ -152,3 +152,18 @@ def test_checking_a_config_does_not_load_the_protocol_stack() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_gateway_without_the_bacnet_extra_is_told_how_to_get_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from drivers.bacnet import options
+    from gateway.cli import main
+
+    monkeypatch.setattr(options, "stack_installed", lambda: False)
+    assert main(["check", str(ROOT / "drivers/bacnet/sample.yaml")]) == 2
+    out = capsys.readouterr().out
+    assert "sample.yaml:15:5: devices.0: the BACnet driver needs bacpypes3" in out
+    assert "pip install 'parkgate[bacnet]'" in out
+    assert main(["bacnet", "discover", "--port", "0", "--wait", "10ms"]) == 1
+    assert "pip install 'parkgate[bacnet]'" in capsys.readouterr().err
