@@ -122,3 +122,12 @@ def test_discover_through_a_bbmd_as_foreign_device(devices: Any,
         assert {d["device_id"] for d in doc["devices"]} >= {2001, 2002}
     finally:
         lt.run(bbmd.stop())
+
+
+def test_read_from_any_free_port(devices: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--port 0` when the agent holds 47808: devices answer the sender's port."""
+    _lt, _devs, port = devices
+    code, doc, err = run(capsys, "read", "--address", "127.0.0.1", "--port", "0",
+                         f"127.0.0.3:{port}", "binary-output,5")
+    assert code == 0, err
+    assert doc["values"] == {"present-value": True, "status-flags": [0, 0, 0, 0]}
