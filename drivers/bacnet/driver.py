@@ -16,20 +16,18 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from gateway.driver import Commandable, DriverContext, Emit, StreamingDriver, WriteLimits
+from gateway.driver import DriverContext, Emit, StreamingDriver
 from gateway.errors import (
     DeviceConfigError,
-    DeviceRejected,
     TransientError,
-    VerifyFailed,
-    WriteRefused,
 )
 from gateway.model import Quality, Reading, Value
 
 from .answers import AnswerError
-from .objects import ObjectRef, encode, quality_of, same, unit_of
+from .objects import ObjectRef, quality_of, unit_of
 from .options import BacnetOptions, ObjectSpec
 from .port import CovCallback, LinkSettings, PropertyValue
+from .writes import BacnetWrites
 
 if TYPE_CHECKING:
     from .link import Link
@@ -87,7 +85,7 @@ class _Sub:
     """Loop time at which it is renewed."""
 
 
-class BacnetDriver(StreamingDriver, Commandable):
+class BacnetDriver(StreamingDriver, BacnetWrites):
     """Reads (and, where the YAML allows, writes) the objects of one BACnet/IP device."""
 
     Options = BacnetOptions
@@ -398,61 +396,6 @@ class BacnetDriver(StreamingDriver, Commandable):
         ts = self.ctx.clock()
         self._emit([Reading(self.o.name, p.name, p.value, ts, p.unit, self._quality(p))
                     for p in (self._by_name[n] for n in sorted(names))])
-
-    # -- commands ------------------------------------------------------------------------------
-    def writable(self) -> Mapping[str, WriteLimits]:
-        """Objects with a `write:` block."""
-        return {s.name: s.write for s in self.o.objects if s.write is not None}
-
-    async def write(self, point: str, value: Value) -> Value | None:
-        """present-value at the object's priority; None relinquishes that priority."""
-        spec = self._by_name.get(point)
-        if spec is None or spec.spec.write is None:
-            raise WriteRefused(f"{point}: not a writable object of this device")
-        link = self._need_link()
-        ref = spec.ref
-        encoded: float | int | str | None = None
-        if value is not None:
-            states = None
-            if ref.kind == "multistate":
-                states = await self._states(link, spec)
-            encoded = encode(ref.kind, value, states=states)
-        try:
-            await self._request(link.write(self.o.address, ref, ref.kind, encoded,
-                                           spec.priority, reply_timeout=self.o.request_timeout),
-                                "write")
-        except AnswerError as exc:
-            raise DeviceRejected(f"{point} ({ref}): {exc}", code=exc.number,
-                                 device=self.o.name, address=str(ref)) from None
-        self.ctx.log.info("object written", point=point, object=str(ref), value=value,
-                          priority=spec.priority)
-        verify = spec.spec.write.verify
-        if verify is False:
-            return None
-        back = (await self.read_point(point)).value
-        if encoded is not None and not same(ref.kind, encoded, back):
-            raise VerifyFailed(f"{point} ({ref}): wrote {value!r} at priority {spec.priority} "
-                               f"but present-value reads {back!r} (a higher priority may be "
-                               "in control)", device=self.o.name, address=str(ref))
-        return back
-
-    async def _states(self, link: Link, point: _Point) -> int | None:
-        try:
-            got = await self._request(link.read(self.o.address, point.ref, "number-of-states",
-                                                reply_timeout=self.o.request_timeout,
-                                                retries=self.o.retries), "read")
-        except AnswerError:
-            return None
-        return got if isinstance(got, int) else None
-
-    async def read_point(self, point: str) -> Reading:
-        """Read one object now."""
-        spec = self._by_name.get(point)
-        if spec is None:
-            raise WriteRefused(f"{point}: no such object on this device")
-        link = self._need_link()
-        got = await self._read_one(link, spec)
-        return self._reading(spec, got, self.ctx.clock())
 
 
 def _camel(units: object) -> str:

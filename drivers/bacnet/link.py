@@ -11,52 +11,49 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bacpypes3.apdu import (
-    ComplexAckPDU,
     ConfirmedRequestPDU,
     ErrorRejectAbortNack,
     ReadPropertyMultipleRequest,
     SubscribeCOVRequest,
     WhoIsRequest,
 )
-from bacpypes3.appservice import ApplicationServiceAccessPoint
 from bacpypes3.basetypes import (
-    BinaryPV,
-    EngineeringUnits,
-    ErrorClass,
-    ErrorCode,
-    ErrorType,
     PropertyReference,
     ReadAccessSpecification,
-    Reliability,
 )
-from bacpypes3.comm import ServiceAccessPoint
 from bacpypes3.constructeddata import SequenceOf
 from bacpypes3.ipv4.app import ForeignApplication, NormalApplication
 from bacpypes3.local.device import DeviceObject
 from bacpypes3.pdu import Address, IPv4Address
 from bacpypes3.primitivedata import (
-    CharacterString,
-    Enumerated,
     Null,
     ObjectIdentifier,
     ObjectType,
-    PropertyIdentifier,
     Real,
     Unsigned,
 )
 from bacpypes3.service.device import WhoIsFuture
-from bacpypes3.vendor import get_vendor_info
 
 from gateway.errors import DeviceConfigError, DeviceError, TransientError
 
 from .answers import AnswerError, answer_error
 from .objects import Kind, ObjectRef
 from .port import Capabilities, CovCallback, IAm, IAmCallback, LinkSettings, PropertyValue
-from .rpm import DecodeError, Failed, Unparsed, decode_ack, decode_cov
+from .rpm import DecodeError, Unparsed, decode_ack, decode_cov
+from .stack import (
+    PROP_NAMES,
+    RPM_SERVICE,
+    CovSink,
+    Foreign,
+    LeanASAP,
+    Normal,
+    lean_value,
+    prop_id,
+    to_value,
+)
 
 T = TypeVar("T")
 READY_TIMEOUT = 5.0
@@ -65,139 +62,7 @@ REGISTER_TIMEOUT = 5.0
 """Longest wait for a BBMD to accept the foreign-device registration."""
 
 MAX_PLANS = 4096
-_PROP_NAMES: dict[int, str] = {}
-
-
-def _prop_id(name: str) -> Any:
-    prop = PropertyIdentifier(name)
-    _PROP_NAMES[int(prop)] = str(prop)
-    return prop
-
-
-for _name_ in ("present-value", "status-flags", "reliability", "units", "out-of-service"):
-    _prop_id(_name_)
-
-
-def _lean_value(kind: Kind, prop: str, raw: object) -> PropertyValue:
-    """What `to_value` gives for the same property, from the lean decoder's plain value."""
-    if isinstance(raw, Failed):
-        return answer_error(_ErrorNames(_enum(ErrorClass, raw.error_class),
-                                        _enum(ErrorCode, raw.error_code)))
-    if prop == "present-value" and kind == "binary" and isinstance(raw, int):
-        return raw == 1
-    if prop == "reliability" and isinstance(raw, int):
-        return str(_enum(Reliability, raw))
-    if prop == "units" and isinstance(raw, int):
-        return str(_enum(EngineeringUnits, raw))
-    return raw
-
-
-def _enum(kind: Any, number: int) -> Any:
-    """The named enumeration value; a proprietary number (no name) stays a number."""
-    try:
-        return kind(number)
-    except (ValueError, TypeError):
-        return number
-
-
-@dataclass(frozen=True, slots=True)
-class _ErrorNames:
-    errorClass: Any
-    errorCode: Any
-
-
-def to_value(value: object) -> PropertyValue:
-    """A plain Python value of a decoded BACnet property."""
-    if isinstance(value, ErrorType):
-        return answer_error(value)
-    if value is None or isinstance(value, Null):
-        return None
-    if isinstance(value, BinaryPV):
-        return int(value) == 1
-    if isinstance(value, Enumerated):
-        return str(value)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, CharacterString | str):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return [int(x) if isinstance(x, int) else x for x in value]
-    return str(value)
-
-
-class _CovSink:
-    """What bacpypes3 looks up in `_cov_contexts` to deliver a notification."""
-
-    def __init__(self, objid: ObjectIdentifier, callback: CovCallback) -> None:
-        self.monitored_object_identifier = objid  # read by bacpypes3's do_*COVNotification
-        self._class = get_vendor_info(0).get_object_class(objid[0])
-        self._callback = callback
-
-    async def put(self, property_value: Any) -> None:
-        """One property of a notification: decode by the object's class and hand it on."""
-        prop = property_value.propertyIdentifier
-        kind = self._class.get_property_type(prop) if self._class else None
-        if kind is None:
-            return
-        value = property_value.value.cast_out(kind)
-        self._callback(str(prop), to_value(value))
-
-
-class _Listening:
-    """Mixed into the bacpypes3 applications: I-Ams also go to the link's listeners (a
-    device announces itself when it starts: it has forgotten our COV subscriptions)."""
-
-    i_am_listeners: dict[Any, list[IAmCallback]]
-    """By bacpypes3 Address: "192.168.1.5" and "192.168.1.5:47808" are one station."""
-
-    async def do_IAmRequest(self, apdu: Any) -> None:
-        await super().do_IAmRequest(apdu)  # type: ignore[misc]
-        for callback in list(self.i_am_listeners.get(apdu.pduSource, ())):
-            callback(int(apdu.iAmDeviceIdentifier[1]))
-
-
-RPM_SERVICE = 14
-"""Confirmed service choice of ReadPropertyMultiple."""
-
-
-COV_SERVICE = 2
-"""Unconfirmed service choice of UnconfirmedCOVNotification."""
-LeanCov = Callable[[Any, bytes], bool]
-
-
-class _LeanASAP(ApplicationServiceAccessPoint):  # type: ignore[misc]
-    """Hands ReadPropertyMultiple-ACKs up undecoded, and COV notifications of our own
-    subscriptions to `lean_cov`: drivers/bacnet/rpm.py decodes both at a fraction of the
-    cost (everything else takes bacpypes3's own path)."""
-
-    lean_cov: LeanCov | None = None
-
-    async def confirmation(self, pdu: Any) -> None:
-        data = pdu.pduData
-        handler = self.lean_cov
-        # an unconfirmed request (APDU type 1) whose service is a COV notification
-        if handler is not None and len(data) > 2 and data[0] >> 4 == 1 \
-                and data[1] == COV_SERVICE and handler(pdu.pduSource, bytes(data[2:])):
-            return
-        await super().confirmation(pdu)
-
-    async def sap_response(self, apdu: Any) -> None:
-        if isinstance(apdu, ComplexAckPDU) and apdu.apduService == RPM_SERVICE:
-            await ServiceAccessPoint.sap_response(self, apdu)
-            return
-        await super().sap_response(apdu)
-
-
-class _Normal(_Listening, NormalApplication):  # type: ignore[misc]
-    pass
-
-
-class _Foreign(_Listening, ForeignApplication):  # type: ignore[misc]
-    pass
+"""Encoded RPM requests kept (one per distinct batch)."""
 
 
 class Link:
@@ -241,13 +106,13 @@ class Link:
             apduTimeout=60_000, numberOfApduRetries=0)
         local = IPv4Address(f"{s.address}:{s.port}")
         if s.bbmd is None:
-            app: NormalApplication | ForeignApplication = _Normal(device, local)
+            app: NormalApplication | ForeignApplication = Normal(device, local)
             server = app.normal.server
         else:
-            app = _Foreign(device, local)
+            app = Foreign(device, local)
             server = app.server
         app.i_am_listeners = self._i_am
-        app.asap.__class__ = _LeanASAP  # bacpypes3 builds its ASAP in __init__: swap its class
+        app.asap.__class__ = LeanASAP  # bacpypes3 builds its ASAP in __init__: swap its class
         app.asap.lean_cov = self._on_cov
         self._app = app
         try:
@@ -371,13 +236,13 @@ class Link:
         slow: list[tuple[ObjectRef, str]] = []
         for otype, instance, prop_number, _index, raw in results:
             ref = refs.get((otype, instance))
-            prop = _PROP_NAMES.get(prop_number)
+            prop = PROP_NAMES.get(prop_number)
             if ref is None or prop is None:
                 continue
             if isinstance(raw, Unparsed):
                 slow.append((ref, prop))
                 continue
-            out[(ref, prop)] = _lean_value(kinds[ref], prop, raw)
+            out[(ref, prop)] = lean_value(kinds[ref], prop, raw)
         for ref, prop in slow:  # a type the lean decoder leaves alone: the library's way
             try:
                 out[(ref, prop)] = await self.read(address, ref, prop,
@@ -396,7 +261,7 @@ class Link:
                 ReadAccessSpecification(
                     objectIdentifier=ObjectIdentifier((ref.type, ref.instance)),
                     listOfPropertyReferences=[
-                        PropertyReference(propertyIdentifier=_prop_id(p)) for p in props])
+                        PropertyReference(propertyIdentifier=prop_id(p)) for p in props])
                 for ref, props in specs])
             refs = {(int(ObjectType(ref.type)), ref.instance): ref for ref, _ in specs}
             kinds = {ref: ref.kind for ref, _ in specs}
@@ -484,7 +349,7 @@ class Link:
         objid = ObjectIdentifier((ref.type, ref.instance))
         dest = Address(address)
         contexts: dict[Any, Any] = app._cov_contexts  # bacpypes3 internal: notification routing
-        contexts[(dest, spid)] = _CovSink(objid, callback)  # confirmed or undecodable ones
+        contexts[(dest, spid)] = CovSink(objid, callback)  # confirmed or undecodable ones
         self._cov[(dest, spid)] = ((int(objid[0]), ref.instance), ref.kind, callback)
 
         def request() -> Awaitable[Any]:
@@ -513,9 +378,9 @@ class Link:
             return False
         _obj, kind, callback = route
         for prop_number, _index, raw in note.values:
-            prop = _PROP_NAMES.get(prop_number)
+            prop = PROP_NAMES.get(prop_number)
             if prop is not None and not isinstance(raw, Unparsed):
-                callback(prop, _lean_value(kind, prop, raw))
+                callback(prop, lean_value(kind, prop, raw))
         return True
 
     def forget(self, address: str, spid: int) -> None:
