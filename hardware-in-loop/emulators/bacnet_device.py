@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+from bacpypes3.apdu import AbortPDU
 from bacpypes3.basetypes import EngineeringUnits
 from bacpypes3.ipv4.app import BBMDApplication, NormalApplication
 from bacpypes3.local.analog import AnalogInputObject, AnalogOutputObject, AnalogValueObjectCmd
@@ -39,6 +40,23 @@ class _NoCov(NormalApplication):  # type: ignore[misc]
 class _NoBoth(NormalApplication):  # type: ignore[misc]
     do_ReadPropertyMultipleRequest = None
     do_SubscribeCOVRequest = None
+
+
+def _small_rpm(limit: int) -> type:
+    """A controller whose buffers hold answers for at most `limit` objects: bigger RPMs are
+    aborted with segmentation-not-supported, as small controllers do."""
+
+    class SmallRpm(NormalApplication):  # type: ignore[misc]
+        async def do_ReadPropertyMultipleRequest(self, apdu: Any) -> None:
+            if len(apdu.listOfReadAccessSpecs) > limit:
+                # answered by hand: bacpypes3 turns a raised AbortException into an Abort
+                # without its server flag, which clients ignore
+                await self.response(AbortPDU(True, apdu.apduInvokeID,
+                                             "segmentationNotSupported", context=apdu))
+                return
+            await super().do_ReadPropertyMultipleRequest(apdu)
+
+    return SmallRpm
 
 
 OK = [0, 0, 0, 0]
@@ -78,13 +96,14 @@ class BacnetDevice:
     restart with the same objects and values."""
 
     def __init__(self, address: str, device_id: int, *, rpm: bool = True, cov: bool = True,
-                 extra_analog: int = 0, bbmd: bool = False) -> None:
+                 extra_analog: int = 0, bbmd: bool = False, rpm_limit: int = 0) -> None:
         self.address = address
         self.device_id = device_id
         self.rpm = rpm
         self.cov = cov
         self.bbmd = bbmd
         self.extra_analog = extra_analog
+        self.rpm_limit = rpm_limit
         self.app: Any = None
         self.objects: dict[str, Any] = {}
         self._values: dict[str, Any] = {}
@@ -98,6 +117,8 @@ class BacnetDevice:
             cls = _NoBoth
         elif not self.rpm:
             cls = _NoRpm
+        elif self.rpm_limit:
+            cls = _small_rpm(self.rpm_limit)
         elif not self.cov:
             cls = _NoCov
         device = DeviceObject(objectIdentifier=("device", self.device_id),

@@ -238,3 +238,21 @@ async def test_fast_restart_announced_by_i_am_resubscribes(rig: Rig) -> None:
             await asyncio.sleep(0.05)
     dev.set("analog-value,2", 21.0)
     await sink.value("setpoint", 21.0)
+
+
+async def test_small_device_answers_too_big_and_gets_smaller_batches(rig: Rig) -> None:
+    """A controller with small buffers aborts an RPM whose answer does not fit
+    (segmentation-not-supported); the driver halves its batches until they do, and
+    remembers it."""
+    dev = await rig.device(rpm_limit=6, extra_analog=20)
+    objects = [{"name": f"s{i}", "object": f"analog-input,{100 + i}"} for i in range(20)]
+    d = await rig.driver(dev, cov=False, objects=objects, max_per_request=20)
+    sink = rig.start(d)
+    await sink.wait(lambda: len(sink.readings) >= 40)  # two full polls
+    assert {r.metric: r.value for r in sink.readings[-20:]} == {
+        f"s{i}": float(i) for i in range(20)}
+    assert all(r.quality == "good" for r in sink.readings)
+    caps = d._link.caps(dev.address)  # type: ignore[union-attr]
+    assert caps.rpm and caps.max_per_request == 5  # 20 -> 10 -> 5
+    rpms = rig.sample("parkgate_bacnet_requests_total", device="ahu", service="rpm")
+    assert rpms == 2 + 4 * (len(sink.readings) // 20)  # the two refused, then 4 a poll
