@@ -256,3 +256,12 @@ async def test_small_device_answers_too_big_and_gets_smaller_batches(rig: Rig) -
     assert caps.rpm and caps.max_per_request == 5  # 20 -> 10 -> 5
     rpms = rig.sample("parkgate_bacnet_requests_total", device="ahu", service="rpm")
     assert rpms == 2 + 4 * (len(sink.readings) // 20)  # the two refused, then 4 a poll
+
+
+async def test_the_default_any_address_binding_reads_and_subscribes(rig: Rig) -> None:
+    dev = await rig.device()
+    d = await rig.driver(dev, network={"port": rig.port})  # address 0.0.0.0
+    sink = rig.start(d)
+    await sink.wait(lambda: rig.sample("parkgate_bacnet_cov_subscriptions", device="ahu") == COV)
+    dev.set("analog-value,2", 23.5)
+    await sink.value("setpoint", 23.5)
