@@ -12,7 +12,7 @@ from gateway.units import parse_duration
 
 from . import options
 from .answers import AnswerError
-from .objects import ObjectRef
+from .objects import OBJECT_TYPES, ObjectRef
 from .options import (
     DEFAULT_PORT,
     GATEWAY_INSTANCE,
@@ -46,7 +46,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "read", help="read properties of one object once (JSON)",
         description="Reads PROPERTY (default present-value, status-flags and, for analog "
                     "objects, units) of OBJECT (TYPE,INSTANCE such as analog-input,1) of the "
-                    "device at DEVICE (HOST[:PORT]).")
+                    "device at DEVICE (HOST[:PORT]). OBJECT device,N lists the device's "
+                    "name, vendor, model, firmware and object-list: what to put in the "
+                    "config.")
     _local_args(r)
     r.add_argument("device", metavar="DEVICE", help="the device's IPv4 address[:port]")
     r.add_argument("object", metavar="OBJECT", help="TYPE,INSTANCE such as analog-input,1")
@@ -127,12 +129,20 @@ def read_command(args: argparse.Namespace) -> int:
     """ReadProperty of each property asked; errors per property, as the device gave them."""
     try:
         host, port = _host_port(args.device, DEFAULT_PORT)
-        ref = ObjectRef.parse(args.object)
+        ref = ObjectRef.parse(args.object, any_type=True)
     except ValueError as exc:
         raise ParkgateError(str(exc)) from None
-    props = list(args.property) or (["present-value", "status-flags", "units"]
-                                    if ref.kind == "analog" else
-                                    ["present-value", "status-flags"])
+    if args.property:
+        props = list(args.property)
+    elif ref.type == "device":
+        props = ["object-name", "vendor-name", "model-name", "firmware-revision",
+                 "object-list"]
+    elif ref.type not in OBJECT_TYPES:
+        props = ["object-name", "present-value"]
+    elif ref.kind == "analog":
+        props = ["present-value", "status-flags", "units"]
+    else:
+        props = ["present-value", "status-flags"]
 
     async def work(link: Any) -> dict[str, Any]:
         values: dict[str, Any] = {}

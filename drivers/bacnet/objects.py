@@ -28,6 +28,16 @@ OBJECT_TYPES: dict[str, Kind] = {
 }
 """Object types the driver reads, by their standard (hyphenated) name, and the value kind."""
 
+OTHER_TYPES = frozenset({
+    "device", "network-port", "schedule", "calendar", "trend-log", "trend-log-multiple",
+    "event-log", "notification-class", "event-enrollment", "loop", "program", "file",
+    "averaging", "command", "structured-view", "timer", "channel", "lighting-output",
+    "load-control", "global-group", "characterstring-value", "octetstring-value",
+    "bitstring-value", "date-value", "time-value", "datetime-value", "life-safety-point",
+    "life-safety-zone", "access-door", "staging",
+})
+"""Standard types `parkgate bacnet read` also takes (their properties, not as metrics)."""
+
 COMMANDABLE = frozenset({
     "analog-output", "analog-value", "binary-output", "binary-value", "multi-state-output",
     "multi-state-value", "integer-value", "positive-integer-value", "large-analog-value",
@@ -47,14 +57,18 @@ class ObjectRef:
     instance: int
 
     @classmethod
-    def parse(cls, text: str) -> ObjectRef:
-        """`analog-input,1` (or `analog-input:1`); ValueError with a hint otherwise."""
+    def parse(cls, text: str, *, any_type: bool = False) -> ObjectRef:
+        """`analog-input,1` (or `analog-input:1`); ValueError with a hint otherwise.
+
+        `any_type` also takes types the driver does not read as metrics (`device,1031`,
+        `schedule,1`...), for one-shot reads of their properties.
+        """
         m = _REF.match(text.lower())
         if m is None:
             raise ValueError(f"{text!r}: write an object as TYPE,INSTANCE, such as "
                              "analog-input,1 or binary-output,3")
         kind, instance = m.group(1), int(m.group(2))
-        if kind not in OBJECT_TYPES:
+        if kind not in OBJECT_TYPES and not (any_type and kind in OTHER_TYPES):
             raise ValueError(f"{text!r}: unknown object type {kind!r}; known: "
                              f"{', '.join(sorted(OBJECT_TYPES))}")
         if instance > MAX_INSTANCE:
@@ -63,8 +77,8 @@ class ObjectRef:
 
     @property
     def kind(self) -> Kind:
-        """How its present-value is typed."""
-        return OBJECT_TYPES[self.type]
+        """How its present-value is typed (other types: as analog, the widest)."""
+        return OBJECT_TYPES.get(self.type, "analog")
 
     @property
     def commandable(self) -> bool:

@@ -98,8 +98,10 @@ def to_value(value: object) -> PropertyValue:
         return int(value)
     if isinstance(value, CharacterString | str):
         return str(value)
+    if isinstance(value, ObjectIdentifier):
+        return f"{value[0]},{value[1]}"
     if isinstance(value, list | tuple):
-        return [int(x) if isinstance(x, int) else x for x in value]
+        return [to_value(x) for x in value]
     return str(value)
 
 

@@ -131,3 +131,17 @@ def test_read_from_any_free_port(devices: Any, capsys: pytest.CaptureFixture[str
                          f"127.0.0.3:{port}", "binary-output,5")
     assert code == 0, err
     assert doc["values"] == {"present-value": True, "status-flags": [0, 0, 0, 0]}
+
+
+def test_read_the_device_object_lists_what_to_configure(
+        devices: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    _lt, _devs, port = devices
+    code, doc, err = run(capsys, "read", *local(), f"127.0.0.2:{port}", "device,2001")
+    assert code == 0, err
+    assert doc["values"]["object-name"] == "sim-2001"
+    assert doc["values"]["vendor-name"] == "BACpypes"
+    assert set(doc["values"]) == {"object-name", "vendor-name", "model-name",
+                                  "firmware-revision", "object-list"}
+    assert set(doc["values"]["object-list"]) == {
+        "device,2001", "analog-input,1", "analog-value,2", "analog-output,3",
+        "binary-value,4", "binary-output,5", "multi-state-value,6"}
