@@ -160,6 +160,10 @@ class Link:
                 with contextlib.suppress(Exception):
                     app.unregister()
             app.close()
+            # asyncio closes a datagram socket on the next loop turn: until then the port
+            # is taken, and a device reopened at once would find it "in use"
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
 
     def listen_i_am(self, address: str, callback: IAmCallback) -> Callable[[], None]:
         """Call `callback` for each I-Am from `address`; returns the function that stops it."""

@@ -141,3 +141,14 @@ async def test_i_am_listeners_match_the_station_whatever_its_spelling() -> None:
         assert heard == [1031]
     finally:
         await link.aclose()
+
+
+async def test_a_port_closed_is_free_at_once_for_the_next_open() -> None:
+    """The supervisor reopens a failed device right away: the port its link just closed
+    must not read as taken (asyncio closes datagram sockets a loop turn later)."""
+    from drivers.bacnet.link import Link, LinkSettings
+
+    settings = LinkSettings("127.0.0.1", free_udp_port(), 4194001)
+    for _ in range(3):
+        link = await Link.start(settings)
+        await link.aclose()
