@@ -20,6 +20,7 @@ from .options import (
     ForeignDevice,
     Network,
     _host_port,
+    device_address,
 )
 
 
@@ -50,7 +51,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "name, vendor, model, firmware and object-list: what to put in the "
                     "config.")
     _local_args(r)
-    r.add_argument("device", metavar="DEVICE", help="the device's IPv4 address[:port]")
+    r.add_argument("device", metavar="DEVICE", help="the device's IPv4 address[:port], or "
+                   "NET:IP[:PORT] / NET:MAC behind a BACnet router (as discover prints it)")
     r.add_argument("object", metavar="OBJECT", help="TYPE,INSTANCE such as analog-input,1")
     r.add_argument("property", nargs="*", metavar="PROPERTY",
                    help="properties to read (names as in the standard: present-value, units)")
@@ -128,7 +130,7 @@ def discover_command(args: argparse.Namespace) -> int:
 def read_command(args: argparse.Namespace) -> int:
     """ReadProperty of each property asked; errors per property, as the device gave them."""
     try:
-        host, port = _host_port(args.device, DEFAULT_PORT)
+        device = device_address(args.device)
         ref = ObjectRef.parse(args.object, any_type=True)
     except ValueError as exc:
         raise ParkgateError(str(exc)) from None
@@ -149,11 +151,11 @@ def read_command(args: argparse.Namespace) -> int:
         errors: dict[str, str] = {}
         for prop in props:
             try:
-                values[prop] = await link.read(f"{host}:{port}", ref, prop,
+                values[prop] = await link.read(device, ref, prop,
                                                reply_timeout=args.timeout, retries=0)
             except AnswerError as exc:
                 errors[prop] = exc.code
-        return {"device": f"{host}:{port}", "object": str(ref), "values": values,
+        return {"device": device, "object": str(ref), "values": values,
                 "errors": errors}
 
     try:

@@ -42,6 +42,35 @@ def _host_port(text: str, default_port: int) -> tuple[str, int]:
     return host, number
 
 
+def device_address(text: str) -> str:
+    """A device's address, normalized: `IP[:PORT]` on the gateway's subnet, or behind a
+    BACnet router `NET:IP[:PORT]` (BACnet/IP network NET) or `NET:MAC` (MS/TP, MAC 0-254)."""
+    net, sep, rest = text.partition(":")
+    if sep and net.isdigit() and ("." in rest or rest.isdigit()):
+        number = int(net)
+        if not 1 <= number <= 65534:
+            raise ValueError(f"{text!r}: network number {number} is outside 1..65534")
+        if rest.isdigit():
+            mac = int(rest)
+            if mac > 254:
+                raise ValueError(f"{text!r}: an MS/TP MAC address is 0..254")
+            return f"{number}:{mac}"
+        host, port = _host_port(rest, DEFAULT_PORT)
+        return f"{number}:{host}:{port}"
+    try:
+        host, port = _host_port(text, DEFAULT_PORT)
+    except ValueError:
+        raise ValueError(f"{text!r}: write the device's IPv4 address[:PORT] (192.168.20.31), "
+                         "or behind a BACnet router NET:IP[:PORT] (2001:10.30.1.20) or "
+                         "NET:MAC for MS/TP (3001:12)") from None
+    return f"{host}:{port}"
+
+
+def is_routed(address: str) -> bool:
+    """Whether a normalized device address is behind a router (NET:...)."""
+    return "." not in address.partition(":")[0]
+
+
 class ForeignDevice(StrictModel):
     """Register with a BBMD as a foreign device, to reach devices on other subnets."""
 
@@ -126,7 +155,8 @@ class BacnetOptions(DeviceOptions):
 
     driver: Literal["bacnet"] = "bacnet"
     address: str = Field(description=(
-        "The device's IPv4 address[:port] (port 47808 by default)."))
+        "The device's IPv4 address[:port] (port 47808 by default); behind a BACnet router "
+        "NET:IP[:PORT] or NET:MAC (MS/TP)."))
     device_id: int | None = Field(default=None, ge=0, le=4_194_302, description=(
         "The device's instance number: checked with Who-Is at start when given."))
     network: Network = Field(default_factory=Network, description=(
@@ -150,13 +180,17 @@ class BacnetOptions(DeviceOptions):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        host, port = _host_port(value, DEFAULT_PORT)
-        return f"{host}:{port}"
+        return device_address(value)
 
     @model_validator(mode="after")
     def _unique(self) -> BacnetOptions:
         if not stack_installed():
             raise ValueError(STACK_MISSING)
+        n = self.network
+        if is_routed(self.address) and "/" not in n.address and n.foreign is None:
+            raise ValueError(f"address {self.address}: a device behind a router is found with "
+                             "Who-Is-Router-To-Network, a broadcast: give network.address "
+                             "with its /PREFIX, such as 192.168.20.5/24")
         seen: dict[str, str] = {}
         objects: dict[str, str] = {}
         for spec in self.objects:

@@ -28,12 +28,31 @@ from gateway.model import Reading  # noqa: E402
 from tests.support import driver_context, metric_value  # noqa: E402
 
 GATEWAY, DEVICES = "10.9.0.1", ["10.9.0.2", "10.9.0.3"]
+ROUTER = ("10.9.0.10", "10.9.1.10")
+"""A BACnet router between network 1 (the gateway's subnet) and network 2001 (10.9.1.0/24)."""
+BEHIND = "10.9.1.2"
+"""A device on network 2001, reached through the router as 2001:10.9.1.2."""
 
 
 def network_up() -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    for host in [GATEWAY, *DEVICES]:
+    for host in [GATEWAY, *DEVICES, *ROUTER]:
         subprocess.run(["ip", "addr", "add", f"{host}/24", "dev", "lo"], check=True)
+    subprocess.run(["ip", "addr", "add", f"{BEHIND}/24", "dev", "lo"], check=True)
+
+
+def start_router() -> Any:
+    from bacpypes3.app import Application
+    from bacpypes3.local.device import DeviceObject
+    from bacpypes3.local.networkport import NetworkPortObject
+
+    ports = [NetworkPortObject(f"{host}/24:47808", objectIdentifier=("network-port", n + 1),
+                               objectName=f"port-{n + 1}", networkNumber=net,
+                               networkNumberQuality="configured")
+             for n, (host, net) in enumerate(zip(ROUTER, (1, 2001), strict=True))]
+    device = DeviceObject(objectIdentifier=("device", 9000), objectName="router",
+                          vendorIdentifier=999)
+    return Application.from_object_list([device, *ports])
 
 
 async def until(pred: Any, timeout: float = 10.0) -> None:
@@ -44,12 +63,15 @@ async def until(pred: Any, timeout: float = 10.0) -> None:
 
 async def main() -> dict[str, Any]:
     out: dict[str, Any] = {}
+    router = start_router()
+    await asyncio.sleep(0.2)  # its sockets bind in tasks
+    behind = await BacnetDevice(f"{BEHIND}/24:47808", 5001).start()
     devs = [await BacnetDevice(f"{host}/24:47808", 3001 + i).start()
             for i, host in enumerate(DEVICES)]
     # discovery by the default local broadcast of the gateway's subnet
     link = await Link.start(LinkSettings(f"{GATEWAY}/24", 47808, 4194002))
     try:
-        found = await link.discover(None, None, None, 1.0)
+        found = await link.discover(3000, 5999, None, 1.0)
         out["discovered"] = sorted((i.instance, i.address) for i in found)
     finally:
         await link.aclose()
@@ -63,6 +85,12 @@ async def main() -> dict[str, Any]:
     d = BacnetDriver(opts, driver_context("ahu", pool, metrics))
     await d.open()
     task = asyncio.create_task(d.run(got.extend))
+    vav_opts = opts.model_copy(update={"name": "vav", "address": f"2001:{BEHIND}:47808",
+                                       "device_id": 5001})
+    vav_got: list[Reading] = []
+    vav = BacnetDriver(vav_opts, driver_context("vav", pool, metrics))
+    await vav.open()
+    vav_task = asyncio.create_task(vav.run(vav_got.extend))
 
     def subscribes() -> float:
         return metric_value(metrics, "parkgate_bacnet_requests_total", device="ahu",
@@ -81,12 +109,21 @@ async def main() -> dict[str, Any]:
         await until(lambda: any(r.value == 19.0 for r in got))
         out["resubscribed_after_i_am"] = True
         out["values"] = [r.value for r in got]
+        # the device behind the router: read, subscribed, and its COV routed back
+        await until(lambda: metric_value(metrics, "parkgate_bacnet_cov_subscriptions",
+                                         device="vav") == 1)
+        behind.set("analog-value,2", 27.5)
+        await until(lambda: any(r.value == 27.5 for r in vav_got))
+        out["behind_router"] = [r.value for r in vav_got]
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for t in (task, vav_task):
+            t.cancel()
+        await asyncio.gather(task, vav_task, return_exceptions=True)
         await d.close()
-        for dev in devs:
+        await vav.close()
+        for dev in [*devs, behind]:
             await dev.stop()
+        router.close()
     return out
 
 

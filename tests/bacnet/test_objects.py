@@ -99,7 +99,8 @@ def test_the_sample_config_checks() -> None:
 
     loaded = load_config(ROOT / "drivers/bacnet/sample.yaml")
     devices = {d.name: d for d in loaded.config.devices}
-    assert set(devices) == {"ahu-1", "chiller-plant"}
+    assert set(devices) == {"ahu-1", "chiller-plant", "vav-3-12"}
+    assert devices["vav-3-12"].address == "3001:12"  # type: ignore[attr-defined]
     ahu = devices["ahu-1"]
     chiller = devices["chiller-plant"]
     assert ahu.network == chiller.network  # type: ignore[attr-defined]
@@ -114,7 +115,7 @@ def test_the_sample_through_parkgate_check(capsys: pytest.CaptureFixture[str]) -
     from gateway.cli import main
 
     assert main(["check", str(ROOT / "drivers/bacnet/sample.yaml")]) == 0
-    assert "2 device(s): bacnet" in capsys.readouterr().out
+    assert "3 device(s): bacnet" in capsys.readouterr().out
 
 
 def test_config_mistakes_come_back_with_their_place(tmp_path: Path,
@@ -167,3 +168,41 @@ def test_a_gateway_without_the_bacnet_extra_is_told_how_to_get_it(
     assert "pip install 'parkgate[bacnet]'" in out
     assert main(["bacnet", "discover", "--port", "0", "--wait", "10ms"]) == 1
     assert "pip install 'parkgate[bacnet]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "normal"), [
+    ("192.168.20.31", "192.168.20.31:47808"), ("192.168.20.31:47809", "192.168.20.31:47809"),
+    ("2001:10.30.1.20", "2001:10.30.1.20:47808"), ("2001:10.30.1.20:47810",
+                                                   "2001:10.30.1.20:47810"),
+    ("3001:12", "3001:12"), ("3001:0", "3001:0"),
+])
+def test_device_addresses(text: str, normal: str) -> None:
+    from drivers.bacnet.options import device_address, is_routed
+
+    assert device_address(text) == normal
+    assert is_routed(normal) == text.partition(":")[0].isdigit()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("3001:255", "MS/TP MAC address is 0..254"), ("0:5", "outside 1..65534"),
+    ("65535:1", "outside 1..65534"), ("boiler", "NET:MAC for MS/TP"),
+    ("10.0.0.300", "NET:IP"), ("2001:10.0.0.1:0", "port 0 is outside"),
+])
+def test_bad_device_addresses(text: str, message: str) -> None:
+    from drivers.bacnet.options import device_address
+
+    with pytest.raises(ValueError, match=message):
+        device_address(text)
+
+
+def test_a_routed_device_needs_a_broadcast_to_find_its_router() -> None:
+    from pydantic import ValidationError
+
+    from drivers.bacnet import BacnetOptions
+
+    doc = {"name": "vav", "driver": "bacnet", "address": "3001:12",
+           "objects": [{"name": "t", "object": "analog-input,1"}]}
+    with pytest.raises(ValidationError, match=r"give network\.address with its /PREFIX"):
+        BacnetOptions.model_validate(doc)
+    ok = BacnetOptions.model_validate({**doc, "network": {"address": "192.168.20.5/24"}})
+    assert ok.address == "3001:12"

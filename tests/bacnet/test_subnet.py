@@ -1,4 +1,5 @@
-"""The production layout (every station on UDP 47808 of one subnet) in a network namespace."""
+"""The production layout in a network namespace: every station on UDP 47808 of one subnet,
+and a device on another BACnet network behind a router (NET:IP addressing)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def test_one_subnet_on_the_standard_port() -> None:
                          text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
-    assert got["discovered"] == [[3001, "10.9.0.2"], [3002, "10.9.0.3"]]
+    assert got["discovered"] == [[3001, "10.9.0.2"], [3002, "10.9.0.3"],
+                                 [5001, "2001:10.9.1.2"]]
     assert got["resubscribed_after_i_am"] is True
     assert got["values"][0] == 20.0 and 24.5 in got["values"] and got["values"][-1] == 19.0
+    assert got["behind_router"][0] == 20.0 and got["behind_router"][-1] == 27.5
