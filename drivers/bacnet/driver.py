@@ -17,10 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from gateway.driver import DriverContext, Emit, StreamingDriver
-from gateway.errors import (
-    DeviceConfigError,
-    TransientError,
-)
+from gateway.errors import DeviceConfigError, TransientError
 from gateway.model import Quality, Reading, Value
 
 from .answers import AnswerError
@@ -34,16 +31,16 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 RENEW_AT = 0.75
+"""Share of a COV subscription's lifetime after which it is renewed."""
 CANCEL_TIMEOUT = 0.5
 """Longest `close()` waits for the device to confirm cancelled subscriptions."""
-"""Share of a COV subscription's lifetime after which it is renewed."""
 
 
 class _Point:
     """One object: its config and what was learnt about it (units, flags, faults)."""
 
     __slots__ = ("cov", "flags", "name", "no_reliability", "priority", "ref", "reliability",
-                 "spec", "spid", "unit", "unit_known", "value", "warned")
+                 "spec", "unit", "unit_known", "value", "warned")
 
     def __init__(self, spec: ObjectSpec, default_priority: int) -> None:
         self.spec = spec
@@ -53,7 +50,6 @@ class _Point:
         self.unit_known = spec.unit is not None or self.ref.kind != "analog"
         self.priority = spec.priority or default_priority
         self.cov = False
-        self.spid: int | None = None
         self.flags: list[int] | None = None
         self.reliability: str | None = None
         self.no_reliability = False
