@@ -147,6 +147,15 @@ def read_command(args: argparse.Namespace) -> int:
         props = ["present-value", "status-flags"]
 
     async def work(link: Any) -> dict[str, Any]:
+        from bacpypes3.primitivedata import PropertyIdentifier  # noqa: PLC0415
+
+        for prop in props:
+            try:
+                PropertyIdentifier(prop)
+            except ValueError:
+                raise ParkgateError(f"{prop!r} is not a BACnet property name (write them as "
+                                    "the standard does: present-value, object-list, units)"
+                                    ) from None
         values: dict[str, Any] = {}
         errors: dict[str, str] = {}
         for prop in props:

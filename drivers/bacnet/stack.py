@@ -22,6 +22,7 @@ from bacpypes3.basetypes import (
     Reliability,
 )
 from bacpypes3.comm import ServiceAccessPoint
+from bacpypes3.constructeddata import Choice
 from bacpypes3.ipv4.app import ForeignApplication, NormalApplication
 from bacpypes3.primitivedata import (
     CharacterString,
@@ -100,6 +101,9 @@ def to_value(value: object) -> PropertyValue:
         return str(value)
     if isinstance(value, ObjectIdentifier):
         return f"{value[0]},{value[1]}"
+    if isinstance(value, Choice):  # a priority-array slot and the like: the chosen value
+        chosen = getattr(value, "_choice", None)  # bacpypes3 internal: the chosen element
+        return None if chosen is None else to_value(getattr(value, chosen, None))
     if isinstance(value, list | tuple):
         return [to_value(x) for x in value]
     return str(value)

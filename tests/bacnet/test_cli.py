@@ -145,3 +145,20 @@ def test_read_the_device_object_lists_what_to_configure(
     assert set(doc["values"]["object-list"]) == {
         "device,2001", "analog-input,1", "analog-value,2", "analog-output,3",
         "binary-value,4", "binary-output,5", "multi-state-value,6"}
+
+
+def test_read_priority_array_and_a_bad_property_name(
+        devices: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    _lt, devs, port = devices
+    from bacpypes3.basetypes import PriorityValue
+
+    devs[0].obj("analog-value,2").priorityArray[7] = PriorityValue(real=23.0)
+    code, doc, err = run(capsys, "read", *local(), f"127.0.0.2:{port}", "analog-value,2",
+                         "priority-array", "relinquish-default")
+    assert code == 0, err
+    assert doc["values"]["priority-array"] == [None] * 7 + [23.0] + [None] * 8
+    assert doc["values"]["relinquish-default"] == 18.0
+    code, _doc, err = run(capsys, "read", *local(), f"127.0.0.2:{port}", "analog-value,2",
+                          "presentvalue")
+    assert code == 1
+    assert "'presentvalue' is not a BACnet property name" in err

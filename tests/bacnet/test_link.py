@@ -86,6 +86,16 @@ async def test_internals_the_link_reaches_into() -> None:
         NormalApplication.__init__)
 
 
+def test_choice_values_name_their_chosen_element() -> None:
+    from bacpypes3.basetypes import PriorityValue
+
+    from drivers.bacnet.stack import to_value
+
+    assert PriorityValue(real=12.0)._choice == "real"  # what to_value reads
+    assert to_value(PriorityValue(real=12.0)) == 12.0
+    assert to_value(PriorityValue(null=())) is None
+
+
 def test_loopback_short_circuit_that_shapes_the_tests() -> None:
     # bacpypes3 delivers a unicast to any 127.x.x.x on its own port to itself, so tests put
     # the gateway and the devices on different ports (or devices on 127.0.0.2+ sharing one)
