@@ -126,7 +126,7 @@ class BacnetDevice:
                               maxApduLengthAccepted=1476, segmentationSupported="segmented-both")
         self.app = cls(device, IPv4Address(self.address))
         server = self.app.normal.server if hasattr(self.app, "normal") else self.app.server
-        await asyncio.wait_for(server._local_transport_ready.wait(), 5)
+        await asyncio.wait_for(server._local_transport_ready.wait(), 5)  # noqa: SLF001 - bound
         if self.bbmd:  # a BBMD re-broadcasts on its own subnet only when its BDT holds it
             self.app.add_peer(IPv4Address(self.address))
         self.objects = {}
