@@ -100,13 +100,7 @@ class Supervisor:
         running.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running.task
-        m = self.metrics
-        for metric in (m.device_up, m.device_last_success, m.readings, m.poll_duration,
-                       m.poll_overruns):
-            with contextlib.suppress(KeyError):
-                metric.remove(name)
-        for labels in [lv for lv in list(m.poll_errors._metrics) if lv[0] == name]:
-            m.poll_errors.remove(*labels)
+        self.metrics.forget_device(name)
 
     async def stop_all(self) -> None:
         """Stop every device (drivers closed), the first step of shutdown."""

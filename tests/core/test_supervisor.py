@@ -249,3 +249,19 @@ async def test_polls_wait_and_count_overruns_when_sqlite_commits_slower_than_dev
     assert stats.pending == 0
     assert stats.readings == polled  # every reading polled is in SQLite
     await buf.close()
+
+
+def test_forget_device_drops_only_that_devices_series() -> None:
+    m = Metrics()
+    for dev in ("a", "b"):
+        m.readings.labels(device=dev).inc()
+        m.device_up.labels(device=dev).set(1)
+        for kind in ("timeout", "crc"):
+            m.poll_errors.labels(device=dev, kind=kind).inc()
+    m.forget_device("a")
+    m.forget_device("never-ran")  # nothing to drop: no error
+    snap = Snapshot(m)
+    assert not [k for k in snap.values if ("device", "a") in k[1]]
+    assert sample(snap, "parkgate_poll_errors_total", device="b", kind="crc") == 1
+    assert sample(snap, "parkgate_poll_errors_total", device="b", kind="timeout") == 1
+    assert sample(snap, "parkgate_device_up", device="b") == 1
