@@ -116,6 +116,7 @@ async def run_for(devices: list[DeviceOptions], seconds: float
     return got, snap, sup
 
 
+@pytest.mark.alone  # 40 ticks in 2 s, at most 6 lost
 async def test_bad_devices_do_not_disturb_a_good_one() -> None:
     devices: list[DeviceOptions] = [
         SimOptions(name="good", interval=0.05, points=2),
@@ -140,6 +141,7 @@ async def test_bad_devices_do_not_disturb_a_good_one() -> None:
     assert len([r for r in got if r.device == "stream"]) > 50
 
 
+@pytest.mark.alone  # ticks on a 10 ms grid
 async def test_schedule_has_no_drift_and_counts_overruns() -> None:
     # 10 ms interval with a poll that sometimes takes 35 ms: ticks are skipped and counted,
     # never queued, and the schedule stays on the 10 ms grid.

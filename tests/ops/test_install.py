@@ -28,6 +28,7 @@ ARCH = platform.machine()
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("install"),  # one bundle build per run, not one per xdist worker
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: useradd --prefix and chown"),
     pytest.mark.skipif(shutil.which("useradd") is None, reason="useradd (passwd) not installed"),
     pytest.mark.skipif(ARCH not in {"x86_64", "aarch64", "armv7l"},
