@@ -23,6 +23,7 @@ from gateway.driver import (
 from gateway.errors import DeviceConfigError, DeviceError, TransientError, WriteRefused
 from gateway.metrics import Metrics
 from gateway.model import Reading, now_ms
+from gateway.tasks import cancel_and_wait, honour_cancellation
 
 Sink = Callable[[Sequence[Reading]], None]
 Room = Callable[[], Awaitable[None]]
@@ -190,17 +191,9 @@ class Supervisor:
     async def _stop(self, name: str) -> None:
         running = self._running.pop(name)
         assert running.task is not None
-        running.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running.task
+        await cancel_and_wait(running.task, self.log)
         _fail_waiters(running, TransientError(f"device '{name}' was stopped", device=name))
-        m = self.metrics
-        for metric in (m.device_up, m.device_last_success, m.readings, m.poll_duration,
-                       m.poll_overruns):
-            with contextlib.suppress(KeyError):
-                metric.remove(name)
-        for labels in [lv for lv in list(m.poll_errors._metrics) if lv[0] == name]:
-            m.poll_errors.remove(*labels)
+        self.metrics.forget_device(name)
 
     async def stop_all(self) -> None:
         """Stop every device (drivers closed), the first step of shutdown."""
@@ -226,6 +219,7 @@ class Supervisor:
                 self._set_state(name, True)
             if on_success is not None:
                 on_success()
+            honour_cancellation()  # after every poll and batch (its readings kept)
 
         return emit
 
@@ -286,6 +280,7 @@ class Supervisor:
             else:
                 log.error("driver raised an unexpected error; retrying", kind=kind,
                           error=repr(failed), retry_in=round(delay, 2), exc_info=failed)
+            honour_cancellation()  # a swallowed stop may end in an error, too
             await asyncio.sleep(delay)
 
     async def _poll_loop(self, driver: PollingDriver, running: _Running,
