@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.commands.keys import parse_public_key
 from gateway.commands.request import (
@@ -14,6 +17,7 @@ from gateway.commands.request import (
     Outcome,
     canonical_form,
     expiry_problem,
+    load_document,
     parse_request,
     reply_doc,
 )
@@ -134,3 +138,19 @@ def test_signer_refuses_other_files(tmp_path: Path) -> None:
         Signer.from_file(tmp_path / "a.pub")
     with pytest.raises(ConfigError, match="cannot read"):
         Signer.from_file(tmp_path / "none.key")
+
+
+_scalars = (st.none() | st.booleans() | st.integers(-2**53, 2**53)
+            | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=10), _scalars, max_size=8),
+       st.randoms(use_true_random=False), st.booleans())
+def test_canonical_form_ignores_key_order_and_spacing(extra: dict[str, Any],
+                                                      rnd: Any, ascii_only: bool) -> None:
+    doc = {**extra, **GOOD}
+    items = list(doc.items())
+    rnd.shuffle(items)
+    wire = json.dumps(dict(items), indent=rnd.choice([None, 1, 4]), ensure_ascii=ascii_only)
+    assert canonical_form(load_document(wire.encode())) == canonical_form(doc)
