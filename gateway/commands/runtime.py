@@ -74,7 +74,7 @@ class CommandRuntime:
     def submit(self, delivery: Delivery, respond: Respond) -> None:
         """Carry out and answer `delivery` in a task of its own; never waits."""
         if not self._open:
-            return  # stopping: the broker redelivers what it did not get a reply for
+            return  # not started (the agent starts the uplink only after `start`)
         if self.broken is not None or len(self._tasks) >= MAX_IN_FLIGHT:
             answer = (self.service.unavailable(delivery, self.broken) if self.broken
                       else self.service.busy(delivery, MAX_IN_FLIGHT))
@@ -101,12 +101,14 @@ class CommandRuntime:
                              status=answer.outcome.status, error=str(exc))
 
     async def close(self, grace: float = 5.0) -> None:
-        """Stop taking requests, let running ones end (up to `grace`), close the ledger.
+        """Answer new requests `failed` (stopping), let running ones end (up to `grace`),
+        close the ledger.
 
         A request cut off here keeps its ledger row without an outcome: delivered again,
         it is answered `duplicate` (outcome unknown), never run twice.
         """
-        self._open = False
+        # requests still arriving (the uplink runs until the end) are answered, not dropped
+        self.broken = "the gateway is stopping; send the request again once it is back"
         if self._tasks:
             _done, pending = await asyncio.wait(list(self._tasks), timeout=grace)
             for task in pending:

@@ -54,6 +54,14 @@ async def test_devices_in_parallel_and_close_leaves_unknown(tmp_path: Path) -> N
         await rt.close(grace=0.05)  # cuts slow2 off mid-write
         assert slow2["id"] not in answers
         assert rt.in_flight == 0
+        late = doc("other", "pump_on", False)  # arrives while the gateway stops
+        rt.submit(Delivery(late), respond)
+        async with asyncio.timeout(5):
+            while late["id"] not in answers:
+                await asyncio.sleep(0.01)
+        stopping = answers[late["id"]][1]
+        assert stopping.outcome.status == "failed"
+        assert "the gateway is stopping" in str(stopping.reply["error"])
     ledger = Ledger(tmp_path / "buffer.db.commands.db", 30.0, LOG)
     await ledger.open()
     seen = await ledger.claim(parse_document(slow2))
