@@ -22,7 +22,8 @@ from gateway.model import now_ms
 class Operator:
     """Publishes requests on a gateway's command topic and collects replies by id."""
 
-    def __init__(self, port: int, site: str, gateway: str, key: Path | None) -> None:
+    def __init__(self, port: int, site: str, gateway: str, key: Path | None, *,
+                 persistent: bool = False) -> None:
         self.topic = f"parkgate/{site}/{gateway}/cmd"
         self.reply_topic = f"parkgate/{site}/{gateway}/cmd/reply"
         self.response_topic = f"{self.reply_topic}/op-{uuid.uuid4().hex[:8]}"
@@ -39,7 +40,12 @@ class Operator:
         self.client.on_connect = lambda c, *_a: c.subscribe(
             # `reply/#` matches `reply` too: one subscription, one copy of each reply
             [(f"{self.reply_topic}/#", 1), (f"parkgate/{site}/{gateway}/status/#", 1)])
-        self.client.connect("127.0.0.1", port)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        props = None
+        if persistent:  # the broker keeps our subscriptions and what arrives meanwhile
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 600
+        self.client.connect("127.0.0.1", port, clean_start=not persistent, properties=props)
         # no Nagle: a request is not held ~40 ms for the broker's delayed ACK
         self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.loop_start()

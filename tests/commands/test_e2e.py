@@ -245,3 +245,27 @@ def test_unsigned_allowed_warns_at_start(tmp_path: Path, shared_broker: Mosquitt
         assert "commands accept UNSIGNED requests" in r.gw.output()
     finally:
         r.close()
+
+
+def test_request_held_by_the_sender_through_a_broker_outage_is_expired(
+        tmp_path: Path) -> None:
+    """The broker is down: the operator's client keeps the request and sends it when the
+    broker is back, after max_age; the gateway answers expired and runs nothing."""
+    broker = Mosquitto(persistent=True).start()
+    r = Rig(tmp_path, broker, max_age="2s")
+    r.op.close()
+    r.op = Operator(broker.port, "e2e", r.gw_id, tmp_path / "op.key", persistent=True)
+    try:
+        r.start()
+        assert r.op.send(r.op.request("boiler", "read", "setpoint"))["status"] == "ok"
+        broker.stop()
+        late = r.op.request("boiler", "write", "setpoint", 60.0)
+        r.op.publish(late, wait=False)  # queued in the client while the broker is down
+        time.sleep(3)
+        broker.start()
+        reply = r.op.wait(late["id"], timeout=30)[0]
+        assert reply["status"] == "expired" and "max_age is 2 s" in reply["error"]
+        assert r.op.send(r.op.request("boiler", "read", "setpoint"))["value"] == 20.0
+    finally:
+        r.close()
+        broker.close()
