@@ -34,7 +34,8 @@ from gateway.errors import ConfigError
 from gateway.redact import Masker
 from gateway.substitute import Substituter
 from gateway.units import Duration, Size
-from gateway.yamlload import Loc, Positions, YamlProblem, load_yaml
+from gateway.yamlload import YamlProblem, load_yaml
+from gateway.yamlpos import Loc, Positions
 
 
 class _Section(BaseModel):
