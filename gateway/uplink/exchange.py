@@ -14,7 +14,6 @@ it changes and again after every reconnect, so a consumer that subscribes late s
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
@@ -72,8 +71,9 @@ class Inbound:
                 self.log.exception("inbound message handler failed", topic=msg.topic)
 
     async def receive(self, client: aiomqtt.Client, session: DialectSession,
-                      send: Send) -> None:
-        """One session's receive loop: session control first, then the handler's queue."""
+                      send: Send, wake: Callable[[], None] | None = None) -> None:
+        """One session's receive loop: session control first, then the handler's queue;
+        `wake` after session control (data may wait for it: `session.ready()`)."""
         try:
             async for message in client.messages:
                 msg = adapter.incoming(message, time.monotonic())
@@ -83,6 +83,8 @@ class Inbound:
                     if (refusal := await send(out)) is not None:
                         self.log.warning("broker refused a session message",
                                          topic=out.topic, reason=refusal)
+                if wake is not None:
+                    wake()
                 self.offer(msg)
         except (aiomqtt.MqttError, OSError, TimeoutError):
             return  # the connection ended: the publishing side reports it
@@ -98,8 +100,12 @@ class RetainedStates:
         self._changed = asyncio.Event()
 
     def set(self, key: str, out: Outgoing) -> None:
-        """Publish `out` (retained) under `key` when it differs from the last one."""
-        out = out if out.retain else dataclasses.replace(out, retain=True)
+        """Publish `out` under `key` when it differs from the last one.
+
+        The dialect sets the retain flag: the native dialect's device state is retained;
+        Sparkplug's DBIRTH/DDEATH must not be (they are sent again after a reconnect all
+        the same).
+        """
         if self.latest.get(key) == out:
             return
         self.latest[key] = out

@@ -25,7 +25,7 @@ outlast connections (the uplink keeps them).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.backoff import Backoff
@@ -40,6 +40,10 @@ HOLD_CAP = 300.0
 """A refused device is retried after 2, 4, 8 ... s (jittered in the upper half), at most
 every 5 minutes: an ACL fix shows within minutes, a permanent refusal costs one publish per
 device per 5 minutes."""
+
+NOT_READY_S = 1.0
+"""How often the scheduler looks again while the session is not ready (Sparkplug: no
+primary host); the uplink also wakes it after every incoming message."""
 
 MIN_FETCH = 16
 """Chunks read from the source at once: twice the window, at least this many. Chunks can
@@ -108,6 +112,11 @@ class Limits:
     max_delay: float
     max_packet: int
     v5: bool
+
+
+def _parts(framed: Outgoing | Sequence[Outgoing]) -> list[Outgoing]:
+    """What `frame` returned as a list (one message, or several in order)."""
+    return [framed] if isinstance(framed, Outgoing) else list(framed)
 
 
 def _utf8_len(text: str) -> int:
@@ -202,6 +211,8 @@ class Scheduler:
 
     async def next(self, now: float) -> tuple[Message | None, float]:
         """The next message to publish, or None and how long until one may be ready."""
+        if not self.session.ready():
+            return None, NOT_READY_S  # and when an incoming message makes it ready
         wait_s = 1.0
         for stream in self.order():
             msg, ready_in = await self.next_of(stream, now)
@@ -298,7 +309,7 @@ class Scheduler:
         device = chunks[0].device
         items = ",".join(c.body for c in chunks).encode()
         return Message(device=device,
-                       parts=[self.session.frame(device, items, stream.stop is not None)],
+                       parts=_parts(self.session.frame(device, items, stream.stop is not None)),
                        firsts=[c.first for c in chunks],
                        readings=sum(c.count for c in chunks), stream=stream)
 
@@ -308,8 +319,8 @@ class Scheduler:
         items = [i.encode() for i in split_items(chunk.body)]
         packed = pack([len(i) for i in items], budget)
         historical = stream.stop is not None
-        parts = [self.session.frame(chunk.device, b",".join(items[i] for i in part), historical)
-                 for part in packed.parts]
+        parts = [out for part in packed.parts for out in _parts(
+            self.session.frame(chunk.device, b",".join(items[i] for i in part), historical))]
         return Message(device=chunk.device, parts=parts, firsts=[chunk.first],
                        readings=sum(len(part) for part in packed.parts), stream=stream,
                        too_large=[chunk.first + i for i in packed.too_large])

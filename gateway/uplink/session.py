@@ -86,7 +86,7 @@ class Uplink:
         """Where the per-install client id suffix is kept (beside the buffer)."""
         self.metrics = metrics
         self.log = log.bind(component="uplink")
-        self.dialect = dialect or dialects.load(cfg, gateway)
+        self.dialect = dialect or dialects.load(cfg, gateway, state_path)
         self.brokers = [Broker.parse(u) for u in cfg.brokers]
         self.state = UplinkState()
         self.client_id = cfg.client_id or ""
@@ -333,7 +333,8 @@ class Uplink:
                     sent=self.metrics.uplink_drop_notices, message=session.drop_notice,
                 ).run(publish_notice), name="uplink.notices"),
                 asyncio.create_task(self._retained.run(publisher.send), name="uplink.retained"),
-                asyncio.create_task(self._inbound.receive(client, session, publisher.send),
+                asyncio.create_task(self._inbound.receive(client, session, publisher.send,
+                                                          publisher.poke),
                                     name="uplink.receive"),
             ]
             try:
