@@ -29,9 +29,9 @@ DOUBLE = 10
 BOOLEAN = 11
 STRING = 12
 
-QUALITY_CODES = {"good": 192, "uncertain": 64, "bad": 0}
-"""`quality` as the OPC-style codes Sparkplug hosts use for the `Quality` property; a metric
-without the property is good."""
+QUALITY_CODES = {"good": 192, "uncertain": 500, "bad": 0}
+"""`quality` as the specification's `Quality` property codes (0 BAD, 192 GOOD, 500 STALE, the
+only three it allows: `uncertain` goes out as STALE); sent only when not good."""
 
 _SEQ_TAG = b"\x18"  # field 3 (Payload.seq), wire type 0 (varint)
 
@@ -194,15 +194,17 @@ def decode(payload: bytes) -> Any | None:
     return msg
 
 
-def metric_value(metric: Any) -> object:
-    """A received metric's value as Python (None when null or absent)."""
+def metric_value(metric: Any, datatype: int | None = None) -> object:
+    """A received metric's value as Python (None when null or absent); `datatype` from its
+    birth when the metric itself has none (DATA and CMD metrics need not carry it)."""
     if metric.is_null:
         return None
     kind = metric.WhichOneof("value")
     if kind is None:
         return None
     value = getattr(metric, kind)
-    datatype = metric.datatype
+    if metric.HasField("datatype") or datatype is None:
+        datatype = metric.datatype
     if kind == "long_value" and datatype in (1, 2, 3, 4) and value >= 2**63:
         return value - 2**64  # signed types travel as two's complement
     if kind == "int_value" and datatype in (1, 2, 3) and value >= 2**31:

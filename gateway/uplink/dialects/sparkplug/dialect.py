@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from gateway.config import GatewaySection, MqttSection, SparkplugSection
 from gateway.model import now_ms
@@ -83,7 +82,7 @@ class SparkplugDialect:
         if parsed is None or parsed[1] != "DCMD" or parsed[0] != self.group \
                 or parsed[2] != self.node or parsed[3] is None:
             return None
-        return dcmd_request(msg, parsed[3], self.registry.name, self.group, self.node,
+        return dcmd_request(msg, parsed[3], self.registry, self.group, self.node,
                             allow_unsigned=self.allow_unsigned)
 
     def reply(self, request: Request, document: Mapping[str, object]) -> Outgoing:
@@ -101,7 +100,7 @@ class SparkplugDialect:
         return self.birth_marker(device)
 
 
-def dcmd_request(msg: Incoming, device: str, alias_name: Any, group: str, node: str, *,
+def dcmd_request(msg: Incoming, device: str, registry: Registry, group: str, node: str, *,
                  allow_unsigned: bool) -> Request:
     """The command request a DCMD carries (module docstring), or one saying why not."""
     payload = codec.decode(msg.payload)
@@ -113,16 +112,18 @@ def dcmd_request(msg: Incoming, device: str, alias_name: Any, group: str, node: 
     metric = payload.metrics[0]
     point = metric.name
     if not point and metric.HasField("alias"):
-        point = alias_name(device, metric.alias)
+        point = registry.name(device, metric.alias)
     if not point:
         return Request({}, msg, error="the DCMD metric has no name and an unknown alias")
+    known = registry.metric(device, point)
     props = codec.properties(metric)
     sig = props.get("sig")
     ts = payload.timestamp if payload.HasField("timestamp") else 0
     rid = payload.uuid or f"spb:{group}/{node}/{device}:{ts}:{payload.seq}:{point}"
     doc: dict[str, object] = {"v": 1, "id": rid, "ts": ts, "device": device,
                               "action": "write", "point": point,
-                              "value": codec.metric_value(metric)}
+                              "value": codec.metric_value(metric, None if known is None
+                                                          else known.datatype)}
     if isinstance(sig, str) and sig:
         doc["sig"] = sig
     elif not allow_unsigned:
