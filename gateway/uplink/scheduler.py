@@ -145,6 +145,18 @@ class Scheduler:
         self.skipped: set[str] = set()
         self.retries: dict[str, Stream] = {}
         self.retry_below: dict[str, int] = {}
+        self.became_ready = False
+
+    def _first_ready(self) -> None:
+        """The session may publish for the first time: what was stored while it waited (a
+        Sparkplug primary host not yet online) is backlog too, sent as historical."""
+        self.became_ready = True
+        boundary = self.source.next_seq
+        live = self.live
+        if boundary > live.cursor and not live.pending and not live.inflight:
+            self.backlog.stop = boundary
+            live.cursor = boundary
+            live.at_end = False
 
     # -- events ------------------------------------------------------------------------------
     def new_data(self) -> None:
@@ -211,8 +223,12 @@ class Scheduler:
 
     async def next(self, now: float) -> tuple[Message | None, float]:
         """The next message to publish, or None and how long until one may be ready."""
-        if not self.session.ready():
-            return None, NOT_READY_S  # and when an incoming message makes it ready
+        if not self.became_ready:
+            if not self.session.ready():
+                return None, NOT_READY_S  # and when an incoming message makes it ready
+            self._first_ready()
+        elif not self.session.ready():
+            return None, NOT_READY_S
         wait_s = 1.0
         for stream in self.order():
             msg, ready_in = await self.next_of(stream, now)
