@@ -146,11 +146,11 @@ class Scheduler:
         self.retries: dict[str, Stream] = {}
         self.retry_below: dict[str, int] = {}
         self.became_ready = False
+        self.waited = False
 
-    def _first_ready(self) -> None:
-        """The session may publish for the first time: what was stored while it waited (a
-        Sparkplug primary host not yet online) is backlog too, sent as historical."""
-        self.became_ready = True
+    def _rebase(self) -> None:
+        """The session may publish for the first time after waiting: what was stored while
+        it waited (a Sparkplug primary host not yet online) is backlog too, historical."""
         boundary = self.source.next_seq
         live = self.live
         if boundary > live.cursor and not live.pending and not live.inflight:
@@ -225,8 +225,11 @@ class Scheduler:
         """The next message to publish, or None and how long until one may be ready."""
         if not self.became_ready:
             if not self.session.ready():
+                self.waited = True
                 return None, NOT_READY_S  # and when an incoming message makes it ready
-            self._first_ready()
+            self.became_ready = True
+            if self.waited:
+                self._rebase()
         elif not self.session.ready():
             return None, NOT_READY_S
         wait_s = 1.0
