@@ -117,8 +117,9 @@ class Reading:
 def readings(items: bytes) -> list[Reading]:
     """The readings of stored chunk items (comma-separated JSON objects)."""
     docs = json.loads(b"[" + items + b"]")
-    return [Reading(d["seq"], d["metric"], d.get("value"), d.get("unit"), d["ts"],
-                    d.get("quality", "good")) for d in docs]
+    # every stored item has every key (gateway/buffer/encoder.py)
+    return [Reading(d["seq"], d["metric"], d["value"], d["unit"], d["ts"], d["quality"])
+            for d in docs]
 
 
 def fill_reading(metric: Any, alias: int, datatype: int, r: Reading, *,
