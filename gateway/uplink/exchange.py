@@ -112,13 +112,18 @@ class RetainedStates:
         self._dirty[key] = None
         self._changed.set()
 
-    async def run(self, send: Send) -> None:
-        """One session: publish every key now, then each change, until cancelled."""
+    def poke(self) -> None:
+        """Look again (the session may have become ready)."""
+        self._changed.set()
+
+    async def run(self, send: Send, ready: Callable[[], bool] = lambda: True) -> None:
+        """One session: publish every key now, then each change, until cancelled; nothing
+        while the session is not `ready()` (Sparkplug: no DBIRTH/DDEATH before NBIRTH)."""
         self._dirty = dict.fromkeys(self.latest)
         try:
             while True:
                 self._changed.clear()
-                while self._dirty:
+                while self._dirty and ready():
                     key = next(iter(self._dirty))
                     out = self.latest[key]
                     refusal = await send(out)

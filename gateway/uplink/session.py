@@ -323,7 +323,17 @@ class Uplink:
                                      topic=out.topic)
             self._publisher = publisher
 
+            looked = asyncio.Event()
+
+            def wake() -> None:  # session control may have made the session ready
+                publisher.poke()
+                self._retained.poke()
+                looked.set()
+
             async def publish_notice(topic: str, payload: bytes) -> str | None:
+                while not session.ready():  # Sparkplug: no NDATA before NBIRTH
+                    looked.clear()
+                    await looked.wait()
                 return await publisher.send(Outgoing(topic, payload, qos=1))
 
             tasks = [
@@ -332,10 +342,10 @@ class Uplink:
                     self.drops, "", gateway=self.gw.id, site=self.gw.site, log=self.log,
                     sent=self.metrics.uplink_drop_notices, message=session.drop_notice,
                 ).run(publish_notice), name="uplink.notices"),
-                asyncio.create_task(self._retained.run(publisher.send), name="uplink.retained"),
+                asyncio.create_task(self._retained.run(publisher.send, session.ready),
+                                    name="uplink.retained"),
                 asyncio.create_task(self._inbound.receive(client, session, publisher.send,
-                                                          publisher.poke),
-                                    name="uplink.receive"),
+                                                          wake), name="uplink.receive"),
             ]
             try:
                 await publisher.pump()
