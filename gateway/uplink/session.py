@@ -323,9 +323,8 @@ class Uplink:
                                      topic=out.topic)
             self._publisher = publisher
 
-            looked = asyncio.Event()
-
-            def wake() -> None:  # session control may have made the session ready
+            looked = asyncio.Event()  # session control may have made the session ready
+            def wake() -> None:
                 publisher.poke()
                 self._retained.poke()
                 looked.set()
