@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.uplink.dialects.sparkplug import codec, ddata, topics
 from gateway.uplink.dialects.sparkplug import sparkplug_b_pb2 as pb
@@ -129,6 +131,10 @@ def test_a_new_metric_or_a_type_that_does_not_fit_changes_the_birth() -> None:
     assert reg.learn("d", [r("b", None, 5)])           # a new metric
     known = reg.metric("d", "a")
     assert known is not None and known.value == 3 and known.datatype == codec.DOUBLE
+    assert reg.learn("d", [r("a", "on", 6)])           # a number, then text: String
+    assert not reg.learn("d", [r("a", 1.5, 7), r("a", True, 8)])  # anything fits String
+    assert reg.learn("d", [r("e", True, 9), r("e", 2**63, 10)])   # Boolean + UInt64
+    assert [reg.metric("d", m).datatype for m in "ae"] == [codec.STRING, codec.STRING]  # type: ignore[union-attr]
 
 
 def test_ndeath_carries_bdseq_and_no_seq() -> None:
@@ -191,3 +197,24 @@ def test_ddata_bytes_are_what_protobuf_writes() -> None:
         fast = ddata.encode(reg.devices["d"], rs, 1_764_345_600_999, historical=historical)
         slow = reg.device_data_slow("d", rs, 1_764_345_600_999, historical=historical)
         assert fast == slow
+
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
+                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c/d", "温度"]), _values,
+                          st.integers(0, 2**64 - 1), st.integers(0, 2**63 - 1),
+                          st.sampled_from(["good", "uncertain", "bad"])),
+                min_size=1, max_size=30),
+       st.booleans())
+def test_ddata_fuzz_fast_equals_protobuf(rows: list[tuple[str, object, int, int, str]],
+                                         historical: bool) -> None:
+    reg = Registry("gw", "s")
+    rs = [codec.Reading(seq, metric, value, None, ts, quality)
+          for metric, value, seq, ts, quality in rows]
+    reg.learn("d", rs)
+    # values that do not fit the metric's (last) type go out as the codec sets them
+    assert ddata.encode(reg.devices["d"], rs, 5, historical=historical) == \
+        reg.device_data_slow("d", rs, 5, historical=historical)

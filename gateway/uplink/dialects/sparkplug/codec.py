@@ -56,12 +56,17 @@ def with_seq(payload: bytes, seq: int) -> bytes:
     return payload + _SEQ_TAG + _varint(seq)
 
 
+_NUMBERS = frozenset({INT64, UINT64, DOUBLE})
+
+
 def datatype_of(value: object) -> int:
     """The Sparkplug DataType for a reading's value (None: Double, a number yet unknown)."""
     if isinstance(value, bool):
         return BOOLEAN
     if isinstance(value, int):
-        return INT64 if -(2**63) <= value < 2**63 else UINT64
+        if -(2**63) <= value < 2**63:
+            return INT64
+        return UINT64 if 0 <= value < 2**64 else DOUBLE
     if isinstance(value, str):
         return STRING
     return DOUBLE
@@ -69,10 +74,18 @@ def datatype_of(value: object) -> int:
 
 def fits(datatype: int, value: object) -> bool:
     """Whether `value` can go out under a metric born with `datatype`."""
-    if value is None:
+    if value is None or datatype == STRING:
         return True
     kind = datatype_of(value)
-    return kind == datatype or (datatype == DOUBLE and kind in (INT64, UINT64))
+    return kind == datatype or (datatype == DOUBLE and kind in _NUMBERS)
+
+
+def widen(datatype: int, other: int) -> int:
+    """The type under which values of both types can go out: Double for two kinds of
+    number, String for anything else that differs (a metric whose values change kind)."""
+    if datatype == other:
+        return datatype
+    return DOUBLE if datatype in _NUMBERS and other in _NUMBERS else STRING
 
 
 def set_value(metric: Any, datatype: int, value: object) -> None:

@@ -61,7 +61,7 @@ class Registry:
                 changed = True
                 continue
             if not codec.fits(known.datatype, r.value):
-                known.datatype = codec.datatype_of(r.value)
+                known.datatype = codec.widen(known.datatype, codec.datatype_of(r.value))
                 changed = True
             if r.ts >= known.ts:
                 known.value = r.value
