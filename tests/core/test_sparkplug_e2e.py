@@ -3,6 +3,7 @@ host that decodes every payload with our protobuf module (tests/sparkplug_suppor
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -185,4 +186,40 @@ def test_primary_host_gates_births_and_data(tmp_path: Path, broker: Mosquitto,
         check_seq_order(host.messages)
     finally:
         host.send(f"spBv1.0/STATE/{scada}", b"", retain=True)  # clear the retained STATE
+        host.close()
+
+
+def test_kill9_at_random_moments_loses_nothing_and_never_reuses_a_bdseq(
+        tmp_path: Path, broker: Mosquitto, gateways: list[GatewayProcess]) -> None:
+    """SIGKILL the agent 4 times mid-flow (as tests/core/test_kill9.py does for the native
+    dialect): every seq arrives, each session's NBIRTH has a new bdSeq, and each will
+    NDEATH carries the bdSeq of the session it ends."""
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    print(f"sparkplug kill9 seed={seed}")
+    g = group()
+    host = Host(broker.port, g)
+    cfg = config(tmp_path, broker.port, g)
+    try:
+        for i in range(4):
+            births = len(bdseqs(host, "NBIRTH"))
+            gw = GatewayProcess(cfg).start()
+            gateways.append(gw)
+            assert host.wait(lambda h, n=births: len(bdseqs(h, "NBIRTH")) > n, 30), \
+                gw.output()[-2000:]
+            time.sleep(rng.uniform(0.0, 1.0) if i % 2 else rng.uniform(0.3, 1.5))
+            gw.kill()
+            assert host.wait(lambda h, n=i: len(bdseqs(h, "NDEATH")) > n, 10)
+        gw = GatewayProcess(cfg).start()
+        gateways.append(gw)
+        assert host.wait(lambda h: len(bdseqs(h, "NBIRTH")) == 5, 30), gw.output()[-2000:]
+        time.sleep(0.5)
+        assert gw.stop() == 0
+        births, deaths = bdseqs(host, "NBIRTH"), bdseqs(host, "NDEATH")
+        assert births == [0, 1, 2, 3, 4], seed
+        assert deaths == [0, 1, 2, 3, 4], seed  # four wills and the clean stop's NDEATH
+        check_seq_order(host.messages)
+        assert_births_before_data(host)
+        all_seqs_arrived(host, cfg)
+    finally:
         host.close()
