@@ -32,14 +32,18 @@ def bus_name(settings: BusSettings) -> str:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, bus: Dlt645Bus) -> None:
-        self.bus = bus
+    """Hands the transport's events to its owner's (private) handlers."""
+
+    def __init__(self, on_data: Callable[[bytes], None],
+                 on_lost: Callable[[Exception | None], None]) -> None:
+        self._on_data = on_data
+        self._on_lost = on_lost
 
     def data_received(self, data: bytes) -> None:
-        self.bus._on_data(data)
+        self._on_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.bus._on_lost(exc)
+        self._on_lost(exc)
 
 
 class Dlt645Bus:
@@ -86,13 +90,13 @@ class Dlt645Bus:
         self._lost = None
         if isinstance(s, TcpSettings):
             try:
-                transport, _ = await loop.create_connection(lambda: _Protocol(self), s.host,
-                                                            s.port)
+                transport, _ = await loop.create_connection(
+                    lambda: _Protocol(self._on_data, self._on_lost), s.host, s.port)
             except OSError as exc:
                 raise TransientError(f"{s}: {exc.strerror or exc}", kind="connect",
                                      address=str(s)) from exc
         else:
-            transport = await open_serial(s, lambda: _Protocol(self))
+            transport = await open_serial(s, lambda: _Protocol(self._on_data, self._on_lost))
         self._transport = transport
         self._closed.clear()
         self.opens += 1
@@ -124,6 +128,31 @@ class Dlt645Bus:
             finally:
                 self._idle_since = loop.time()
             return frame, time.perf_counter() - started
+
+    async def send(self, request: bytes, response_timeout: float) -> None:
+        """Send a frame nobody answers (a broadcast) under the bus lock and its quiet time.
+
+        The next request waits the bus `delay` after it as after any exchange, plus the
+        time the frame takes on the wire at the port's baud rate.
+        """
+        loop = asyncio.get_running_loop()
+        async with self.lock:
+            quiet = self._idle_since + self.delay - loop.time()
+            if quiet > 0:
+                await asyncio.sleep(quiet)
+            try:
+                async with asyncio.timeout(response_timeout):
+                    if self._transport is None:
+                        await self._open()
+                    self._write(request)
+            except TimeoutError:
+                raise TransientError(f"could not open {self.name} within "
+                                     f"{response_timeout:g}s", kind="timeout",
+                                     address=self.name) from None
+            finally:
+                s = self.settings
+                on_wire = len(request) * 11 / s.baudrate if isinstance(s, PortSettings) else 0.0
+                self._idle_since = loop.time() + on_wire
 
     def _write(self, data: bytes) -> None:
         transport = self._transport

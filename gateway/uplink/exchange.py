@@ -71,9 +71,9 @@ class Inbound:
                 self.log.exception("inbound message handler failed", topic=msg.topic)
 
     async def receive(self, client: aiomqtt.Client, session: DialectSession,
-                      send: Send, wake: Callable[[], None] | None = None) -> None:
-        """One session's receive loop: session control first, then the handler's queue;
-        `wake` after session control (data may wait for it: `session.ready()`)."""
+                      send: Send, observed: Callable[[], None]) -> None:
+        """One session's receive loop: session control first (`observed()` after it, as it
+        may have made the session ready), then the handler's queue."""
         try:
             async for message in client.messages:
                 msg = adapter.incoming(message, time.monotonic())
@@ -83,8 +83,7 @@ class Inbound:
                     if (refusal := await send(out)) is not None:
                         self.log.warning("broker refused a session message",
                                          topic=out.topic, reason=refusal)
-                if wake is not None:
-                    wake()
+                observed()
                 self.offer(msg)
         except (aiomqtt.MqttError, OSError, TimeoutError):
             return  # the connection ended: the publishing side reports it
