@@ -47,12 +47,17 @@ class Request:
     route (response topic, correlation data) and the message expiry. `error` says why a
     dialect could not map the message to a request (a DCMD that is not a Sparkplug payload,
     an unsigned DCMD the config does not allow): the commands path answers it `refused`
-    with that text and carries nothing out.
+    with that text and carries nothing out. `unsigned_ok` is True when the request carries
+    no signature and the dialect's own config allows that explicitly
+    (`uplink.mqtt.sparkplug.allow_unsigned_dcmd`): the commands path then does not ask it
+    for one, while native requests still need theirs; everything else (allow-list, write
+    limits, expiry, de-duplication) applies as to any request.
     """
 
     document: Mapping[str, object]
     incoming: Incoming
     error: str | None = None
+    unsigned_ok: bool = False
 
 
 class DialectSession(Protocol):

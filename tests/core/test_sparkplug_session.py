@@ -167,6 +167,7 @@ def test_dcmd_maps_to_a_command_request(tmp_path: Path) -> None:
     allowed = dialect(tmp_path, allow_unsigned_dcmd=True)
     ok = allowed.decode(Incoming("spBv1.0/G1/DCMD/N1/plc", dcmd("setpoint", 1.0)))
     assert ok is not None and ok.error is None and "sig" not in ok.document
+    assert ok.unsigned_ok and not signed.unsigned_ok
 
 
 def test_reply_goes_out_as_ndata(tmp_path: Path) -> None:

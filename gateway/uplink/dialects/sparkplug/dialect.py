@@ -11,8 +11,9 @@ metric (by name, or by the alias its DBIRTH gave) is the point, the DCMD's devic
 device, the metric's value the value, the payload's `timestamp` the request's `ts`, its
 `uuid` the request's `id` (else one made of the topic, timestamp, seq and metric), and a
 metric property `sig` (String) the signature over the canonical form of exactly that
-request. A DCMD without `sig` is refused here unless `allow_unsigned_dcmd` is set; then the
-commands path's own rules (keys, `allow_unsigned`, the point's `write:` block) still apply.
+request. A DCMD without `sig` is refused here unless `allow_unsigned_dcmd` is set (warned
+at every start); then it is marked `unsigned_ok` and the commands path does not ask it for
+a signature, while its other rules (the point's `write:` block, expiry, duplicates) apply.
 A reply goes out as NDATA `Commands/Reply`, the reply's JSON as a String metric; a
 successful write also shows in the device's next DDATA.
 
@@ -26,6 +27,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from gateway import logs
 from gateway.config import GatewaySection, MqttSection, SparkplugSection
 from gateway.model import now_ms
 from gateway.uplink.dialect import Request
@@ -50,6 +52,11 @@ class SparkplugDialect:
         self.node = sp.node or gateway.id
         self.primary_host = sp.primary_host
         self.allow_unsigned = sp.allow_unsigned_dcmd
+        if self.allow_unsigned:
+            logs.get_logger().warning(
+                "Sparkplug DCMD writes are carried out UNSIGNED "
+                "(uplink.mqtt.sparkplug.allow_unsigned_dcmd): anyone who may publish on "
+                f"spBv1.0/{sp.group}/DCMD/ can write to writable points")
         self.state_topic = topics.state_topic(sp.primary_host or "")
         self.registry = Registry(gateway.id, gateway.site)
         self.bdseq = BdSeq(None if state_path is None else bdseq_path(state_path))
@@ -130,4 +137,4 @@ def dcmd_request(msg: Incoming, device: str, registry: Registry, group: str, nod
         return Request(doc, msg, error="the DCMD carries no signature (a metric property "
                                        "'sig') and uplink.mqtt.sparkplug.allow_unsigned_dcmd "
                                        "is off")
-    return Request(doc, msg)
+    return Request(doc, msg, unsigned_ok="sig" not in doc)
