@@ -123,6 +123,11 @@ def test_device_state_sends_ddeath_and_dbirth(tmp_path: Path) -> None:
     assert [t for t, _ in wire(s2, list(s2.announce()))] == ["NBIRTH/N1"]
     up = wire(s2, [d.device_state("m1", {"state": "up"})])
     assert up[0][0] == "DBIRTH/N1/m1" and [m.name for m in up[0][1].metrics] == ["a"]
+    assert s2.credentials.clean  # Sparkplug needs a clean session
+    gone = wire(s2, [d.device_state("m1", {})])  # removed from the config by a reload
+    assert gone[0][0] == "DDEATH/N1/m1"
+    s3 = d.open("b", "c")
+    assert [t for t, _ in wire(s3, list(s3.announce()))] == ["NBIRTH/N1"]
 
 
 def dcmd(name: str | None, value: float, *, alias: int | None = None,

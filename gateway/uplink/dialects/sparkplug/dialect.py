@@ -75,8 +75,8 @@ class SparkplugDialect:
     def open(self, broker: str, client_id: str) -> SparkplugSession:
         """A session with the next bdSeq, taken (and written down) before the CONNECT."""
         password = self.cfg.password.get_secret_value() if self.cfg.password else None
-        return SparkplugSession(self, Credentials(client_id, self.cfg.username, password),
-                                self.bdseq.next())
+        return SparkplugSession(self, Credentials(client_id, self.cfg.username, password,
+                                                  clean=True), self.bdseq.next())
 
     def birth_marker(self, device: str) -> Outgoing:
         """A DBIRTH whose payload the session builds when it sends it."""
@@ -99,12 +99,17 @@ class SparkplugDialect:
                         codec.text_metric(REPLY, NODE_ALIASES[REPLY], text, now_ms()))
 
     def device_state(self, device: str, state: Mapping[str, object]) -> Outgoing:
-        """DDEATH when the device is down, DBIRTH when it is up (not retained)."""
-        if state.get("state") == "down":
+        """DBIRTH when the device is up, DDEATH otherwise (not retained); an empty state
+        (the device was removed from the config) also forgets its metrics."""
+        if state.get("state") == "up":
+            self.down.discard(device)
+            return self.birth_marker(device)
+        if state:
             self.down.add(device)
-            return Outgoing(self.topic_of("DDEATH", device), b"", qos=1)
-        self.down.discard(device)
-        return self.birth_marker(device)
+        else:
+            self.down.discard(device)
+            self.registry.forget(device)
+        return Outgoing(self.topic_of("DDEATH", device), b"", qos=1)
 
 
 def dcmd_request(msg: Incoming, device: str, registry: Registry, group: str, node: str, *,

@@ -68,6 +68,10 @@ class Registry:
                 known.ts = r.ts
         return changed
 
+    def forget(self, device: str) -> None:
+        """A device removed from the config: no longer born (its aliases stay taken)."""
+        self.devices.pop(device, None)
+
     def metric(self, device: str, name: str) -> Known | None:
         """A device metric by name."""
         return self.devices.get(device, {}).get(name)
