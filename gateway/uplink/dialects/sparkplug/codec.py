@@ -42,7 +42,18 @@ def serialize(payload: Any) -> bytes:
     return data
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """A protobuf base-128 varint of a non-negative integer (the short ones unrolled: seqs,
+    aliases and lengths are nearly always below 2**28)."""
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes((n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, n >> 14))
+    if n < 0x10000000:
+        return bytes((n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, (n >> 14) & 0x7F | 0x80,
+                      n >> 21))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -53,7 +64,7 @@ def _varint(n: int) -> bytes:
 
 def with_seq(payload: bytes, seq: int) -> bytes:
     """`payload` with its `seq` field (0-255) appended."""
-    return payload + _SEQ_TAG + _varint(seq)
+    return payload + _SEQ_TAG + varint(seq)
 
 
 _NUMBERS = frozenset({INT64, UINT64, DOUBLE})

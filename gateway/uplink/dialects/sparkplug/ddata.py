@@ -20,6 +20,7 @@ from gateway.uplink.dialects.sparkplug.codec import (
     QUALITY_CODES,
     UINT64,
     Reading,
+    varint,
 )
 
 if TYPE_CHECKING:
@@ -31,26 +32,6 @@ _SEQ_KEY = b"\x0a\x03seq"          # PropertySet.keys (1): "seq"
 _QUALITY_KEY = b"\x0a\x07Quality"  # PropertySet.keys (1): "Quality"
 _HISTORICAL = b"\x28\x01"          # Metric.is_historical (5) = true
 _NULL = b"\x38\x01"                # Metric.is_null (7) = true
-
-
-def varint(n: int) -> bytes:
-    """A protobuf base-128 varint of a non-negative integer (the short ones unrolled: seqs,
-    aliases and lengths are nearly always below 2**28)."""
-    if n < 0x80:
-        return bytes((n,))
-    if n < 0x4000:
-        return bytes((n & 0x7F | 0x80, n >> 7))
-    if n < 0x200000:
-        return bytes((n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, n >> 14))
-    if n < 0x10000000:
-        return bytes((n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, (n >> 14) & 0x7F | 0x80,
-                      n >> 21))
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _value(datatype: int, value: object) -> bytes:
