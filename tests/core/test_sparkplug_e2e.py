@@ -28,6 +28,13 @@ def config(tmp: Path, port: int, group: str, **sparkplug: Any) -> Path:
     return write_config(tmp / "gw.yaml", cfg)
 
 
+def start(cfg: Path, gateways: list[GatewayProcess]) -> GatewayProcess:
+    """`parkgate run` on `cfg`, killed at the end of the test whatever happens."""
+    gw = GatewayProcess(cfg).start()
+    gateways.append(gw)
+    return gw
+
+
 def group() -> str:
     return f"pg-{uuid.uuid4().hex[:10]}"  # unique per test: parallel runs do not collide
 
@@ -77,8 +84,7 @@ def test_births_bdseq_across_kill9_and_broker_restart_and_rebirth(
     host = Host(kept.port, g, persistent=True)
     cfg = config(tmp_path, kept.port, g)
     try:
-        gw = GatewayProcess(cfg).start()
-        gateways.append(gw)
+        gw = start(cfg, gateways)
         assert host.wait(lambda h: len(h.of("DDATA")) >= 4, 30), gw.output()[-2000:]
         first = host.messages[0]
         assert first.kind == "NBIRTH" and first.seq == 0 and not first.retain
@@ -89,8 +95,7 @@ def test_births_bdseq_across_kill9_and_broker_restart_and_rebirth(
         gw.kill()  # kill -9: the broker publishes the will
         assert host.wait(lambda h: len(bdseqs(h, "NDEATH")) == 1, 10)
         assert bdseqs(host, "NDEATH") == [0]
-        gw = GatewayProcess(cfg).start()
-        gateways.append(gw)
+        gw = start(cfg, gateways)
         assert host.wait(lambda h: len(bdseqs(h, "NBIRTH")) == 2, 30), gw.output()[-2000:]
         assert bdseqs(host, "NBIRTH") == [0, 1]  # never the killed session's value
 
@@ -130,8 +135,7 @@ def test_outage_backlog_goes_out_historical_with_nothing_lost(
     host = Host(kept.port, g, persistent=True)
     cfg = config(tmp_path, kept.port, g)
     try:
-        gw = GatewayProcess(cfg).start()
-        gateways.append(gw)
+        gw = start(cfg, gateways)
         assert host.wait(lambda h: len(h.of("DDATA")) >= 3, 30), gw.output()[-2000:]
         live = host.seqs()
         kept.stop()
@@ -168,8 +172,7 @@ def test_primary_host_gates_births_and_data(tmp_path: Path, broker: Mosquitto,
     host = Host(broker.port, g)
     cfg = config(tmp_path, broker.port, g, primary_host=scada)
     try:
-        gw = GatewayProcess(cfg).start()
-        gateways.append(gw)
+        gw = start(cfg, gateways)
         assert not host.wait(lambda h: len(h.messages) > 0, 3)  # waiting for the host
         host.state(scada, online=True)
         assert host.wait(lambda h: len(h.of("DDATA")) >= 3, 20), gw.output()[-2000:]
@@ -203,15 +206,13 @@ def test_kill9_at_random_moments_loses_nothing_and_never_reuses_a_bdseq(
     try:
         for i in range(4):
             births = len(bdseqs(host, "NBIRTH"))
-            gw = GatewayProcess(cfg).start()
-            gateways.append(gw)
+            gw = start(cfg, gateways)
             assert host.wait(lambda h, n=births: len(bdseqs(h, "NBIRTH")) > n, 30), \
                 gw.output()[-2000:]
             time.sleep(rng.uniform(0.0, 1.0) if i % 2 else rng.uniform(0.3, 1.5))
             gw.kill()
             assert host.wait(lambda h, n=i: len(bdseqs(h, "NDEATH")) > n, 10)
-        gw = GatewayProcess(cfg).start()
-        gateways.append(gw)
+        gw = start(cfg, gateways)
         assert host.wait(lambda h: len(bdseqs(h, "NBIRTH")) == 5, 30), gw.output()[-2000:]
         time.sleep(0.5)
         assert gw.stop() == 0
