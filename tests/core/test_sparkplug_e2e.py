@@ -187,6 +187,7 @@ def test_primary_host_gates_births_and_data(tmp_path: Path, broker: Mosquitto,
         assert gw.stop() == 0
         all_seqs_arrived(host, cfg)
         check_seq_order(host.messages)
+        assert_births_before_data(host)
     finally:
         host.send(f"spBv1.0/STATE/{scada}", b"", retain=True)  # clear the retained STATE
         host.close()

@@ -88,7 +88,12 @@ def test_rebirth_on_ncmd(tmp_path: Path) -> None:
     ncmd = pb.Payload(timestamp=1)
     m = ncmd.metrics.add()
     m.name, m.datatype, m.boolean_value = "Node Control/Rebirth", pb.Boolean, True
-    got = wire(s, list(s.observe(Incoming("spBv1.0/G1/NCMD/N1", ncmd.SerializeToString()))))
+    births = list(s.observe(Incoming("spBv1.0/G1/NCMD/N1", ncmd.SerializeToString())))
+    assert not s.ready()  # data stops at once
+    got = wire(s, births[:1])
+    assert not s.ready()  # no data between NBIRTH and the DBIRTHs of a rebirth
+    got += wire(s, births[1:])
+    assert s.ready()
     assert [(t, p.seq) for t, p in got] == [("NBIRTH/N1", 0), ("DBIRTH/N1/m1", 1)]
     assert s.observe(Incoming("spBv1.0/G1/NCMD/other", ncmd.SerializeToString())) == ()
 

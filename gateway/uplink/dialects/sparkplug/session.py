@@ -48,6 +48,9 @@ class SparkplugSession:
         """NBIRTH has been handed to the client in this session."""
         self.born: set[str] = set()
         """Devices whose DBIRTH is queued or sent in this session."""
+        self.unsent: set[str] = set()
+        """Devices whose DBIRTH of the last birth sequence has not gone out yet: data waits
+        for them (after a rebirth or the primary host's online, they go out one by one)."""
         self._will = Outgoing(dialect.topic_of("NDEATH"), codec.death(bd_seq, now_ms()),
                               qos=1, retain=False)
 
@@ -77,6 +80,7 @@ class SparkplugSession:
             if device not in d.down:
                 out.append(d.birth_marker(device))
                 self.born.add(device)
+        self.unsent = {device for device in d.registry.devices if device not in d.down}
         return out
 
     def announce(self) -> Sequence[Outgoing]:
@@ -98,8 +102,9 @@ class SparkplugSession:
         return ()
 
     def ready(self) -> bool:
-        """While the primary host (if any) is online and NBIRTH has gone out."""
-        return self.host_online and self.node_born
+        """While the primary host (if any) is online and the last NBIRTH and its DBIRTHs
+        have gone out."""
+        return self.host_online and self.node_born and not self.unsent
 
     def topic(self, device: str) -> str:
         """DDATA of the device."""
@@ -149,11 +154,12 @@ class SparkplugSession:
         if kind == "NBIRTH":
             self.seq = 0  # a (re)birth starts the sequence again
             self.node_born = True
-        elif device is not None and not payload:  # a marker: built now
-            if kind == "DBIRTH":
+        elif kind == "DBIRTH" and device is not None:
+            self.unsent.discard(device)
+            if not payload:  # a marker: built now
                 payload = d.registry.device_birth(device, now_ms())
-            elif kind == "DDEATH":
-                payload = codec.device_death(now_ms())
+        elif kind == "DDEATH" and not payload:
+            payload = codec.device_death(now_ms())
         seq = self.seq
         self.seq = (seq + 1) % 256
         return Outgoing(out.topic, codec.with_seq(payload, seq), qos=out.qos, retain=False)
