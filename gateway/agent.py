@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,12 +57,13 @@ class Agent:
         commands = cfg.commands if cfg.commands.enabled else None
         self.uplink = Uplink(cfg.uplink.mqtt, cfg.gateway, self.buffer, self.metrics, self.log,
                              drops=self.buffer, state_path=cfg.buffer.path,
-                             dialect=dialects.load(cfg.uplink.mqtt, cfg.gateway, commands),
+                             dialect=dialects.load(cfg.uplink.mqtt, cfg.gateway,
+                                                   cfg.buffer.path, commands),
                              session_expiry=round(commands.session_expiry) if commands else 0)
         self.supervisor = Supervisor(self.drivers, self.buffer.add, self.metrics,
                                      self.log.bind(component="supervisor"),
                                      room=self.buffer.wait_for_room)
-        if cfg.uplink.mqtt.device_state:
+        if cfg.uplink.mqtt.publishes_device_state:
             self.supervisor.on_state = self._device_state
         self.commands: CommandRuntime | None = None
         if commands is not None:
@@ -235,11 +235,10 @@ class Agent:
                              "(systemctl restart parkgate); keeping their running values",
                              sections=ignored)
         changes = await self.supervisor.apply(new.config.devices)
-        if self.config.uplink.mqtt.device_state:
-            for name in changes["stopped"]:  # its retained state would outlive it
-                gone = self.uplink.dialect.device_state(name, {})
+        if self.config.uplink.mqtt.publishes_device_state:
+            for name in changes["stopped"]:  # an empty state: the device is gone
                 self.uplink.set_retained_state(f"device:{name}",
-                                               dataclasses.replace(gone, payload=b""))
+                                               self.uplink.dialect.device_state(name, {}))
         self.config = old.model_copy(update={"devices": new.config.devices,
                                              "logging": new.config.logging})
         self.loaded = LoadedConfig(self.config, path, secrets)

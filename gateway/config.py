@@ -35,7 +35,8 @@ from gateway.errors import ConfigError
 from gateway.redact import Masker
 from gateway.substitute import Substituter
 from gateway.units import Duration, Size
-from gateway.yamlload import Loc, Positions, YamlProblem, load_yaml
+from gateway.yamlload import YamlProblem, load_yaml
+from gateway.yamlpos import Loc, Positions
 
 
 class _Section(BaseModel):
@@ -85,8 +86,47 @@ class BatchSection(_Section):
     max_delay: Duration = Field(default=1.0, ge=0.0, le=60.0)
 
 
-DIALECTS = ("parkgate",)
+DIALECTS = ("parkgate", "sparkplug")
 """Values of `uplink.mqtt.dialect` (gateway/uplink/dialects/)."""
+
+
+def sparkplug_id_problem(value: str) -> str | None:
+    """Why `value` cannot be a Sparkplug group, edge node or host id, or None."""
+    if not value:
+        return "must not be empty"
+    bad = sorted({c for c in value if c in "+#/"})
+    if bad:
+        return f"{value!r} contains {' '.join(bad)}: Sparkplug ids cannot contain + # /"
+    return None
+
+
+def _sparkplug_id(value: str) -> str:
+    problem = sparkplug_id_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+class SparkplugSection(_Section):
+    """`dialect: sparkplug`: the Sparkplug B 3.0 edge node's identity (README "Sparkplug")."""
+
+    group: str = Field(max_length=128, description="The Sparkplug group id (no + # /).")
+    node: str | None = Field(
+        default=None, max_length=128,
+        description="The edge node id (no + # /); default: gateway.id.")
+    primary_host: str | None = Field(
+        default=None, max_length=128,
+        description="The primary host application id: data is published only while "
+                    "spBv1.0/STATE/{primary_host} says online, else it stays buffered.")
+    allow_unsigned_dcmd: bool = Field(
+        default=False,
+        description="Carry out DCMD writes that carry no signature (a metric property "
+                    "`sig`); commands.enabled and the point's write: block still apply.")
+
+    @field_validator("group", "node", "primary_host")
+    @classmethod
+    def _ids(cls, value: str | None) -> str | None:
+        return None if value is None else _sparkplug_id(value)
 
 
 class MqttSection(_Section):
@@ -103,16 +143,25 @@ class MqttSection(_Section):
     tls: TlsSection = Field(default_factory=TlsSection)
     topic: str = "parkgate/{site}/{gateway}/{device}"
     status_topic: str = "parkgate/{site}/{gateway}/status"
-    device_state: bool = Field(
-        default=False,
-        description="Publish each device's state (up, or down with the last error kind, "
-                    "since when) retained on {status_topic}/{device} when it changes. Off "
-                    "by default: the broker's ACL must allow those topics (a broker that "
+    device_state: bool | None = Field(
+        default=None,
+        description="Publish each device's state when it changes: native dialect, retained "
+                    "on {status_topic}/{device} (up, or down with the last error kind, since "
+                    "when); Sparkplug, DBIRTH/DDEATH. Default: on for sparkplug, off for "
+                    "parkgate (the broker's ACL must allow those topics; a broker that "
                     "disconnects on a refused publish would otherwise reconnect forever).")
+
+    @property
+    def publishes_device_state(self) -> bool:
+        """`device_state`, or the dialect's default."""
+        return self.device_state if self.device_state is not None else \
+            self.dialect != "parkgate"
     qos: Literal[1] = Field(default=1, description="QoS 1: at-least-once delivery.")
     dialect: str = Field(
         default="parkgate",
-        description="What goes on the wire: parkgate (the native JSON; the only one so far).")
+        description="What goes on the wire: parkgate (the native JSON) or sparkplug "
+                    "(Sparkplug B 3.0, keys under uplink.mqtt.sparkplug).")
+    sparkplug: SparkplugSection | None = None
     batch: BatchSection = Field(default_factory=BatchSection)
     max_message_bytes: Size = Field(
         default=128_000, ge=512, le=268_435_455,
@@ -153,8 +202,8 @@ class MqttSection(_Section):
     def _dialect(cls, name: str) -> str:
         if name not in DIALECTS:
             raise ValueError(f"unknown dialect {name!r}: this version speaks "
-                             f"{', '.join(DIALECTS)} (sparkplug, thingsboard, aliyun and "
-                             "huawei are planned, not yet available)")
+                             f"{', '.join(DIALECTS)} (thingsboard, aliyun and huawei are "
+                             "planned, not yet available)")
         return name
 
     @field_validator("topic", "status_topic")
@@ -164,6 +213,17 @@ class MqttSection(_Section):
         if problem:
             raise ValueError(problem)
         return topic
+
+    @model_validator(mode="after")
+    def _dialect_keys(self) -> MqttSection:
+        if self.dialect == "sparkplug" and self.sparkplug is None:
+            raise _error(("dialect",), "dialect: sparkplug needs uplink.mqtt.sparkplug: "
+                         "{group: GROUP} (and optionally node, primary_host)")
+        if self.dialect != "sparkplug" and self.sparkplug is not None:
+            raise _error(("sparkplug", "group"), f"uplink.mqtt.sparkplug is set but the "
+                         f"dialect is {self.dialect}, so it would be ignored: set "
+                         "dialect: sparkplug, or remove sparkplug:")
+        return self
 
     @model_validator(mode="after")
     def _plaintext(self) -> MqttSection:
@@ -544,7 +604,7 @@ def _topic_collisions(raw: Config, devices: list[DeviceOptions], rep: Reporter) 
     for d in devices:
         taken.setdefault(mqtt.topic.format(site=site, gateway=gw, device=d.name),
                          f"the data topic of device '{d.name}'")
-    for d in devices if mqtt.device_state else ():
+    for d in devices if mqtt.device_state and mqtt.dialect == "parkgate" else ():
         state = f"{status}/{d.name}"  # retained device state (the parkgate dialect)
         if state in taken:
             rep.add(("uplink", "mqtt", "topic"), f"{state} is both {taken[state]} and the "

@@ -33,10 +33,10 @@ class CommandLink:
         if request is None:
             return
         delivery = Delivery(
-            document=None if request.error is not None else request.document,
-            error=request.error, response_topic=msg.response_topic,
+            document=request.document, error=request.error,
+            response_topic=msg.response_topic,
             correlation_data=msg.correlation_data, expiry_interval=msg.expiry_interval,
-            received=msg.received or None)
+            received=msg.received or None, unsigned_ok=request.unsigned_ok)
 
         async def respond(_delivery: Delivery, answer: Answer) -> None:
             await self._respond(request, answer)

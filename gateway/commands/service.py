@@ -37,12 +37,17 @@ class Delivery:
     document: Mapping[str, Any] | None
     """The request's JSON object; None when it could not be decoded (see `error`)."""
     error: str | None = None
+    """Why the dialect would not make a request of it: answered refused, echoing what
+    `document` holds of id, device, action and point."""
     response_topic: str | None = None
     correlation_data: bytes | None = None
     expiry_interval: int | None = None
     """Seconds of message expiry left when the broker delivered it."""
     received: float | None = None
     """`time.monotonic()` at arrival."""
+    unsigned_ok: bool = False
+    """The dialect's own config lets this request come without a signature (Sparkplug
+    `allow_unsigned_dcmd`); a signature it does carry must still be valid."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +84,9 @@ class CommandService:
     async def handle(self, delivery: Delivery) -> Answer:
         """Answer one request; never raises for anything the request contains."""
         try:
-            if delivery.document is None:
-                raise BadRequest(delivery.error or "the request could not be decoded")
+            if delivery.document is None or delivery.error is not None:
+                raise BadRequest(delivery.error or "the request could not be decoded",
+                                 _fields(delivery))
             req = parse_document(delivery.document)
         except BadRequest as exc:
             return self._answer(exc.fields, Outcome("refused", str(exc)), delivery,
@@ -88,7 +94,7 @@ class CommandService:
         fields = {"id": req.id, "device": req.device, "action": req.action,
                   "point": req.point}
         key: str | None = None
-        if self.verifier is not None:
+        if self.verifier is not None and not (delivery.unsigned_ok and req.sig is None):
             try:
                 key = self.verifier.verify(req.canonical, req.sig)
             except SignatureProblem as exc:

@@ -14,7 +14,6 @@ it changes and again after every reconnect, so a consumer that subscribes late s
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
@@ -100,21 +99,30 @@ class RetainedStates:
         self._changed = asyncio.Event()
 
     def set(self, key: str, out: Outgoing) -> None:
-        """Publish `out` (retained) under `key` when it differs from the last one."""
-        out = out if out.retain else dataclasses.replace(out, retain=True)
+        """Publish `out` under `key` when it differs from the last one.
+
+        The dialect sets the retain flag: the native dialect's device state is retained;
+        Sparkplug's DBIRTH/DDEATH must not be (they are sent again after a reconnect all
+        the same).
+        """
         if self.latest.get(key) == out:
             return
         self.latest[key] = out
         self._dirty[key] = None
         self._changed.set()
 
-    async def run(self, send: Send) -> None:
-        """One session: publish every key now, then each change, until cancelled."""
+    def poke(self) -> None:
+        """Look again (the session may have become ready)."""
+        self._changed.set()
+
+    async def run(self, send: Send, ready: Callable[[], bool] = lambda: True) -> None:
+        """One session: publish every key now, then each change, until cancelled; nothing
+        while the session is not `ready()` (Sparkplug: no DBIRTH/DDEATH before NBIRTH)."""
         self._dirty = dict.fromkeys(self.latest)
         try:
             while True:
                 self._changed.clear()
-                while self._dirty:
+                while self._dirty and ready():
                     key = next(iter(self._dirty))
                     out = self.latest[key]
                     refusal = await send(out)

@@ -89,10 +89,11 @@ class Uplink:
         """Where the per-install client id suffix is kept (beside the buffer)."""
         self.metrics = metrics
         self.log = log.bind(component="uplink")
-        self.dialect = dialect or dialects.load(cfg, gateway)
+        self.dialect = dialect or dialects.load(cfg, gateway, state_path)
         self.session_expiry = session_expiry
         """Seconds the broker keeps our session (subscriptions, queued requests) while we
-        are away; 0: a clean session on every connect. Commands ask for one."""
+        are away; 0: a clean session on every connect. Commands ask for one (unless the
+        dialect's credentials ask for a clean session)."""
         self.brokers = [Broker.parse(u) for u in cfg.brokers]
         self.state = UplinkState()
         self.client_id = cfg.client_id or ""
@@ -148,6 +149,7 @@ class Uplink:
             tls = self._ssl
         will = session.will
         creds = session.credentials
+        keep = 0 if creds.clean else self.session_expiry  # Sparkplug wants a clean one
         client = aiomqtt.Client(
             broker.host, broker.port,
             logger=self._mqtt_log,
@@ -157,10 +159,10 @@ class Uplink:
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             # a kept session lets the broker queue requests on our subscriptions while
             # we are away (answered, or expired, when we are back)
-            clean_session=None if v5 else not self.session_expiry,
+            clean_session=None if v5 else not keep,
             # paho takes no clean_start on 3.1.1 but its default (first connect only)
-            clean_start=False if v5 and self.session_expiry else MQTT_CLEAN_START_FIRST_ONLY,
-            properties=adapter.connect_properties(self.session_expiry) if v5 else None,
+            clean_start=False if v5 and keep else MQTT_CLEAN_START_FIRST_ONLY,
+            properties=adapter.connect_properties(keep) if v5 else None,
             will=None if will is None else aiomqtt.Will(
                 will.topic, will.payload, qos=will.qos, retain=will.retain,
                 properties=adapter.properties(will, v5)),
@@ -339,7 +341,16 @@ class Uplink:
             self._publisher = publisher
             honour_cancellation()  # a stop swallowed by the CONNACK or announce waits
 
+            looked = asyncio.Event()  # session control may have made the session ready
+            def wake() -> None:
+                publisher.poke()
+                self._retained.poke()
+                looked.set()
+
             async def publish_notice(topic: str, payload: bytes) -> str | None:
+                while not session.ready():  # Sparkplug: no NDATA before NBIRTH
+                    looked.clear()
+                    await looked.wait()
                 return await publisher.send(Outgoing(topic, payload, qos=1))
 
             tasks = [
@@ -348,10 +359,10 @@ class Uplink:
                     self.drops, "", gateway=self.gw.id, site=self.gw.site, log=self.log,
                     sent=self.metrics.uplink_drop_notices, message=session.drop_notice,
                 ).run(publish_notice), name="uplink.notices"),
-                asyncio.create_task(self._retained.run(publisher.send), name="uplink.retained"),
+                asyncio.create_task(self._retained.run(publisher.send, session.ready),
+                                    name="uplink.retained"),
                 asyncio.create_task(self._inbound.receive(client, session, publisher.send,
-                                                          publisher.poke),
-                                    name="uplink.receive"),
+                                                          wake), name="uplink.receive"),
             ]
             try:
                 await publisher.pump()

@@ -213,3 +213,22 @@ async def test_an_outcome_the_ledger_cannot_record_is_still_answered(tmp_path: P
         reply = await task
         assert reply["status"] == "ok"  # what the device did, not an internal error
         assert r.driver("boiler").values["pump_on"] is True
+
+
+async def test_dialect_errors_and_unsigned_ok(tmp_path: Path) -> None:
+    async with rig([boiler()]) as r:
+        env = await make(tmp_path, r)
+        # a dialect that could read the request but will not pass it on: refused, echoed
+        doc = env.doc(sign=False)
+        reply = await env.send(doc, error="the DCMD carries no signature")
+        assert (reply["status"], reply["id"], reply["error"]) == (
+            "refused", doc["id"], "the DCMD carries no signature")
+        # the dialect's own config lets it come unsigned: carried out, key None
+        ok = await env.send(env.doc(value=33.0, sign=False), unsigned_ok=True)
+        assert ok["status"] == "ok"
+        assert json.loads(str(env.audits[-1].value))["key"] is None
+        # but a signature it does carry must be valid
+        forged = env.doc(value=34.0)
+        forged["value"] = 35.0
+        assert (await env.send(forged, unsigned_ok=True))["status"] == "refused"
+        assert r.driver("boiler").values["setpoint"] == 33.0

@@ -1,4 +1,5 @@
-"""`uplink.mqtt.dialect`: parkgate by default, anything else refused with its line."""
+"""`uplink.mqtt.dialect`: parkgate by default; sparkplug with its keys (tests/core/
+test_sparkplug_config.py); anything else refused with its line."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def test_the_default_dialect_is_parkgate() -> None:
 
 
 @pytest.mark.parametrize("name", ["parkgate", "sparkplug", "Parkgate"])
-def test_only_parkgate_passes_check_and_the_others_name_their_line(tmp_path: Path,
+def test_parkgate_passes_check_and_the_others_name_their_line(tmp_path: Path,
                                                                    name: str) -> None:
     path = tmp_path / "c.yaml"
     brokers = '["mqtt://127.0.0.1:1883"]'
@@ -28,7 +29,12 @@ def test_only_parkgate_passes_check_and_the_others_name_their_line(tmp_path: Pat
     if name == "parkgate":
         assert ran.code == 0, ran
         return
+    if name == "sparkplug":  # a known dialect, but its own keys are missing
+        assert (ran.code, ran.lines()) == (2, [
+            f"{path}:6:14: uplink.mqtt.dialect: dialect: sparkplug needs "
+            "uplink.mqtt.sparkplug: {group: GROUP} (and optionally node, primary_host)"]), ran
+        return
     assert (ran.code, ran.lines()) == (2, [
         f"{path}:6:14: uplink.mqtt.dialect: unknown dialect {name!r}: this version speaks "
-        "parkgate (sparkplug, thingsboard, aliyun and huawei are planned, not yet "
+        "parkgate, sparkplug (thingsboard, aliyun and huawei are planned, not yet "
         "available)"]), ran

@@ -105,7 +105,10 @@ class ParkgateDialect:
                         if incoming.response_topic else None)
 
     def device_state(self, device: str, state: Mapping[str, object]) -> Outgoing:
-        """Retained on `{status_topic}/{device}`."""
+        """Retained on `{status_topic}/{device}`; an empty state (the device was removed
+        from the config) deletes the retained message."""
+        if not state:
+            return Outgoing(f"{self.status_topic}/{device}", b"", qos=1, retain=True)
         doc = {"v": 1, "gateway": self.gw.id, "site": self.gw.site, "device": device, **state}
         return Outgoing(f"{self.status_topic}/{device}",
                         json.dumps(doc, separators=(",", ":")).encode(), qos=1, retain=True)
@@ -160,6 +163,10 @@ class ParkgateSession:
     def frame(self, device: str, items: bytes, historical: bool) -> Outgoing:
         """The same message for backlog and live data (the consumer sorts by seq)."""
         return self.dialect.data(device, items)
+
+    def stamp(self, out: Outgoing) -> Outgoing:
+        """As it is: nothing in the native dialect depends on the moment of sending."""
+        return out
 
     def drop_notice(self, ranges: Sequence[notices.DropRange]) -> Outgoing:
         """gateway/notices.py's payload on the notice topic."""
