@@ -31,6 +31,12 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.driver import DeviceOptions, DriverInfo, discover_drivers
 from gateway.errors import ConfigError
+from gateway.platforms import (
+    PLATFORM_DIALECTS,
+    AliyunSection,
+    HuaweiSection,
+    ThingsboardSection,
+)
 from gateway.redact import Masker
 from gateway.substitute import Substituter
 from gateway.units import Duration, Size
@@ -84,7 +90,7 @@ class BatchSection(_Section):
     max_delay: Duration = Field(default=1.0, ge=0.0, le=60.0)
 
 
-DIALECTS = ("parkgate",)
+DIALECTS = ("parkgate", *PLATFORM_DIALECTS)
 """Values of `uplink.mqtt.dialect` (gateway/uplink/dialects/)."""
 
 
@@ -105,7 +111,11 @@ class MqttSection(_Section):
     qos: Literal[1] = Field(default=1, description="QoS 1: at-least-once delivery.")
     dialect: str = Field(
         default="parkgate",
-        description="What goes on the wire: parkgate (the native JSON; the only one so far).")
+        description="What goes on the wire: parkgate (the native JSON), thingsboard, "
+                    "aliyun or huawei (their keys under their own names).")
+    thingsboard: ThingsboardSection | None = None
+    aliyun: AliyunSection | None = None
+    huawei: HuaweiSection | None = None
     batch: BatchSection = Field(default_factory=BatchSection)
     max_message_bytes: Size = Field(
         default=128_000, ge=512, le=268_435_455,
@@ -146,8 +156,8 @@ class MqttSection(_Section):
     def _dialect(cls, name: str) -> str:
         if name not in DIALECTS:
             raise ValueError(f"unknown dialect {name!r}: this version speaks "
-                             f"{', '.join(DIALECTS)} (sparkplug, thingsboard, aliyun and "
-                             "huawei are planned, not yet available)")
+                             f"{', '.join(DIALECTS)} (sparkplug is planned, not yet "
+                             "available)")
         return name
 
     @field_validator("topic", "status_topic")
@@ -157,6 +167,24 @@ class MqttSection(_Section):
         if problem:
             raise ValueError(problem)
         return topic
+
+    @model_validator(mode="after")
+    def _platform(self) -> MqttSection:
+        for name in PLATFORM_DIALECTS:
+            given = getattr(self, name) is not None
+            if name == self.dialect and not given:
+                raise _error((name,), f"dialect {name} needs its keys under "
+                             f"uplink.mqtt.{name} (see config/{name}.example.yaml)")
+            if given and name != self.dialect:
+                raise _error((name,), f"{name}: is set but the dialect is {self.dialect}: "
+                             f"set dialect: {name}, or remove {name}:")
+        if self.dialect in PLATFORM_DIALECTS:
+            for key in ("username", "password"):
+                if key in self.model_fields_set:
+                    raise _error((key,), f"dialect {self.dialect} signs its own "
+                                 f"credentials from uplink.mqtt.{self.dialect}: remove "
+                                 f"{key}")
+        return self
 
     @model_validator(mode="after")
     def _plaintext(self) -> MqttSection:
@@ -169,6 +197,11 @@ class MqttSection(_Section):
                          "used and the password and readings would go unencrypted: write "
                          "mqtts://HOST:8883 (or remove tls:)")
         remote = [url for url in plain if not _loopback(url)]
+        if self.thingsboard is not None and remote and not self.allow_plaintext_password:
+            raise _error(("thingsboard", "access_token"),
+                         f"the access token would go unencrypted to {remote[0]}: use "
+                         "mqtts://, or set allow_plaintext_password: true if the network "
+                         "path is trusted")
         if self.password is not None and remote and not self.allow_plaintext_password:
             raise _error(("password",),
                          f"the password would go unencrypted to {remote[0]}: use "
@@ -511,6 +544,8 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
 
     raw_devices = doc.get("devices", [])
     devices = _validate_devices(raw_devices, rep, drivers)
+    if raw is not None:
+        _platform_devices(raw.uplink.mqtt, {d.name for d in devices}, rep)
     del doc, raw_devices  # the YAML tree and any positions go once validated
     rep.positions = rep.find_positions = None
 
@@ -521,6 +556,24 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
     config = Config.model_construct(raw.model_fields_set | {"devices"}, **sections,
                                     devices=tuple(devices))
     return LoadedConfig(config=config, path=path, secrets=frozenset(subst.secrets))
+
+
+def _platform_devices(mqtt: MqttSection, names: set[str], rep: Reporter) -> None:
+    """Every device a platform section names must be one of `devices:`."""
+    listed: list[tuple[Loc, str]] = []
+    if mqtt.thingsboard is not None:
+        listed += [(("uplink", "mqtt", "thingsboard", "gateway_devices", i), name)
+                   for i, name in enumerate(mqtt.thingsboard.gateway_devices)]
+    for section, key in ((mqtt.aliyun, "aliyun"), (mqtt.huawei, "huawei")):
+        if section is not None:
+            listed += [(("uplink", "mqtt", key, "sub_devices", name), name)
+                       for name in section.sub_devices]
+    for loc, name in listed:
+        if name not in names:
+            close = difflib.get_close_matches(name, sorted(names), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            rep.add(loc, f"{name!r} is not the name of a device under devices:{hint}",
+                    key=loc[-2] == "sub_devices")
 
 
 def _validate_devices(raw_devices: Any, rep: Reporter,

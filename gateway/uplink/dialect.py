@@ -47,6 +47,9 @@ class Request:
 
     document: Mapping[str, object]
     incoming: Incoming
+    error: str | None = None
+    """Why the platform's message could not be mapped to a request (answered `refused`
+    with this text); None when `document` is the request."""
 
 
 class DialectSession(Protocol):
@@ -87,12 +90,15 @@ class DialectSession(Protocol):
         when the whole PUBLISH packet must fit `max_packet` bytes."""
         ...
 
-    def frame(self, device: str, items: bytes, historical: bool) -> Outgoing:
-        """A data message carrying stored items of one device.
+    def frame(self, device: str, items: bytes, historical: bool
+              ) -> Outgoing | Sequence[Outgoing]:
+        """The data message (or messages) carrying stored items of one device.
 
         `items` is comma-separated JSON reading objects (the stored chunk format, UTF-8),
         at most `budget()` bytes; `historical` is True for the backlog (accepted before this
-        connection), False for live data.
+        connection), False for live data. Several messages where a platform limits what
+        one may carry (keys or values per message) or needs one before the data (a
+        sub-device login): published in order, the items acknowledged once all are.
         """
         ...
 
@@ -124,5 +130,7 @@ class Dialect(Protocol):
         ...
 
     def device_state(self, device: str, state: Mapping[str, object]) -> Outgoing:
-        """The retained message that tells a device's state (`up`/`down`, since, error)."""
+        """The message that tells a device's state (`up`/`down`, since, error), published
+        when it changes and again after every reconnect; retained where the dialect sets
+        `retain` (platforms take a connect/login message instead, not retained)."""
         ...

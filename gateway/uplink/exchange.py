@@ -7,14 +7,15 @@ newer messages are dropped and logged: the broker has already had our PUBACK for
 request dropped here gets no reply and its sender retries or gives up by its own rules. A
 handler that needs concurrency (commands to different devices) starts its own tasks.
 
-Retained state: the latest `Outgoing` per key (per-device state), published retained when
-it changes and again after every reconnect, so a consumer that subscribes late sees it.
+Retained state: the latest `Outgoing` per key (per-device state), published when it
+changes and again after every reconnect, so a consumer that subscribes late sees it
+(retained in the native dialect; a platform's connect or login message as the platform
+wants it, and sent again after a reconnect because a new session forgets it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
@@ -98,8 +99,8 @@ class RetainedStates:
         self._changed = asyncio.Event()
 
     def set(self, key: str, out: Outgoing) -> None:
-        """Publish `out` (retained) under `key` when it differs from the last one."""
-        out = out if out.retain else dataclasses.replace(out, retain=True)
+        """Publish `out` under `key` when it differs from the last one (retained as the
+        dialect says: a platform's connect or login message is not retained)."""
         if self.latest.get(key) == out:
             return
         self.latest[key] = out

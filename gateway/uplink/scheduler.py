@@ -25,7 +25,7 @@ outlast connections (the uplink keeps them).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.backoff import Backoff
@@ -85,7 +85,7 @@ class Message:
     @property
     def topic(self) -> str:
         """Where it goes."""
-        return self.parts[0].topic
+        return self.parts[0].topic if self.parts else ""
 
 
 @dataclass(slots=True)
@@ -108,6 +108,11 @@ class Limits:
     max_delay: float
     max_packet: int
     v5: bool
+
+
+def _parts(framed: Outgoing | Sequence[Outgoing]) -> list[Outgoing]:
+    """A dialect's frame as a list of messages (most dialects frame one)."""
+    return [framed] if isinstance(framed, Outgoing) else list(framed)
 
 
 def _utf8_len(text: str) -> int:
@@ -298,7 +303,8 @@ class Scheduler:
         device = chunks[0].device
         items = ",".join(c.body for c in chunks).encode()
         return Message(device=device,
-                       parts=[self.session.frame(device, items, stream.stop is not None)],
+                       parts=_parts(self.session.frame(device, items,
+                                                       stream.stop is not None)),
                        firsts=[c.first for c in chunks],
                        readings=sum(c.count for c in chunks), stream=stream)
 
@@ -308,8 +314,9 @@ class Scheduler:
         items = [i.encode() for i in split_items(chunk.body)]
         packed = pack([len(i) for i in items], budget)
         historical = stream.stop is not None
-        parts = [self.session.frame(chunk.device, b",".join(items[i] for i in part), historical)
-                 for part in packed.parts]
+        parts = [out for part in packed.parts
+                 for out in _parts(self.session.frame(
+                     chunk.device, b",".join(items[i] for i in part), historical))]
         return Message(device=chunk.device, parts=parts, firsts=[chunk.first],
                        readings=sum(len(part) for part in packed.parts), stream=stream,
                        too_large=[chunk.first + i for i in packed.too_large])

@@ -12,4 +12,16 @@ def load(cfg: MqttSection, gateway: GatewaySection) -> Dialect:
         from gateway.uplink.dialects.parkgate import ParkgateDialect  # noqa: PLC0415
 
         return ParkgateDialect(cfg, gateway)
+    if cfg.dialect == "thingsboard":
+        from gateway.uplink.dialects.thingsboard import ThingsboardDialect  # noqa: PLC0415
+
+        return ThingsboardDialect(cfg, gateway)
+    if cfg.dialect == "aliyun":
+        from gateway.uplink.dialects.aliyun import AliyunDialect  # noqa: PLC0415
+
+        return AliyunDialect(cfg, gateway)
+    if cfg.dialect == "huawei":
+        from gateway.uplink.dialects.huawei import HuaweiDialect  # noqa: PLC0415
+
+        return HuaweiDialect(cfg, gateway)
     raise ValueError(f"unknown dialect {cfg.dialect!r}")
