@@ -9,6 +9,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ Key = tuple[str, str, int]
 """A reading as a platform shows it: (device, metric, ts)."""
 
 
-def items(device: str, rows: list[tuple[str, object, int]], first: int = 1) -> bytes:
+def items(device: str, rows: Sequence[tuple[str, Any, int]], first: int = 1) -> bytes:
     """Stored chunk items of (metric, value, ts) readings of `device`."""
     return ChunkEncoder().encode(first, [Reading(device, m, v, ts, None)
                                          for m, v, ts in rows]).encode()

@@ -87,6 +87,8 @@ class ThingsboardDialect:
         doc = p.json_object(msg)
         data = doc.get("data") if doc else None
         device = doc.get("device") if doc else None
+        if isinstance(data, dict) and "method" not in data and "id" in (doc or {}):
+            return None  # an RPC reply (ours, when the broker echoes the shared topic)
         if not isinstance(data, dict) or not isinstance(device, str):
             return Request({}, msg, error="not a ThingsBoard RPC: {device, data} expected")
         rpc_id, method = data.get("id"), data.get("method")
