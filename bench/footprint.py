@@ -54,7 +54,7 @@ IMPORT_ROWS: list[tuple[str, list[str]]] = [
      ["importlib.metadata", "gateway"]),
     ("pydantic + pydantic-core", ["pydantic", "pydantic_core"]),
     ("structlog", ["structlog", "structlog.stdlib"]),
-    ("ruamel.yaml", ["ruamel.yaml"]),
+    ("PyYAML (libyaml)", ["yaml"]),
     ("gateway.config (models built)", ["gateway.config"]),
     ("argparse + gateway.cli", ["gateway.cli", "gateway.commands"]),
     ("sqlite3", ["sqlite3"]),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from drivers.ble import ibeacon
 from drivers.ble.advert import APPLE_COMPANY, Decoded, FormatChoice, Scalar, decode_advert
 from drivers.ble.gatt import ConnectionSlots, decode_value
+from drivers.ble.gatt_commands import GattCommands
 from drivers.ble.options import BleOptions, GattCharacteristic
 from drivers.ble.scanner import SharedScanner, classify, load_class
 from gateway.backoff import Backoff
@@ -71,8 +72,9 @@ def _error_kind(message: str) -> str:
     return "other"
 
 
-class BleDriver(StreamingDriver):
-    """A BLE sensor: decoded adverts from the shared scanner, or GATT reads/notifications."""
+class BleDriver(StreamingDriver, GattCommands):
+    """A BLE sensor: decoded adverts from the shared scanner, or GATT reads/notifications
+    (and writes of the characteristics with a `write:` block)."""
 
     Options = BleOptions
 
@@ -84,6 +86,10 @@ class BleDriver(StreamingDriver):
         self._unsubscribe: Callable[[], None] | None = None
         self._resource: tuple[str, str | None] | None = None
         self._slots: ConnectionSlots | None = None
+        self._gatt_lock = asyncio.Lock()
+        """One GATT connection of this device at a time (a poll cycle or a write)."""
+        self._live: Any = None
+        """The notify-mode connection while it is up (writes go through it)."""
         self._throttle = Throttle(options.min_interval, options.heartbeat)
         self._address_glob = options.address is not None and any(c in options.address
                                                                   for c in "*?[")
@@ -353,11 +359,13 @@ class BleDriver(StreamingDriver):
         o = self.o
         assert o.gatt is not None
         assert self._slots is not None
-        async with self._slots.semaphore, asyncio.timeout(o.timeout):
+        async with self._gatt_lock, self._slots.semaphore, asyncio.timeout(o.timeout):
             client = await self._connect()
             try:
                 out: list[Reading] = []
                 for spec in o.gatt.characteristics:
+                    if not spec.read:
+                        continue
                     try:
                         data = bytes(await client.read_gatt_char(spec.uuid))
                     except Exception as exc:
@@ -396,11 +404,14 @@ class BleDriver(StreamingDriver):
         async with self._slots.semaphore:
             client = await self._connect(lambda _c: lost.set())
             try:
-                for spec in o.gatt.characteristics:
+                subscribed = [c for c in o.gatt.characteristics if c.read]
+                for spec in subscribed:
                     await client.start_notify(spec.uuid, self._notify_handler(spec, emit))
-                self.ctx.log.info("ble subscribed", characteristics=len(o.gatt.characteristics))
+                self.ctx.log.info("ble subscribed", characteristics=len(subscribed))
+                self._live = client
                 await lost.wait()
             finally:
+                self._live = None
                 await self._disconnect(client)
         self._gatt_errors.labels(device=o.name, reason="disconnected").inc()
         raise TransientError(f"{o.address} disconnected", device=o.name, kind="disconnected")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from drivers.ble.options import GattCharacteristic
+from gateway.errors import WriteRefused
+from gateway.model import Value
 
 _INTS = {"uint8": (1, False), "int8": (1, True), "uint16": (2, False), "int16": (2, True),
          "uint24": (3, False), "int24": (3, True), "uint32": (4, False), "int32": (4, True),
@@ -40,6 +43,48 @@ def decode_value(data: bytes, spec: GattCharacteristic) -> float | int | str | b
     if spec.scale != 1.0 or spec.add != 0.0:
         value = round(value * spec.scale + spec.add, 9)
     return value
+
+
+def encode_value(value: Value, spec: GattCharacteristic) -> bytes:
+    """The bytes to write for `value`: the exact inverse of `decode_value` (offset 0).
+
+    `raw = (value - add) / scale`, rounded half away from zero for integer types; a value
+    that does not fit the type raises `WriteRefused` before anything is sent.
+    """
+    kind, name = spec.type, spec.metric
+    if kind == "bool":
+        if isinstance(value, bool) or (isinstance(value, int | float) and value in (0, 1)):
+            return b"\x01" if value else b"\x00"
+        raise WriteRefused(f"{name}: takes true/false or 1/0, not {value!r}")
+    if kind in ("utf8", "hex"):
+        if not isinstance(value, str):
+            raise WriteRefused(f"{name}: takes text, not {value!r}")
+        if kind == "utf8":
+            return value.encode("utf-8")
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            raise WriteRefused(f"{name}: {value!r} is not hex bytes such as 01ff") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise WriteRefused(f"{name}: {kind} takes a number, not {value!r}")
+    if kind in _FLOATS:
+        size, code = _FLOATS[kind]
+        raw_f = (value - spec.add) / spec.scale
+        try:
+            return struct.pack(("<" if spec.byte_order == "little" else ">") + code, raw_f)
+        except OverflowError:
+            raise WriteRefused(f"{name}: {value!r} does not fit a {kind}") from None
+    size, signed = _INTS[kind]
+    try:
+        raw = (Decimal(repr(value)) - Decimal(repr(spec.add))) / Decimal(repr(spec.scale))
+        whole = int(raw.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    except (InvalidOperation, OverflowError):
+        raise WriteRefused(f"{name}: {value!r} cannot be written") from None
+    lo = -(1 << (8 * size - 1)) if signed else 0
+    hi = (1 << (8 * size - 1)) - 1 if signed else (1 << (8 * size)) - 1
+    if not lo <= whole <= hi:
+        raise WriteRefused(f"{name}: {value!r} is {whole} raw, outside {kind} ({lo}..{hi})")
+    return whole.to_bytes(size, spec.byte_order, signed=signed)
 
 
 class ConnectionSlots:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from drivers.ble.advert import FormatChoice, normalize_mac, normalize_uuid
-from gateway.driver import DeviceOptions, StrictModel
+from gateway.driver import DeviceOptions, StrictModel, WriteLimits
 from gateway.units import Duration
 
 GattType = Literal["uint8", "int8", "uint16", "int16", "uint24", "int24", "uint32", "int32",
@@ -43,11 +43,31 @@ class GattCharacteristic(StrictModel):
     scale: float = Field(default=1.0, description="value = raw * scale + add")
     add: float = 0.0
     unit: str | None = None
+    read: bool = Field(default=True, description=(
+        "Read (or subscribe to) it every cycle; false for a characteristic only written."))
+    write: WriteLimits | None = Field(default=None, description=(
+        "Makes it writable by commands, encoded with `type`, `byte_order`, `scale` and "
+        "`add`; without it nothing is ever written."))
+    response: bool = Field(default=True, description=(
+        "Write with response (the device acknowledges) rather than write-without-response."))
 
     @field_validator("uuid")
     @classmethod
     def _uuid(cls, v: str) -> str:
         return normalize_uuid(v)
+
+    @model_validator(mode="after")
+    def _writable(self) -> GattCharacteristic:
+        if self.write is not None:
+            if self.byte_offset:
+                raise ValueError(f"{self.metric}: a writable characteristic is written whole: "
+                                 "byte_offset must be 0")
+            if self.scale == 0:
+                raise ValueError(f"{self.metric}: scale 0 cannot be written")
+        elif not self.read:
+            raise ValueError(f"{self.metric}: read: false needs a `write:` block (a "
+                             "characteristic neither read nor written is not needed)")
+        return self
 
 
 class GattOptions(StrictModel):

@@ -125,6 +125,31 @@ class Dlt645Bus:
                 self._idle_since = loop.time()
             return frame, time.perf_counter() - started
 
+    async def send(self, request: bytes, response_timeout: float) -> None:
+        """Send a frame nobody answers (a broadcast) under the bus lock and its quiet time.
+
+        The next request waits the bus `delay` after it as after any exchange, plus the
+        time the frame takes on the wire at the port's baud rate.
+        """
+        loop = asyncio.get_running_loop()
+        async with self.lock:
+            quiet = self._idle_since + self.delay - loop.time()
+            if quiet > 0:
+                await asyncio.sleep(quiet)
+            try:
+                async with asyncio.timeout(response_timeout):
+                    if self._transport is None:
+                        await self._open()
+                    self._write(request)
+            except TimeoutError:
+                raise TransientError(f"could not open {self.name} within "
+                                     f"{response_timeout:g}s", kind="timeout",
+                                     address=self.name) from None
+            finally:
+                s = self.settings
+                on_wire = len(request) * 11 / s.baudrate if isinstance(s, PortSettings) else 0.0
+                self._idle_since = loop.time() + on_wire
+
     def _write(self, data: bytes) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():

@@ -8,12 +8,13 @@ import json
 from typing import Any
 
 from drivers.dlt645.bus import BusSettings, Dlt645Bus, TcpSettings, bus_name
-from drivers.dlt645.driver import read_item
+from drivers.dlt645.driver import meter_time, read_item
 from drivers.dlt645.frame import (
     READ_ADDRESS,
     FrameError,
     MeterException,
     address_text,
+    broadcast_time,
     di_text,
     normalize_address,
     read_address,
@@ -56,6 +57,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                     "Without --baudrate, tries 2400, 1200, 4800, 9600.")
     _bus_args(d)
     d.set_defaults(handler=discover_command)
+    t = cmds.add_parser("sync-time", help="broadcast time sync: set every meter's clock",
+                        description="Sends broadcast time sync (0x08 to 99 99 99 99 99 99) "
+                                    "with the gateway's time: EVERY meter on the bus sets its "
+                                    "clock. Meters do not answer; most refuse a change of "
+                                    "more than five minutes or around midnight.")
+    _bus_args(t)
+    t.add_argument("--time-zone", metavar="ZONE",
+                   help="IANA zone of the meters' clocks (default: this machine's local time)")
+    t.set_defaults(handler=sync_time_command)
     i = cmds.add_parser("items", help="list the friendly item names and their DIs")
     i.set_defaults(handler=items_command)
 
@@ -163,6 +173,32 @@ async def _discover(candidates: list[BusSettings],
         return doc
     raise ParkgateError(f"no meter answered read-address on {bus_name(candidates[0])} "
                         f"({', '.join(tried)}); check wiring, baud rate and parity")
+
+
+def sync_time_command(args: argparse.Namespace) -> int:
+    """Handler of `parkgate dlt645 sync-time`."""
+    try:
+        when = meter_time(args.time_zone)
+    except (ValueError, KeyError) as exc:  # ZoneInfoNotFoundError is a KeyError
+        raise ParkgateError(f"--time-zone {args.time_zone!r}: unknown time zone ({exc})") \
+            from None
+    settings = _settings(args, args.baudrate or 2400)
+    request = broadcast_time(when)
+    asyncio.run(_send(settings, request, _timeout(args)))
+    print(json.dumps({"bus": bus_name(settings), "time": when.replace(tzinfo=None).isoformat(),
+                      "frame": request.hex(" ")}, indent=2))
+    return 0
+
+
+async def _send(settings: BusSettings, request: bytes, response_timeout: float) -> None:
+    bus = Dlt645Bus(settings, delay=0.0)
+    try:
+        await bus.send(request, response_timeout)
+        await asyncio.sleep(0.05)  # let the frame leave before the port closes
+    except TransientError as exc:
+        raise ParkgateError(f"{bus.name}: {exc}") from None
+    finally:
+        await bus.aclose()
 
 
 def items_command(_args: argparse.Namespace) -> int:

@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from drivers.dlt645.bus import Dlt645Bus, bus_name
-from drivers.dlt645.frame import READ_DATA, WILDCARD, Frame, MeterException, read_data
+from drivers.dlt645.frame import (
+    READ_DATA,
+    WILDCARD,
+    Frame,
+    MeterException,
+    broadcast_time,
+    read_data,
+)
 from drivers.dlt645.options import Dlt645Options, Point
-from gateway.driver import DriverContext, PollingDriver
-from gateway.errors import ProtocolError, TransientError
+from gateway.driver import Commandable, DriverContext, PollingDriver
+from gateway.errors import DeviceRejected, ProtocolError, TransientError, WriteRefused
 from gateway.model import Reading, Value
 
 
-class Dlt645Driver(PollingDriver):
+def meter_time(time_zone: str | None, now: float | None = None) -> datetime:
+    """Wall-clock time for the meters: in `time_zone`, or the gateway's local time."""
+    ts = time.time() if now is None else now
+    zone = ZoneInfo(time_zone) if time_zone else None
+    return datetime.fromtimestamp(ts, zone) if zone else datetime.fromtimestamp(ts)  # noqa: DTZ006 - local time on purpose
+
+
+class Dlt645Driver(PollingDriver, Commandable):
     """Reads the configured data items of one meter, one request per item.
 
     Meters on the same bus share one `Dlt645Bus` from the resource pool. A meter that
@@ -97,6 +113,34 @@ class Dlt645Driver(PollingDriver):
         if not answered and last is not None:
             raise last
         return readings
+
+    async def sync_time(self) -> None:
+        """Broadcast time sync (0x08): sets the clock of EVERY meter on this bus; no reply.
+
+        Meters apply it only within their own rules (most refuse a change of more than
+        five minutes, and any around midnight, when they freeze billing data); the
+        broadcast cannot tell, read the meter's clock to be sure.
+        """
+        bus = self.bus
+        if bus is None:
+            raise TransientError(f"{self.o.name} is not open", kind="state")
+        request = broadcast_time(meter_time(self.o.time_zone), preamble=self.o.wakeup)
+        self.m_requests.inc()
+        await bus.send(request, self.o.response_timeout)
+        self.ctx.log.info("broadcast time sync sent", bus=bus.name,
+                          meters=sorted(bus.users))
+
+    async def read_point(self, point: str) -> Reading:
+        """Read one configured item now."""
+        found = next((p for p in self.points if p.metric == point), None)
+        if found is None:
+            raise WriteRefused(f"{point}: no such item on {self.o.name}")
+        try:
+            value = await self.read(found)
+        except MeterException as exc:
+            raise DeviceRejected(str(exc), code=exc.code, device=self.o.name,
+                                 address=self.o.address) from None
+        return Reading(self.o.name, found.metric, value, self.ctx.clock(), found.unit)
 
     def _failed(self, exc: TransientError) -> None:
         self.m_errors.labels(self.o.name, exc.kind).inc()

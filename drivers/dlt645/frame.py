@@ -5,14 +5,16 @@
 The wake-up bytes FE are optional on receive. The address is 12 BCD digits sent lowest
 byte first (`000012345678` goes out as `78 56 34 12 00 00`). C is the control code: bit 7
 set in replies, bit 6 in exception replies (the data is then one error byte), bit 5 when
-more frames follow, bits 0-4 the function (0x11 read data, 0x13 read address). CS is the
-sum modulo 256 of every byte from the first 68 to the end of DATA.
+more frames follow, bits 0-4 the function (0x11 read data, 0x13 read address, 0x08
+broadcast time sync). CS is the sum modulo 256 of every byte from the first 68 to the end
+of DATA.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from gateway.errors import ProtocolError
 
@@ -26,6 +28,7 @@ MAX_DATA = 200
 READ_DATA = 0x11
 READ_MORE = 0x12
 READ_ADDRESS = 0x13
+BROADCAST_TIME = 0x08
 REPLY = 0x80
 EXCEPTION = 0x40
 MORE = 0x20
@@ -33,6 +36,8 @@ FUNCTION = 0x1F
 
 WILDCARD = "aaaaaaaaaaaa"
 """The read-address command goes to every meter on the bus (only one may be connected)."""
+BROADCAST = "999999999999"
+"""Broadcast time sync goes to every meter on the bus; none answers."""
 
 ERRORS = {
     0x01: "other error",
@@ -158,6 +163,23 @@ def read_data(address: str, di: int, *, preamble: bool = True) -> bytes:
 def read_address(*, preamble: bool = True) -> bytes:
     """Request 0x13 to the wildcard address: the only meter on the bus says who it is."""
     return encode(WILDCARD, READ_ADDRESS, preamble=preamble)
+
+
+def _bcd(n: int) -> int:
+    return (n // 10) << 4 | n % 10
+
+
+def broadcast_time(when: datetime, *, preamble: bool = True) -> bytes:
+    """Broadcast time sync (0x08): every meter on the bus sets its clock to `when`.
+
+    The data is YYMMDDhhmmss in BCD, sent lowest byte first like every multi-byte value of
+    the standard (seconds first on the wire). Meters do not answer a broadcast.
+    """
+    if not 2000 <= when.year <= 2099:
+        raise ValueError(f"{when:%Y}: DL/T 645 clocks hold years 2000..2099")
+    fields = (when.second, when.minute, when.hour, when.day, when.month, when.year % 100)
+    return encode(BROADCAST, BROADCAST_TIME, bytes(_bcd(f) for f in fields),
+                  preamble=preamble)
 
 
 def _frame_at(buf: bytes | bytearray, i: int) -> tuple[Frame | FrameError | None, int]:

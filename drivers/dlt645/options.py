@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
@@ -98,6 +99,20 @@ class Dlt645Options(DeviceOptions):
         default=1.0, gt=0, le=30,
         description="Wait for one reply; a dead meter costs this once per poll.")
     wakeup: bool = Field(default=True, description="Send FE FE FE FE before each request.")
+    time_zone: str | None = Field(default=None, description=(
+        "IANA zone of the meters' clocks for `sync_time` (e.g. Asia/Shanghai); default: "
+        "the gateway's local time."))
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r}: write an IANA name such as "
+                                 "Asia/Shanghai") from None
+        return value
 
     @field_validator("address", mode="before")
     @classmethod

@@ -22,7 +22,7 @@ ORDERS = get_args(Order)
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `parkgate modbus ...`."""
-    p = sub.add_parser("modbus", help="Modbus meters: one-shot reads and bus scans")
+    p = sub.add_parser("modbus", help="Modbus devices: one-shot reads and writes, bus scans")
     cmds = p.add_subparsers(dest="modbus_command", metavar="SUBCOMMAND", required=True)
 
     r = cmds.add_parser(
@@ -31,10 +31,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "40001 is holding address 0) and prints the raw registers and the "
                     "decoded values as JSON. Without --type it also shows every 32-bit "
                     "interpretation of the first registers, to find a meter's word order.")
-    _link_args(r)
+    link_args(r)
     r.add_argument("--unit", type=int, required=True, metavar="N", help="unit id (1..247)")
     r.add_argument("--table", choices=TABLES, required=True)
-    r.add_argument("--address", type=_int, required=True, metavar="N",
+    r.add_argument("--address", type=parse_int, required=True, metavar="N",
                    help="0-based protocol address (decimal or 0x hex)")
     r.add_argument("--count", type=int, default=1, metavar="N",
                    help="how many values of --type (for strings: registers); default 1")
@@ -53,23 +53,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "scan", help="find which unit ids answer on a bus (JSON)",
         description="Sends one read to every unit id in --units and lists who answered, "
                     "including units that answered with an exception (they exist).")
-    _link_args(s)
+    link_args(s)
     s.add_argument("--units", default="1-247", metavar="RANGES",
                    help="unit ids to try, e.g. 1-247 or 1,2,10-20 (default 1-247)")
     s.add_argument("--table", choices=TABLES, default="holding",
                    help="what to read from each unit (default holding)")
-    s.add_argument("--address", type=_int, default=0, metavar="N",
+    s.add_argument("--address", type=parse_int, default=0, metavar="N",
                    help="0-based address to read (default 0)")
     s.add_argument("--timeout", type=parse_duration, default=0.3, metavar="DURATION",
                    help="wait per unit (default 300ms; RTU at 9600 baud needs >= 100ms)")
     s.set_defaults(handler=scan_command)
 
+    from .cli_write import register_write  # noqa: PLC0415 - one subcommand, its own module
 
-def _int(text: str) -> int:
+    register_write(cmds)
+
+
+def parse_int(text: str) -> int:
+    """Decimal or 0x hex."""
     return int(text, 0)
 
 
-def _link_args(p: argparse.ArgumentParser) -> None:
+def link_args(p: argparse.ArgumentParser) -> None:
+    """--tcp / --rtu / --rtu-over-tcp and the serial line settings."""
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--tcp", metavar="HOST[:PORT]", help="Modbus TCP (port 502 by default)")
     where.add_argument("--rtu", metavar="DEV", help="Modbus RTU on a serial port")
@@ -122,7 +128,8 @@ def _units(text: str) -> list[int]:
     return units
 
 
-def _point(dtype: str, order: str, table: Table, count: int) -> Point:
+def point_of(dtype: str, order: str, table: Table, count: int) -> Point:
+    """A point of `dtype` at address 0 for decoding (and encoding) on the command line."""
     width = count if dtype == "string" else WIDTH[dtype]
     return Point(name="value", table=table, address=0, width=width, type=dtype,  # type: ignore[arg-type]
                  order=order, bit=None, scale=None, offset=None,  # type: ignore[arg-type]
@@ -135,7 +142,7 @@ def _interpretations(registers: list[int]) -> dict[str, Any]:
     for dtype in ("int32", "uint32", "float32", "int64", "uint64", "float64"):
         width = WIDTH[dtype]
         if len(registers) >= width:
-            out[dtype] = {o: decode_values(registers[:width], _point(dtype, o, "holding", 1))[0]
+            out[dtype] = {o: decode_values(registers[:width], point_of(dtype, o, "holding", 1))[0]
                           for o in ORDERS}
     return out
 
@@ -171,7 +178,7 @@ async def _read(args: argparse.Namespace, settings: LinkSettings) -> dict[str, A
         doc["bits"] = [bool(b) for b in data]
         return doc
     regs = [int(r) for r in data]
-    point = _point(dtype, args.order, table, count)
+    point = point_of(dtype, args.order, table, count)
     doc.update({"type": dtype, "order": args.order, "registers": regs,
                 "hex": [f"{r:04x}" for r in regs], "values": decode_values(regs, point)})
     if args.dtype is None and len(regs) >= 2:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gateway.driver import DriverContext, PollingDriver
-from gateway.errors import DeviceConfigError, TransientError
-from gateway.model import Reading
+from gateway.driver import Commandable, DriverContext, PollingDriver, WriteLimits
+from gateway.errors import DeviceConfigError, TransientError, WriteRefused
+from gateway.model import Reading, Value
 
+from . import command
 from .decode import BitBlock, RegisterBlock
 from .options import ModbusOptions
 from .planner import Read, covering, plan
@@ -77,8 +78,9 @@ class _Planned:
         self.codec = codec
 
 
-class ModbusDriver(PollingDriver):
-    """Reads holding/input registers, coils and discrete inputs of one unit."""
+class ModbusDriver(PollingDriver, Commandable):
+    """Reads holding/input registers, coils and discrete inputs of one unit; writes the
+    holding registers, register bits and coils that have a `write:` block."""
 
     Options = ModbusOptions
 
@@ -86,6 +88,7 @@ class ModbusDriver(PollingDriver):
         super().__init__(options, ctx)
         self.o = options
         self._points = options.points()
+        self._by_name = {p.name: p for p in self._points}
         self._max_registers, self._max_gap = options.limits()
         self._settings = LinkSettings.of(options.transport)
         self._bus: Bus | None = None
@@ -297,5 +300,51 @@ class ModbusDriver(PollingDriver):
     def _account(self, tally: Tally) -> None:
         self._m_requests.inc(tally.requests)
         self._m_per_poll.set(tally.requests)
+        for kind, n in tally.errors.items():
+            self._m_errors.labels(device=self.o.name, kind=kind).inc(n)
+
+    # -- commands ------------------------------------------------------------------------------
+    def writable(self) -> Mapping[str, WriteLimits]:
+        """Registers and coils with a `write:` block."""
+        return {p.name: p.write for p in self._points if p.write is not None}
+
+    def plan_write(self, point: str, value: Value) -> command.Planned:
+        """What writing `value` to `point` puts on the wire; `WriteRefused` if it cannot."""
+        p = self._by_name.get(point)
+        if p is None or p.write is None:
+            raise WriteRefused(f"{point}: not a writable register of {self.o.name}"
+                               if p is not None else f"{point}: no such register on "
+                               f"{self.o.name}")
+        return command.plan_write(p, value)
+
+    async def write(self, point: str, value: Value) -> Value | None:
+        """Write one point (FC05/06/15/16, a bit by read-modify-write) and verify it."""
+        planned = self.plan_write(point, value)
+        verify = planned.point.write is None or planned.point.write.verify is not False
+        tally = Tally()
+        try:
+            return await command.execute(self._link(), planned, verify=verify, tally=tally)
+        finally:
+            self._account_command(tally)
+
+    async def read_point(self, point: str) -> Reading:
+        """Read one register or coil now."""
+        p = self._by_name.get(point)
+        if p is None:
+            raise WriteRefused(f"{point}: no such register on {self.o.name}")
+        tally = Tally()
+        try:
+            return await command.read_point(self._link(), p, self.ctx.clock(), tally)
+        finally:
+            self._account_command(tally)
+
+    def _link(self) -> command.Link:
+        if self._bus is None:
+            raise TransientError(f"{self.o.name} is not open", kind="disconnected")
+        return command.Link(self._bus, self.o.unit, self.o.name, self.o.request_timeout,
+                            self.o.retries, self.o.write_multiple)
+
+    def _account_command(self, tally: Tally) -> None:
+        self._m_requests.inc(tally.requests)
         for kind, n in tally.errors.items():
             self._m_errors.labels(device=self.o.name, kind=kind).inc(n)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.driver import DeviceOptions, StrictModel
 from gateway.units import Duration
 
 from . import profiles
 from .registermap import (
+    WRITABLE_TABLES,
     Order,
     Point,
     RegisterDefaults,
     RegisterSpec,
     check_unique,
     merge,
+    parse_ref,
     resolve,
 )
 
@@ -93,6 +96,9 @@ class ModbusOptions(DeviceOptions):
                          description="Extra attempts after a request timed out.")
     max_registers: int | None = Field(default=None, ge=1, le=MAX_READ_REGISTERS, description=(
         "Most registers per read (default: the profile's, else 125)."))
+    write_multiple: bool = Field(default=False, description=(
+        "Write single registers and coils with FC16/FC15 too, for devices that lack "
+        "FC06/FC05 (some PLCs)."))
     max_gap: int | None = Field(default=None, ge=0, le=MAX_READ_REGISTERS - 1, description=(
         "Unused registers one read may bridge to save a request (default: the profile's, "
         "else 10)."))
@@ -125,6 +131,7 @@ class ModbusOptions(DeviceOptions):
                              "this device has no `profile:`")
         if self.order is not None:
             defaults = defaults.model_copy(update={"order": self.order})
+        _check_writes(self.registers, specs, defaults)
         points = resolve(specs, defaults, self.interval)
         if not points:
             raise ValueError("no registers left to read (check `only` and `exclude`)")
@@ -151,3 +158,29 @@ class ModbusOptions(DeviceOptions):
     def limits(self) -> tuple[int, int]:
         """(max registers per read, max gap bridged) in effect."""
         return self._limits
+
+
+def _check_writes(own: list[RegisterSpec], merged: list[RegisterSpec],
+                  defaults: RegisterDefaults) -> None:
+    """`write:` only where Modbus can write, reported at the `write:` key of the register."""
+    by_name = {m.name: m for m in merged}
+    errors: list[InitErrorDetails] = []
+    for i, spec in enumerate(own):
+        m = by_name.get(spec.name)
+        if spec.write is None or m is None:
+            continue
+        table = parse_ref(m.ref)[0] if m.ref is not None else (m.table or defaults.table)
+        dtype = m.type or defaults.type
+        if table is not None and table not in WRITABLE_TABLES:
+            what = "discrete inputs are" if table == "discrete" else "input registers are"
+            message = (f"register '{spec.name}': {what} read-only in Modbus; only holding "
+                       "registers (or one `bit` of one) and coils take `write:`")
+        elif dtype == "string":
+            message = (f"register '{spec.name}': strings cannot be written; `write:` is for "
+                       "numbers, bits and coils")
+        else:
+            continue
+        errors.append(InitErrorDetails(type=PydanticCustomError("config", message),
+                                       loc=("registers", i, "write"), input=None))
+    if errors:
+        raise ValidationError.from_exception_data("config", errors)

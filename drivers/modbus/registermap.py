@@ -19,7 +19,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
-from gateway.driver import StrictModel
+from gateway.driver import StrictModel, WriteLimits
 from gateway.units import Duration, format_duration
 
 Table = Literal["holding", "input", "coil", "discrete"]
@@ -29,6 +29,7 @@ Order = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 
 TABLES: tuple[Table, ...] = get_args(Table)
 BIT_TABLES = frozenset({"coil", "discrete"})
+WRITABLE_TABLES = frozenset({"holding", "coil"})
 WIDTH: dict[str, int] = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4,
                          "uint64": 4, "float32": 2, "float64": 4, "bit": 1, "bool": 1}
 INTEGER_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
@@ -92,6 +93,9 @@ class RegisterSpec(StrictModel):
     interval: Duration | None = Field(default=None, gt=0, description=(
         "Read this register every N polls of the device (a multiple of the device "
         "interval); default: every poll."))
+    write: WriteLimits | None = Field(default=None, description=(
+        "Makes the register writable by commands, within these limits (holding registers, "
+        "bits of them and coils only). Without it nothing is written."))
 
     @model_validator(mode="after")
     def _check(self) -> RegisterSpec:
@@ -136,6 +140,8 @@ class Point:
     unit: str | None
     every: int
     """Read on every Nth poll of the device."""
+    write: WriteLimits | None = None
+    """The `write:` block: writable by commands only with one."""
 
     @property
     def end(self) -> int:
@@ -198,6 +204,14 @@ def _resolve_one(spec: RegisterSpec, defaults: RegisterDefaults, device_interval
                                        or spec.decimals is not None):
         raise ValueError(f"register '{name}': scale, offset and decimals apply to numbers, "
                          f"not to {dtype}")
+    if spec.write is not None:
+        if table not in WRITABLE_TABLES:
+            raise ValueError(f"register '{name}': {table} {'inputs' if bit_table else 'registers'} "
+                             "are read-only in Modbus; only holding registers (or one `bit` of "
+                             "one) and coils take `write:`")
+        if dtype == "string":
+            raise ValueError(f"register '{name}': strings cannot be written; `write:` is for "
+                             "numbers, bits and coils")
     if spec.scale == 0:
         raise ValueError(f"register '{name}': scale 0 would make every value 0")
     width = spec.count if dtype == "string" and spec.count else WIDTH[dtype]
@@ -218,7 +232,8 @@ def _resolve_one(spec: RegisterSpec, defaults: RegisterDefaults, device_interval
     offset = spec.offset if spec.offset not in (None, 0.0) else None
     return Point(name=name, table=table, address=address, width=width, type=dtype,
                  order=spec.order or defaults.order or "ABCD", bit=spec.bit, scale=scale,
-                 offset=offset, decimals=decimals, unit=spec.unit, every=every)
+                 offset=offset, decimals=decimals, unit=spec.unit, every=every,
+                 write=spec.write)
 
 
 def resolve(specs: Iterable[RegisterSpec], defaults: RegisterDefaults,

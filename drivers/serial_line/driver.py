@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections.abc import Mapping
 
+from drivers.serial_line.commands import parse_template, render
 from drivers.serial_line.framing import Chunk
 from drivers.serial_line.link import PortSettings, SerialLink
 from drivers.serial_line.options import SerialOptions, unescape
 from drivers.serial_line.parsers import ParseError
-from gateway.driver import DriverContext, Emit, StreamingDriver
-from gateway.errors import TransientError
-from gateway.model import Reading
+from gateway.driver import Commandable, DriverContext, Emit, StreamingDriver, WriteLimits
+from gateway.errors import DeviceRejected, TransientError, WriteRefused
+from gateway.model import Reading, Value
 
 LOG_EVERY = 30.0
 """Seconds between two warnings of the same kind of bad input (the counter counts them all)."""
@@ -26,7 +29,7 @@ def port_settings(o: SerialOptions) -> PortSettings:
     return PortSettings(o.port, o.baudrate, o.bytesize, o.parity, o.stopbits, rs485)
 
 
-class SerialDriver(StreamingDriver):
+class SerialDriver(StreamingDriver, Commandable):
     """Reads lines from a serial port and parses them into readings.
 
     One class for both modes: in `stream` mode it reads whatever the sensor pushes; in
@@ -44,6 +47,9 @@ class SerialDriver(StreamingDriver):
         self.parser = options.build_parser()
         self.settings = port_settings(options)
         self.key = ("serial", options.port)
+        self._templates = {n: parse_template(c.send) for n, c in options.commands.items()}
+        framer = options.build_framer()
+        self._forbidden = framer.terminator + framer.start
         self._link: SerialLink | None = None
         self._last_log: dict[str, tuple[float, int]] = {}
         dev, m = options.name, ctx.metrics
@@ -203,3 +209,47 @@ class SerialDriver(StreamingDriver):
                              data=data[:80].decode("ascii", "backslashreplace"),
                              suppressed=suppressed)
 
+
+    # -- commands ------------------------------------------------------------------------------
+    def writable(self) -> Mapping[str, WriteLimits]:
+        """The configured `commands:`, by name (a command without a value: no limits)."""
+        return {n: c.write or WriteLimits() for n, c in self.o.commands.items()}
+
+    async def write(self, point: str, value: Value) -> Value | None:
+        """Send command `point` with `value` in its template; check the reply if it expects one.
+
+        Takes the port's lock, so on a shared RS-485 line no poll comes in between. Returns
+        None: a line device has nothing to read back.
+        """
+        cmd = self.o.commands.get(point)
+        if cmd is None:
+            raise WriteRefused(f"{point}: {self.o.name} has no such command (it sends only "
+                               f"those under `commands:`: {', '.join(self.o.commands) or 'none'})")
+        data = render(point, self._templates[point], value, self._forbidden)
+        link = self._link
+        if link is None:
+            raise TransientError(f"{self.o.name} is not open", kind="state")
+        await self._ensure_open(link)
+        async with link.lock:
+            if cmd.expect is None:
+                link.write(data)
+                return None
+            for stale in link.discard():
+                self._bad("unsolicited" if stale.kind == "line" else stale.kind, stale.data)
+            link.write(data)
+            try:
+                async with asyncio.timeout(self.o.timeout):
+                    chunk = await link.next_chunk()
+                    while chunk.kind != "line":
+                        self._bad(chunk.kind, chunk.data)
+                        chunk = await link.next_chunk()
+            except TimeoutError:
+                self._lost_partial(link)
+                raise TransientError(f"{self.o.port}: no reply to command {point} within "
+                                     f"{self.o.timeout:g}s", kind="timeout", device=self.o.name,
+                                     address=self.o.port) from None
+        line = chunk.data.decode(self.o.framing.encoding, "backslashreplace").strip()
+        if not re.search(cmd.expect, line):
+            raise DeviceRejected(f"{point}: the device answered {line[:80]!r}, not "
+                                 f"{cmd.expect!r}", device=self.o.name, address=self.o.port)
+        return None

@@ -6,8 +6,10 @@ import codecs
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from drivers.serial_line.commands import CommandOptions
 from drivers.serial_line.framing import LineFramer
 from drivers.serial_line.parsers import (
     CsvParser,
@@ -254,6 +256,9 @@ class SerialOptions(DeviceOptions):
                     "reopens the port; null: never.")
     framing: FramingOptions = FramingOptions()
     parser: ParserOptions
+    commands: dict[Annotated[str, Field(pattern=_METRIC, max_length=64)], CommandOptions] = Field(
+        default_factory=dict, description=(
+            "Named commands that `write` commands may send; nothing else is ever sent."))
 
     @field_validator("stopbits")
     @classmethod
@@ -275,6 +280,12 @@ class SerialOptions(DeviceOptions):
             raise ValueError("mode: poll needs a command to send")
         if self.mode == "stream" and self.command:
             raise ValueError("command is only used with mode: poll")
+        waits = [n for n, c in self.commands.items() if c.expect is not None]
+        if self.mode == "stream" and waits:
+            raise ValidationError.from_exception_data("config", [InitErrorDetails(
+                type=PydanticCustomError("config", "`expect` needs mode: poll (a streaming "
+                                         "sensor's own lines and a reply cannot be told apart)"),
+                loc=("commands", n, "expect"), input=None) for n in waits])
         return self
 
     def build_parser(self) -> LineParser:

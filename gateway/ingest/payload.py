@@ -3,7 +3,7 @@
 The three share the topic depth (status is `parkgate/{site}/{gateway}/status`, a device
 could be called `status` too), so they are told apart by payload only:
 - data: `{"v": 1, "gateway", "site", "readings": [{"seq", "device", "metric", "value",
-  "unit", "ts", "quality"}]}` (gateway/uplink.py writes it);
+  "unit", "ts", "quality"}]}` (gateway/uplink/dialects/parkgate.py writes it);
 - status: `{"state": "online" | "offline", "gateway", ...}`, retained, and the will;
 - drop notice: `{"v": 1, "gateway", "site", "dropped": [{"first", "last", "reason"}]}`:
   seqs the agent's buffer dropped by policy (`max_bytes`, `max_age`), inclusive ranges.

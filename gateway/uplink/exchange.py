@@ -73,8 +73,9 @@ class Inbound:
                 self.log.exception("inbound message handler failed", topic=msg.topic)
 
     async def receive(self, client: aiomqtt.Client, session: DialectSession,
-                      send: Send) -> None:
-        """One session's receive loop: session control first, then the handler's queue."""
+                      send: Send, observed: Callable[[], None]) -> None:
+        """One session's receive loop: session control first (`observed()` after it, as it
+        may have made the session ready), then the handler's queue."""
         try:
             async for message in client.messages:
                 msg = adapter.incoming(message, time.monotonic())
@@ -84,6 +85,7 @@ class Inbound:
                     if (refusal := await send(out)) is not None:
                         self.log.warning("broker refused a session message",
                                          topic=out.topic, reason=refusal)
+                observed()
                 self.offer(msg)
         except (aiomqtt.MqttError, OSError, TimeoutError):
             return  # the connection ended: the publishing side reports it

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One message to publish.
+class Envelope:
+    """A message as MQTT carries it: topic, payload bytes, QoS, retain, MQTT 5 properties.
 
     `expiry_interval` (seconds), `response_topic`, `correlation_data`, `content_type` and
-    `user_properties` go out as MQTT 5 properties; a 3.1.1 session leaves them out.
+    `user_properties` are MQTT 5 properties; a 3.1.1 session neither sends nor receives them.
     """
 
     topic: str
@@ -30,7 +30,12 @@ class Outgoing:
 
 
 @dataclass(frozen=True, slots=True)
-class Incoming:
+class Outgoing(Envelope):
+    """One message to publish (a dialect's, or a reply or state from above the uplink)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming(Envelope):
     """One message the broker delivered to us.
 
     `expiry_interval` is what is left of the publisher's message expiry when the broker
@@ -39,15 +44,6 @@ class Incoming:
     arrival, so a handler that runs late can still tell how old the message is.
     """
 
-    topic: str
-    payload: bytes
-    qos: int = 0
-    retain: bool = False
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-    expiry_interval: int | None = None
-    content_type: str | None = None
-    user_properties: tuple[tuple[str, str], ...] = ()
     received: float = field(default=0.0, compare=False)
 
 

@@ -75,17 +75,14 @@ class Message:
     too large for a message (acknowledged in the buffer once every part is)."""
 
     device: str
+    topic: str
+    """The device's data topic (also when no part is left: every reading too large)."""
     parts: list[Outgoing]
     firsts: list[int]
     readings: int
     stream: Stream
     too_large: list[int] = field(default_factory=list)
     """Seqs of readings larger than any message may be: dropped when the chunk is acked."""
-
-    @property
-    def topic(self) -> str:
-        """Where it goes."""
-        return self.parts[0].topic if self.parts else ""
 
 
 @dataclass(slots=True)
@@ -208,6 +205,8 @@ class Scheduler:
     async def next(self, now: float) -> tuple[Message | None, float]:
         """The next message to publish, or None and how long until one may be ready."""
         wait_s = 1.0
+        if not self.session.ready():  # e.g. Sparkplug's primary host offline: buffer
+            return None, wait_s
         for stream in self.order():
             msg, ready_in = await self.next_of(stream, now)
             wait_s = min(wait_s, ready_in)
@@ -302,7 +301,7 @@ class Scheduler:
     def _message(self, chunks: list[Chunk], stream: Stream) -> Message:
         device = chunks[0].device
         items = ",".join(c.body for c in chunks).encode()
-        return Message(device=device,
+        return Message(device=device, topic=self.session.topic(device),
                        parts=_parts(self.session.frame(device, items,
                                                        stream.stop is not None)),
                        firsts=[c.first for c in chunks],
@@ -317,6 +316,7 @@ class Scheduler:
         parts = [out for part in packed.parts
                  for out in _parts(self.session.frame(
                      chunk.device, b",".join(items[i] for i in part), historical))]
-        return Message(device=chunk.device, parts=parts, firsts=[chunk.first],
+        return Message(device=chunk.device, topic=self.session.topic(chunk.device),
+                       parts=parts, firsts=[chunk.first],
                        readings=sum(len(part) for part in packed.parts), stream=stream,
                        too_large=[chunk.first + i for i in packed.too_large])

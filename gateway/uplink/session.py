@@ -333,7 +333,8 @@ class Uplink:
                     sent=self.metrics.uplink_drop_notices, message=session.drop_notice,
                 ).run(publish_notice), name="uplink.notices"),
                 asyncio.create_task(self._retained.run(publisher.send), name="uplink.retained"),
-                asyncio.create_task(self._inbound.receive(client, session, publisher.send),
+                asyncio.create_task(self._inbound.receive(client, session, publisher.send,
+                                                          publisher.poke),
                                     name="uplink.receive"),
             ]
             try:

@@ -2,7 +2,9 @@
 
 Built from the standard's frame rules, independently of the driver's codec:
 read data (0x11) is answered with 0x91 and the value, an unknown DI with the exception
-reply 0xD1 and error byte 0x02, read address (0x13) to AA AA AA AA AA AA with 0x93.
+reply 0xD1 and error byte 0x02, read address (0x13) to AA AA AA AA AA AA with 0x93; a
+broadcast time sync (0x08 to 99 99 99 99 99 99, YYMMDDhhmmss lowest byte first) sets every
+meter's clock and is not answered.
 Several meters can share one bus; a meter with `responsive = False` never answers.
 
 Script:  python hardware-in-loop/emulators/dlt645_meter.py --link /tmp/by-id/rs485 \
@@ -18,6 +20,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 try:
     from emulators.line_sensor import PtyPort
@@ -72,9 +75,16 @@ class Meter:
     values: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_VALUES))
     responsive: bool = True
     requests: int = 0
+    clock: datetime | None = None
+    """What the last broadcast time sync set the clock to (None: never synced)."""
+    time_syncs: int = 0
 
     def answer(self, address: str, control: int, data: bytes) -> bytes | None:
         """The reply to a request, or None if this meter stays quiet."""
+        if address == "999999999999":
+            if control == 0x08 and len(data) == 6 and self.responsive:
+                self._set_clock(data)
+            return None  # nobody answers a broadcast
         wildcard = address == "aaaaaaaaaaaa"
         if not self.responsive or (address != self.address and not wildcard):
             return None
@@ -91,6 +101,16 @@ class Meter:
             return frame(self.address, 0x91,
                          data[:4] + bcd(self.values[di], length, decimals, signed))
         return frame(self.address, 0xC0 | (control & 0x1F), b"\x01")
+
+
+    def _set_clock(self, data: bytes) -> None:
+        # ss mm hh DD MM YY on the wire, each byte two BCD digits
+        try:
+            ss, mi, hh, dd, mo, yy = (int(f"{b:02x}") for b in data)
+            self.clock = datetime(2000 + yy, mo, dd, hh, mi, ss)  # noqa: DTZ001 - a meter's clock has no zone
+        except ValueError:
+            return  # not BCD, or no such date: a real meter ignores it
+        self.time_syncs += 1
 
 
 class MeterBus:

@@ -137,6 +137,10 @@ class LineSensor:
         """Bytes sent once, just before the next line (noise, a partial line)."""
         self.sent = 0
         self.commands = 0
+        self.received: list[bytes] = []
+        """Every line received (poll commands and others), without its terminator."""
+        self.responder: Callable[[bytes], bytes | None] | None = None
+        """Answers lines other than the poll command (a reply line without terminator)."""
         self._rx = bytearray()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -209,9 +213,15 @@ class LineSensor:
                 break
             line = bytes(self._rx[:cut])
             del self._rx[:cut + 1]
+            if line:
+                self.received.append(line)
             if line and self.command is not None and line == self.command.strip(b"\r\n"):
                 self.commands += 1
                 self.emit()
+            elif line and self.responder is not None and not self.silent:
+                reply = self.responder(line)
+                if reply is not None:
+                    self.port.write(reply + self.terminator)
 
 
 class LoopThread:

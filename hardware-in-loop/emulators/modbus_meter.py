@@ -11,8 +11,11 @@ Script:
 Tests:
     `MeterEmulator` serves a register map on several unit ids over TCP, RTU-over-TCP or
     RTU, with changing realistic values (or fixed ones), injected exceptions and a log of
-    requests; `SerialLine` is a null-modem cable made of two pty pairs, with noise
-    injection and unplug/replug of the driver's end.
+    requests. Writes (FC05/06/15/16) land in the datastore and stick (a written register is
+    no longer refreshed), are logged with their values, and can be tampered with
+    (`on_write`) to play a device that ignores or alters a write. `SerialLine` is a
+    null-modem cable made of two pty pairs, with noise injection and unplug/replug of the
+    driver's end.
 
 Built on pymodbus 3.16's non-deprecated `pymodbus.simulator` datastore (`SimDevice`,
 `SimData`): each unit is a device with separate coil, discrete, holding and input blocks;
@@ -35,7 +38,7 @@ import struct
 import sys
 import time
 import tty
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +62,9 @@ from drivers.modbus.registermap import (  # noqa: E402
 )
 
 Value = float | int | str | bool
-FC_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
+FC_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input", 5: "coil", 6: "holding",
+            15: "coil", 16: "holding"}
+WRITE_FCS = frozenset({5, 6, 15, 16})
 _FORMATS = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "int64": "q",
             "uint64": "Q", "float32": "f", "float64": "d"}
 _LIMITS = {"int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1),
@@ -138,6 +143,13 @@ class Request:
     table: str
     address: int
     count: int
+    values: tuple[int | bool, ...] | None = None
+    """What a write asked for (registers or coil states); None for a read."""
+    fc: int = 0
+
+
+WriteHook = Callable[[Request, list[Any]], None]
+"""Sees every write before it is applied; may change the values in place."""
 
 
 class MeterEmulator:
@@ -158,6 +170,12 @@ class MeterEmulator:
         self.faults: dict[tuple[str, int], int] = dict(faults or {})
         """(table, address) -> exception code answered for any read covering it."""
         self.requests: list[Request] = []
+        self.on_write: WriteHook | None = None
+        """Called with each write and its values (modify them to alter the write)."""
+        self.frames_in: dict[int, int] = {}
+        """Request frames that reached the server, by function code (before any
+        datastore check: a write refused by the datastore is counted here too)."""
+        self._written: set[tuple[int, str, int]] = set()
         self.corrupt_next = 0
         """Flip a bit in the middle of this many next replies (a CRC error on RTU)."""
         self.refresh = refresh
@@ -224,15 +242,22 @@ class MeterEmulator:
         table = FC_TABLE.get(fc)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
-        self.requests.append(Request(unit, table, address, count))
+        if _set is not None:
+            return self._write(unit, fc, table, address, _set)
+        if fc in WRITE_FCS:
+            return None  # pymodbus reading back what a write set, for its echo: not a request
+        self.requests.append(Request(unit, table, address, count, fc=fc))
         span = count * 16 if table in BIT_TABLES else count
         for (f_table, f_addr), code in self.faults.items():
             if f_table == table and address <= f_addr < address + span:
                 return ExcCodes(code)
         words = self._words(unit, table)
+        written = self._written
         if table in BIT_TABLES:
             # pymodbus passes bit tables as 16-bit words and `count` in words: set them all
             for p, w in words.items():
+                if (unit, table, p.address) in written:
+                    continue
                 i, bit = p.address // 16 - start, p.address % 16
                 if 0 <= i < len(registers):
                     registers[i] = (registers[i] | (1 << bit)) if w[0] else \
@@ -240,12 +265,34 @@ class MeterEmulator:
             return None
         end = address + count
         for p, w in words.items():
-            if p.end > address and p.address < end:
+            if p.end > address and p.address < end and not (
+                    written and any((unit, table, a) in written for a in range(p.address, p.end))):
                 registers[p.address - start:p.end - start] = w
         return None
 
+    def _write(self, unit: int, fc: int, table: str, address: int,
+               values: list[int] | list[bool]) -> ExcCodes | None:
+        request = Request(unit, table, address, len(values), tuple(values), fc)
+        self.requests.append(request)
+        for (f_table, f_addr), code in self.faults.items():
+            if f_table == table and address <= f_addr < address + len(values):
+                return ExcCodes(code)
+        if self.on_write is not None:
+            self.on_write(request, values)
+        # from now on the datastore holds what was written, like a real setpoint register
+        self._written.update((unit, table, a) for a in range(address, address + len(values)))
+        return None
+
+    @property
+    def writes(self) -> list[Request]:
+        """The write requests served so far (refused ones included)."""
+        return [r for r in self.requests if r.values is not None]
+
     def _trace(self, rtu: bool, sending: bool, data: bytes) -> bytes:
         # a silent unit sends nothing (pymodbus would answer every unit id otherwise)
+        if not sending and len(data) > (1 if rtu else 7):
+            fc = data[1] if rtu else data[7]
+            self.frames_in[fc] = self.frames_in.get(fc, 0) + 1
         if sending and data:
             unit = data[0] if rtu else (data[6] if len(data) > 6 else 0)
             if unit not in self.answering:

@@ -43,6 +43,8 @@ def replay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Pat
     fakes.ReplayScanner.modes = []
     fakes.FakeGattClient.active = fakes.FakeGattClient.max_active = 0
     fakes.FakeGattClient.connects = 0
+    fakes.FakeGattClient.writes = []
+    fakes.FakeGattClient.written = {}
 
     def write(adverts: list[dict[str, Any]], *, interval: float = 0.02, repeat: bool = True,
               fail: dict[str, Any] | None = None, gatt: dict[str, Any] | None = None) -> Path:

@@ -13,7 +13,8 @@ use them too:
   times (per process) the way BlueZ does before the replay starts.
 * `PARKGATE_TEST_GATT`: {"chars": {uuid: hex}, "notify": {uuid: [hex, ...]},
   "notify_interval": s, "disconnect_after_notify": bool, "fail_connects": N,
-  "connect_delay": s}.
+  "connect_delay": s, "refuse_writes": {uuid: message}, "ignore_writes": bool}.
+  Writes are logged in `FakeGattClient.writes` and read back from `FakeGattClient.written`.
 """
 
 from __future__ import annotations
@@ -140,6 +141,10 @@ class FakeGattClient(BaseBleakClient):
     active: ClassVar[int] = 0
     max_active: ClassVar[int] = 0
     connects: ClassVar[int] = 0
+    writes: ClassVar[list[tuple[str, str, bool]]] = []
+    """(uuid, hex, with response) of every write that reached the device."""
+    written: ClassVar[dict[str, str]] = {}
+    """uuid -> hex the device holds after writes (what a later read returns)."""
 
     def __init__(self, address_or_ble_device: BLEDevice | str, **kwargs: Any) -> None:
         super().__init__(address_or_ble_device, disconnected_callback=kwargs.get(
@@ -160,10 +165,12 @@ class FakeGattClient(BaseBleakClient):
         coll = BleakGATTServiceCollection()
         svc = BleakGATTService(None, 1, normalize_uuid("181a"))
         coll.add_service(svc)
-        uuids = set(self.script.get("chars", {})) | set(self.script.get("notify", {}))
+        uuids = (set(self.script.get("chars", {})) | set(self.script.get("notify", {}))
+                 | set(self.script.get("write_only", [])))
         for handle, uuid in enumerate(sorted(uuids), start=2):
             coll.add_characteristic(BleakGATTCharacteristic(
-                None, handle, normalize_uuid(uuid), ["read", "notify"], lambda: 20, svc))
+                None, handle, normalize_uuid(uuid), ["read", "write", "notify"], lambda: 20,
+                svc))
         return coll
 
     async def connect(self, pair: bool, **kwargs: Any) -> None:
@@ -193,6 +200,7 @@ class FakeGattClient(BaseBleakClient):
     async def read_gatt_char(self, characteristic: BleakGATTCharacteristic, *,
                              use_cached: bool = False, **kwargs: Any) -> bytearray:
         chars = {normalize_uuid(k): v for k, v in self.script.get("chars", {}).items()}
+        chars.update(type(self).written)
         if characteristic.uuid not in chars:
             raise BleakError("read not permitted")
         await asyncio.sleep(0.01)
@@ -204,7 +212,15 @@ class FakeGattClient(BaseBleakClient):
 
     async def write_gatt_char(self, characteristic: BleakGATTCharacteristic, data: Any,
                               response: bool) -> None:
-        raise NotImplementedError
+        cls = type(self)
+        uuid = characteristic.uuid
+        cls.writes.append((uuid, bytes(data).hex(), response))
+        refused = {normalize_uuid(k): v for k, v in self.script.get("refuse_writes", {}).items()}
+        if uuid in refused:
+            raise BleakError(refused[uuid])
+        await asyncio.sleep(0.01)
+        if not self.script.get("ignore_writes"):
+            cls.written[uuid] = bytes(data).hex()
 
     async def write_gatt_descriptor(self, descriptor: BleakGATTDescriptor, data: Any) -> None:
         raise NotImplementedError

@@ -34,8 +34,8 @@ raise SystemExit(main(["run", "-c", sys.argv[2]]))
 """
 
 NEVER_FOR_SIM = ("pymodbus", "bleak", "dbus_fast", "serial", "serial_asyncio_fast",
-                 "cryptography", "drivers.modbus", "drivers.ble", "drivers.dlt645",
-                 "drivers.modem", "drivers.serial_line")
+                 "cryptography", "asyncua", "drivers.modbus", "drivers.ble", "drivers.dlt645",
+                 "drivers.modem", "drivers.serial_line", "drivers.opcua")
 """Protocol libraries and drivers a gateway with only `sim` devices has no use for."""
 
 

@@ -184,3 +184,25 @@ async def test_a_chunk_larger_than_a_message_goes_in_parts_and_too_large_reading
     assert all(len(p.payload) < 400 for p in msg.parts)
     assert seqs(msg) == [1, 2, 3, 4, 6, 7, 8, 9, 10]
     assert msg.too_large == [5] and msg.readings == 9
+
+
+async def test_a_chunk_of_only_too_large_readings_still_names_its_device_and_topic() -> None:
+    src = MemorySource(chunk_max=10)
+    src.store([Reading("huge", "m", "x" * 2000, T0, "V")], accepted_ms=T0 - 60_000)
+    sched, _ = make(src, max_packet=400)
+    msg, _ = await sched.next(0.0)
+    assert msg is not None and msg.parts == [] and msg.too_large == [1]
+    assert (msg.device, msg.topic, msg.readings) == ("huge", "parkgate/s/g/huge", 0)
+
+
+async def test_nothing_goes_while_the_session_is_not_ready() -> None:
+    src = MemorySource(chunk_max=10)
+    src.store(readings(10, "d1"), accepted_ms=T0 - 60_000)
+    sched, s = make(src)
+    ready = [False]
+    s.ready = lambda: ready[0]  # type: ignore[method-assign]  # a host that is offline
+    msg, wait = await sched.next(0.0)
+    assert msg is None and wait == 1.0 and src.reads == 0
+    ready[0] = True
+    msg, _ = await sched.next(0.0)
+    assert msg is not None and msg.firsts == [1]

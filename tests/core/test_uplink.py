@@ -413,7 +413,7 @@ def test_backlog_does_not_hold_back_live_readings(agents: Agents, tmp_path: Path
                                                   dcollector: Collector) -> None:
     """Live readings overtake a 200k backlog.
 
-    The policy (gateway/uplink.py): when a connection starts, the buffer's `next_seq` splits
+    The policy (gateway/uplink/): when a connection starts, the buffer's `next_seq` splits
     the data into a *backlog* (accepted before, oldest first) and *live* data (accepted
     since). While the backlog drains, live data may hold up to `live_share` of the publish
     window (at least one slot), so fresh readings reach the platform within about one round

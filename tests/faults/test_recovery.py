@@ -3,7 +3,7 @@
 The uplink used to wait out a fully jittered backoff of up to `backoff_max` (15 s) after a
 broker outage, so a gateway stayed silent for up to 15 s after the broker was back. Now it
 probes at a short jittered interval and connects once a probe is accepted (module doc of
-gateway/uplink.py).
+gateway/uplink/session.py).
 """
 
 from __future__ import annotations

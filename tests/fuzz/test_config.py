@@ -1,6 +1,6 @@
 """The config loader on random YAML: it accepts, or lists problems as FILE:LINE:COL: path: msg.
 
-Anything else (a traceback from pydantic, ruamel or the substitution code) would reach a
+Anything else (a traceback from pydantic, the YAML loader or the substitution code) would reach a
 field engineer as a crash of `parkgate check`.
 """
 

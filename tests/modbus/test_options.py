@@ -156,7 +156,7 @@ def test_profile_errors_are_clear(tmp_path: Path) -> None:
     assert "YAML error at line" in error(profile=str(bad))
     bad.write_text("profile: broken\nmanufacturer: X\nmodel: Y\nregisters:\n"
                    "  - {name: a, ref: 40001, tpye: float32}\n")
-    assert "registers.0.tpye: unknown key" in error(profile=str(bad))
+    assert "line 5: registers.0.tpye: unknown key" in error(profile=str(bad))
     mine = tmp_path / "mine.yaml"
     mine.write_text("profile: other\nmanufacturer: X\nmodel: Y\nregisters:\n"
                     "  - {name: a, ref: 40001}\n")

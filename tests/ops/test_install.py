@@ -96,7 +96,7 @@ def test_bundle_contents(bundle: Path) -> None:
     wheels = sorted(p.name for p in (bundle / "wheels").glob("*.whl"))
     names = {w.split("-")[0].lower() for w in wheels}
     assert {"parkgate", "pydantic_core", "pydantic", "aiomqtt", "paho_mqtt", "pymodbus",
-            "bleak", "dbus_fast", "prometheus_client", "structlog", "ruamel_yaml",
+            "bleak", "dbus_fast", "prometheus_client", "structlog", "pyyaml",
             "cryptography", "cffi"} <= names
     core = next(w for w in wheels if w.startswith("pydantic_core-"))
     assert ARCH in core, core

@@ -1,0 +1,34 @@
+"""`uplink.mqtt.dialect`: parkgate by default, anything else refused with its line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import GatewaySection, MqttSection
+from gateway.uplink import dialects
+from gateway.uplink.dialects.parkgate import ParkgateDialect
+from tests.core.test_config_hardening import GOOD, check
+
+
+def test_the_default_dialect_is_parkgate() -> None:
+    cfg = MqttSection.model_validate({"brokers": ["mqtt://127.0.0.1"]})
+    assert cfg.dialect == "parkgate"
+    assert isinstance(dialects.load(cfg, GatewaySection(id="g", site="s")), ParkgateDialect)
+
+
+@pytest.mark.parametrize("name", ["parkgate", "sparkplug", "Parkgate"])
+def test_only_parkgate_passes_check_and_the_others_name_their_line(tmp_path: Path,
+                                                                   name: str) -> None:
+    path = tmp_path / "c.yaml"
+    brokers = '["mqtt://127.0.0.1:1883"]'
+    path.write_text(GOOD.replace(brokers, f"{brokers}\n    dialect: {name}"))
+    ran = check(path)
+    if name == "parkgate":
+        assert ran.code == 0, ran
+        return
+    assert (ran.code, ran.lines()) == (2, [
+        f"{path}:6:14: uplink.mqtt.dialect: unknown dialect {name!r}: this version speaks "
+        "parkgate (sparkplug, thingsboard, aliyun and huawei are planned, not yet "
+        "available)"]), ran
