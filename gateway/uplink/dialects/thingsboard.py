@@ -17,10 +17,10 @@ the device API; access token as the MQTT username).
   "params": P}}` becomes a native request (gateway/uplink/dialects/platform.py); the reply
   goes on the same topic as `{"device": D, "id": N, "data": {"success": bool, ...}}`.
 
-ThingsBoard documents no message size of its own; its MQTT transport refuses a PUBLISH
-larger than its `NETTY_MAX_PAYLOAD_SIZE` (65536 bytes by default, see
-https://thingsboard.io/docs/user-guide/install/config/): set
-`uplink.mqtt.max_message_bytes: 65536` for a default installation (the example does).
+The gateway API page names no message size limit. ThingsBoard's MQTT transport has a
+configurable maximum payload size (`NETTY_MAX_PAYLOAD_SIZE`); no ThingsBoard page found
+states its default, so the example sets `uplink.mqtt.max_message_bytes: 65536`, below
+what installations commonly allow; raise it to the installation's setting.
 """
 
 from __future__ import annotations
