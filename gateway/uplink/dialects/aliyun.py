@@ -247,6 +247,10 @@ class AliyunSession:
             return [d.login([device]), *data, d.logout(device)]
         return data
 
+    def stamp(self, out: Outgoing) -> Outgoing:
+        """As built (Sparkplug's per-message seq has no counterpart here)."""
+        return out
+
     def drop_notice(self, ranges: Sequence[notices.DropRange]) -> Outgoing:
         """The gateway's event `parkgate_dropped`: count and seq ranges with reasons."""
         d = self.dialect

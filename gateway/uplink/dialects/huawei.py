@@ -223,6 +223,10 @@ class HuaweiSession:
         return [Outgoing(topic, payload, qos=1) for payload in
                 self.dialect.payloads(device, items, self.limit.payload(topic))]
 
+    def stamp(self, out: Outgoing) -> Outgoing:
+        """As built (Sparkplug's per-message seq has no counterpart here)."""
+        return out
+
     def drop_notice(self, ranges: Sequence[notices.DropRange]) -> Outgoing:
         """The gateway's own properties `parkgate_dropped` and `parkgate_dropped_ranges`."""
         d = self.dialect

@@ -174,6 +174,10 @@ class ThingsboardSession:
         return [Outgoing(topic, payload, qos=1) for payload in
                 self.dialect.payloads(device, items, self.limit.payload(topic))]
 
+    def stamp(self, out: Outgoing) -> Outgoing:
+        """As built (Sparkplug's per-message seq has no counterpart here)."""
+        return out
+
     def drop_notice(self, ranges: Sequence[notices.DropRange]) -> Outgoing:
         """The gateway's own telemetry: how many were dropped, the seq ranges, why."""
         return Outgoing(OWN_TELEMETRY, p.dumps({"ts": now_ms(), "values": {
