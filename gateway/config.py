@@ -546,6 +546,7 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
     devices = _validate_devices(raw_devices, rep, drivers)
     if raw is not None:
         _platform_devices(raw.uplink.mqtt, {d.name for d in devices}, rep)
+        _platform_commands(raw, rep)
     del doc, raw_devices  # the YAML tree and any positions go once validated
     rep.positions = rep.find_positions = None
 
@@ -574,6 +575,20 @@ def _platform_devices(mqtt: MqttSection, names: set[str], rep: Reporter) -> None
             hint = f" (did you mean {close[0]}?)" if close else ""
             rep.add(loc, f"{name!r} is not the name of a device under devices:{hint}",
                     key=loc[-2] == "sub_devices")
+
+
+def _platform_commands(raw: Config, rep: Reporter) -> None:
+    """A platform's commands go through the commands path, unsigned: both must be on."""
+    mqtt = raw.uplink.mqtt
+    section = getattr(mqtt, mqtt.dialect, None) if mqtt.dialect in PLATFORM_DIALECTS else None
+    if section is None or not section.commands:
+        return
+    commands = getattr(raw, "commands", None)
+    if commands is None or not commands.enabled or not commands.allow_unsigned:
+        rep.add(("uplink", "mqtt", mqtt.dialect, "commands"),
+                f"{mqtt.dialect} commands need commands: {{enabled: true, allow_unsigned: "
+                "true}: the platform cannot sign requests the way parkgate checks them (the "
+                "points' write: limits still apply)")
 
 
 def _validate_devices(raw_devices: Any, rep: Reporter,

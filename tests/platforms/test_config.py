@@ -92,3 +92,11 @@ def test_secrets_from_files_are_known_to_the_log_masker(tmp_path: Path) -> None:
     loaded = parse_config(BASE.format(dialect="huawei", section=section), Path("c.yaml"))
     assert "dev1ce-secret-value" in loaded.secrets
     assert "dev1ce-secret-value" not in repr(loaded.config)
+
+
+def test_platform_commands_need_the_commands_path_unsigned() -> None:
+    section = "    thingsboard: {access_token: t0k3n, commands: true}"
+    out = problems("thingsboard", section)
+    assert len(out) == 1 and out[0].startswith(
+        "c.yaml:7:50: uplink.mqtt.thingsboard.commands: thingsboard commands need commands: "
+        "{enabled: true, allow_unsigned: true}"), out
