@@ -57,17 +57,9 @@ def assert_all_arrived(c: PlatformCollector, cfg: Path, floor: int) -> int:
     return last
 
 
-@pytest.fixture
-def procs() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    yield started
-    for gw in started:
-        gw.kill()
-
-
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_kill9_loses_no_reading(dialect: str, tmp_path: Path, broker: Mosquitto,
-                                procs: list[GatewayProcess]) -> None:
+                                gateways: list[GatewayProcess]) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     print(f"kill9 {dialect} seed={seed}")
@@ -78,7 +70,7 @@ def test_kill9_loses_no_reading(dialect: str, tmp_path: Path, broker: Mosquitto,
         for i in range(KILLS):
             seen = len(c.seen)
             gw = GatewayProcess(cfg).start()
-            procs.append(gw)
+            gateways.append(gw)
             if i == KILLS - 1:
                 delay = rng.uniform(0.1, 0.8)  # once during start-up
             else:
@@ -88,7 +80,7 @@ def test_kill9_loses_no_reading(dialect: str, tmp_path: Path, broker: Mosquitto,
             assert gw.alive(), gw.output()[-2000:]
             gw.kill()
         gw = GatewayProcess(cfg).start()
-        procs.append(gw)
+        gateways.append(gw)
         seen = len(c.seen)
         assert c.wait_for(lambda c: len(c.seen) > seen + 100, 20), gw.output()[-2000:]
         assert gw.stop() == 0, gw.output()[-3000:]
@@ -107,14 +99,14 @@ def pbroker() -> Iterator[Mosquitto]:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_broker_outage_loses_no_reading(dialect: str, tmp_path: Path, pbroker: Mosquitto,
-                                        procs: list[GatewayProcess]) -> None:
+                                        gateways: list[GatewayProcess]) -> None:
     cfg = platform_config(tmp_path, pbroker.port, dialect, backoff_max="2s")
     listen = yaml.safe_load(cfg.read_text())["metrics"]["listen"]
     c = PlatformCollector(pbroker.port, dialect, persistent=True)
     try:
         c.ready()
         gw = GatewayProcess(cfg).start()
-        procs.append(gw)
+        gateways.append(gw)
         assert c.wait_for(lambda c: len(c.seen) > 500, 20), gw.output()[-2000:]
         wait_metric(listen, "parkgate_uplink_connected", lambda v: v == 1)
         pbroker.stop()

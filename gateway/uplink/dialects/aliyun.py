@@ -41,10 +41,6 @@ MAX_PROPERTIES = 200
 MAX_SUB_DEVICES = 20
 """Documented limits (module docstring); a message here carries one sub-device."""
 
-_ENVELOPE = 256
-"""Bytes of a pack/post payload beyond its properties, less the identity (generous)."""
-
-
 def _properties(items: Sequence[p.Item]) -> dict[str, Any]:
     return {i.metric: {"value": i.value, "time": i.ts} for i in items}
 
@@ -185,24 +181,15 @@ class AliyunDialect:
             f"{device}_state": {"value": state.get("state"), "time": now_ms()}}), qos=1)
 
 
-class AliyunSession:
+class AliyunSession(p.PlatformSession):
     """One connection: signed CONNECT, topology and logins on connect."""
 
+    envelope = 256  # id, version, method, the identity's keys (generous)
+    name_factor = 2  # the identity's deviceName, and the product key's room
+
     def __init__(self, dialect: AliyunDialect, broker: str, credentials: Credentials) -> None:
+        super().__init__(dialect, broker, credentials)
         self.dialect = dialect
-        self.broker = broker
-        self._credentials = credentials
-        self.limit = p.Limit()
-
-    @property
-    def credentials(self) -> Credentials:
-        """Signed when the session was opened."""
-        return self._credentials
-
-    @property
-    def will(self) -> Outgoing | None:
-        """The platform sets the gateway and its sub-devices offline by itself."""
-        return None
 
     def subscriptions(self) -> Sequence[Subscription]:
         """Each sub-device's services (property set and calls) when commands are on."""
@@ -220,36 +207,13 @@ class AliyunSession:
         up = [n for n in names if n not in d.down]
         return out + [d.login(batch) for batch in p.batches(up, LOGIN_BATCH)]
 
-    def observe(self, msg: Incoming) -> Sequence[Outgoing]:
-        """No session control."""
-        return ()
-
-    def ready(self) -> bool:
-        """Always."""
-        return True
-
-    def topic(self, device: str) -> str:
-        """Where `device`'s properties go."""
-        return self.dialect.topic(device)
-
-    def budget(self, device: str, max_packet: int, v5: bool) -> int:
-        """The packet limit less the headers, the topic and the envelope."""
-        self.limit.set(max_packet, v5)
-        return self.limit.payload(self.topic(device)) - _ENVELOPE - 2 * len(device.encode())
-
     def frame(self, device: str, items: bytes, historical: bool) -> list[Outgoing]:
         """Property messages; between a login and a logout for a device that is down."""
         d = self.dialect
-        topic = self.topic(device)
-        data = [Outgoing(topic, payload, qos=1)
-                for payload in d.payloads(device, items, self.limit.payload(topic))]
+        data = super().frame(device, items, historical)
         if device in d.down and data:
             return [d.login([device]), *data, d.logout(device)]
         return data
-
-    def stamp(self, out: Outgoing) -> Outgoing:
-        """As built (Sparkplug's per-message seq has no counterpart here)."""
-        return out
 
     def drop_notice(self, ranges: Sequence[notices.DropRange]) -> Outgoing:
         """The gateway's event `parkgate_dropped`: count and seq ranges with reasons."""
@@ -259,7 +223,3 @@ class AliyunSession:
             {"value": {"count": sum(r.count for r in ranges),
                        "ranges": ",".join(f"{r.first}-{r.last}:{r.reason}" for r in ranges)},
              "time": now_ms()}), qos=1)
-
-    def goodbye(self, reason: str) -> Outgoing | None:
-        """Nothing: the platform sees the disconnect."""
-        return None

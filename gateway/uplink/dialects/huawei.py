@@ -42,10 +42,6 @@ STATUS_BATCH = 100
 REPORT_DEVICES = 100
 MANAGER = "$sub_device_manager"
 
-_ENVELOPE = 160
-"""Bytes of a report beyond its services, less the device id (generous)."""
-
-
 def event_time(ms: int) -> str:
     """yyyy-MM-dd'T'HH:mm:ss.SSS'Z'."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
@@ -167,24 +163,14 @@ class HuaweiDialect:
             "properties": {f"{device}_state": state.get("state")}}]}), qos=1)
 
 
-class HuaweiSession:
+class HuaweiSession(p.PlatformSession):
     """One connection: signed CONNECT, sub-devices added and set online on connect."""
 
+    envelope = 160  # {"devices":[{"device_id":...,"services":[]}]} (generous)
+
     def __init__(self, dialect: HuaweiDialect, broker: str, credentials: Credentials) -> None:
+        super().__init__(dialect, broker, credentials)
         self.dialect = dialect
-        self.broker = broker
-        self._credentials = credentials
-        self.limit = p.Limit()
-
-    @property
-    def credentials(self) -> Credentials:
-        """Signed for the hour the session was opened."""
-        return self._credentials
-
-    @property
-    def will(self) -> Outgoing | None:
-        """IoTDA sets the gateway offline by itself."""
-        return None
 
     def subscriptions(self) -> Sequence[Subscription]:
         """Commands and property sets (request ids are not known in advance: `#`)."""
@@ -200,33 +186,6 @@ class HuaweiSession:
         out = [d.add(b) for b in p.batches(names, ADD_BATCH)] if d.hw.add_sub_devices else []
         return out + [d.statuses(b, "ONLINE") for b in p.batches(names, STATUS_BATCH)]
 
-    def observe(self, msg: Incoming) -> Sequence[Outgoing]:
-        """No session control."""
-        return ()
-
-    def ready(self) -> bool:
-        """Always."""
-        return True
-
-    def topic(self, device: str) -> str:
-        """Where `device`'s properties go."""
-        return self.dialect.topic(device)
-
-    def budget(self, device: str, max_packet: int, v5: bool) -> int:
-        """The packet limit less the headers, the topic and the envelope."""
-        self.limit.set(max_packet, v5)
-        return self.limit.payload(self.topic(device)) - _ENVELOPE - len(device.encode())
-
-    def frame(self, device: str, items: bytes, historical: bool) -> list[Outgoing]:
-        """Property reports of `device` (several only when re-encoding outgrew one)."""
-        topic = self.topic(device)
-        return [Outgoing(topic, payload, qos=1) for payload in
-                self.dialect.payloads(device, items, self.limit.payload(topic))]
-
-    def stamp(self, out: Outgoing) -> Outgoing:
-        """As built (Sparkplug's per-message seq has no counterpart here)."""
-        return out
-
     def drop_notice(self, ranges: Sequence[notices.DropRange]) -> Outgoing:
         """The gateway's own properties `parkgate_dropped` and `parkgate_dropped_ranges`."""
         d = self.dialect
@@ -235,7 +194,3 @@ class HuaweiSession:
                 "parkgate_dropped": sum(r.count for r in ranges),
                 "parkgate_dropped_ranges": ",".join(f"{r.first}-{r.last}:{r.reason}"
                                                     for r in ranges)}}]}), qos=1)
-
-    def goodbye(self, reason: str) -> Outgoing | None:
-        """Nothing: the platform sees the disconnect."""
-        return None

@@ -16,11 +16,11 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gateway.batching import max_payload
 from gateway.model import now_ms
-from gateway.uplink.messages import Incoming
+from gateway.uplink.messages import Credentials, Incoming, Outgoing
 
 T = TypeVar("T")
 
@@ -193,3 +193,74 @@ def outcome(document: Mapping[str, object]) -> dict[str, Any]:
 def ok(document: Mapping[str, object]) -> bool:
     """Whether the native reply says `ok`."""
     return document.get("status") == "ok"
+
+
+class PayloadDialect(Protocol):
+    """What `PlatformSession` needs of its dialect."""
+
+    def topic(self, device: str) -> str:
+        """Where `device`'s data goes."""
+        ...
+
+    def payloads(self, device: str, items: bytes, limit: int) -> list[bytes]:
+        """Data payloads of `device`, each within `limit` bytes."""
+        ...
+
+
+class PlatformSession:
+    """What the platform sessions share: credentials signed at open, no will (platforms
+    track the connection themselves), no session control, data as the dialect's payloads
+    on the dialect's topic. Subclasses add subscriptions, announcements, drop notices."""
+
+    envelope = 256
+    """Bytes of a data payload beyond the items it re-encodes, less the device name
+    counted `name_factor` times (generous: `fit()` checks the real size anyway)."""
+    name_factor = 1
+
+    def __init__(self, dialect: PayloadDialect, broker: str, credentials: Credentials) -> None:
+        self.payload_dialect = dialect
+        self.broker = broker
+        self._credentials = credentials
+        self.limit = Limit()
+
+    @property
+    def credentials(self) -> Credentials:
+        """Signed when the session was opened."""
+        return self._credentials
+
+    @property
+    def will(self) -> Outgoing | None:
+        """None: the platform sees the connection go and marks the gateway offline."""
+        return None
+
+    def observe(self, msg: Incoming) -> Sequence[Outgoing]:
+        """No session control."""
+        return ()
+
+    def ready(self) -> bool:
+        """Always."""
+        return True
+
+    def topic(self, device: str) -> str:
+        """Where `device`'s data goes."""
+        return self.payload_dialect.topic(device)
+
+    def budget(self, device: str, max_packet: int, v5: bool) -> int:
+        """The packet limit less the headers, the topic and the envelope."""
+        self.limit.set(max_packet, v5)
+        return (self.limit.payload(self.topic(device)) - self.envelope
+                - self.name_factor * len(device.encode()))
+
+    def frame(self, device: str, items: bytes, historical: bool) -> list[Outgoing]:
+        """Data messages of `device` (several where a limit or the size asks for it)."""
+        topic = self.topic(device)
+        return [Outgoing(topic, payload, qos=1) for payload in
+                self.payload_dialect.payloads(device, items, self.limit.payload(topic))]
+
+    def stamp(self, out: Outgoing) -> Outgoing:
+        """As built (Sparkplug's per-message seq has no counterpart here)."""
+        return out
+
+    def goodbye(self, reason: str) -> Outgoing | None:
+        """Nothing: the platform sees the disconnect."""
+        return None

@@ -43,11 +43,6 @@ RPC = "v1/gateway/rpc"
 OWN_TELEMETRY = "v1/devices/me/telemetry"
 OWN_ATTRIBUTES = "v1/devices/me/attributes"
 
-_ENVELOPE = 64
-"""Bytes of a telemetry payload beyond its groups, less the device name: braces, the
-device key's quotes, brackets (generous)."""
-
-
 def _group(items: Sequence[p.Item]) -> dict[str, Any]:
     return {"ts": items[0].ts, "values": {i.metric: i.value for i in items}}
 
@@ -120,25 +115,15 @@ class ThingsboardDialect:
         return Outgoing(CONNECT if up else DISCONNECT, p.dumps(doc), qos=1)
 
 
-class ThingsboardSession:
+class ThingsboardSession(p.PlatformSession):
     """One connection: the client attributes on connect, the RPC subscription."""
+
+    envelope = 64  # braces, the device key's quotes, brackets (generous)
 
     def __init__(self, dialect: ThingsboardDialect, broker: str,
                  credentials: Credentials) -> None:
+        super().__init__(dialect, broker, credentials)
         self.dialect = dialect
-        self.broker = broker
-        self._credentials = credentials
-        self.limit = p.Limit()
-
-    @property
-    def credentials(self) -> Credentials:
-        """Access token as username."""
-        return self._credentials
-
-    @property
-    def will(self) -> Outgoing | None:
-        """ThingsBoard tracks the gateway's activity itself."""
-        return None
 
     def subscriptions(self) -> Sequence[Subscription]:
         """`v1/gateway/rpc` when commands are on."""
@@ -151,40 +136,9 @@ class ThingsboardSession:
             "parkgate_version": __version__, "parkgate_gateway": d.gw.id,
             "parkgate_site": d.gw.site, "parkgate_broker": self.broker}), qos=1)]
 
-    def observe(self, msg: Incoming) -> Sequence[Outgoing]:
-        """No session control."""
-        return ()
-
-    def ready(self) -> bool:
-        """Always."""
-        return True
-
-    def topic(self, device: str) -> str:
-        """Where `device`'s telemetry goes."""
-        return self.dialect.topic(device)
-
-    def budget(self, device: str, max_packet: int, v5: bool) -> int:
-        """The packet limit less the headers, the topic and the envelope."""
-        self.limit.set(max_packet, v5)
-        return self.limit.payload(self.topic(device)) - _ENVELOPE - len(device.encode())
-
-    def frame(self, device: str, items: bytes, historical: bool) -> list[Outgoing]:
-        """Telemetry messages of `device` (several only when re-encoding outgrew one)."""
-        topic = self.topic(device)
-        return [Outgoing(topic, payload, qos=1) for payload in
-                self.dialect.payloads(device, items, self.limit.payload(topic))]
-
-    def stamp(self, out: Outgoing) -> Outgoing:
-        """As built (Sparkplug's per-message seq has no counterpart here)."""
-        return out
-
     def drop_notice(self, ranges: Sequence[notices.DropRange]) -> Outgoing:
         """The gateway's own telemetry: how many were dropped, the seq ranges, why."""
         return Outgoing(OWN_TELEMETRY, p.dumps({"ts": now_ms(), "values": {
             "parkgate_dropped": sum(r.count for r in ranges),
             "parkgate_dropped_ranges": ",".join(f"{r.first}-{r.last}:{r.reason}"
                                                 for r in ranges)}}), qos=1)
-
-    def goodbye(self, reason: str) -> Outgoing | None:
-        """Nothing: ThingsBoard marks the gateway inactive by itself."""
-        return None
