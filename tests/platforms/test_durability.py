@@ -118,6 +118,6 @@ def test_broker_outage_loses_no_reading(dialect: str, tmp_path: Path, pbroker: M
         seen = len(c.seen)
         assert c.wait_for(lambda c: len(c.seen) > seen + 3000, 20), gw.output()[-2000:]
         assert gw.stop() == 0, gw.output()[-3000:]
-        assert_all_arrived(c, cfg, 8_000)
+        assert_all_arrived(c, cfg, 5_000)  # a floor: runs gave 9,700-12,600
     finally:
         c.close()
