@@ -238,3 +238,13 @@ def test_device_state_is_the_platform_connect_or_status_message() -> None:
     down = json.loads(hw.device_state("meter-1", {"state": "down"}).payload)
     assert down["services"][0]["paras"]["device_statuses"] == [
         {"device_id": f"{HW_PRODUCT}_meter-1", "status": "OFFLINE"}]
+
+
+def test_huawei_does_not_report_a_down_device_online_on_connect() -> None:
+    hw = dialect("huawei", ["meter-1", "meter-2"])
+    hw.device_state("meter-2", {"state": "down"})
+    events = [json.loads(m.payload)["services"][0]
+              for m in hw.open("mqtts://x:8883", "cid").announce()]
+    (online,) = [e["paras"]["device_statuses"] for e in events
+                 if e["event_type"] == "sub_device_update_status"]
+    assert online == [{"device_id": f"{HW_PRODUCT}_meter-1", "status": "ONLINE"}]

@@ -60,6 +60,8 @@ class HuaweiDialect:
         self.ids = {name: self.hw.sub_ids(name) for name in self.hw.sub_devices}
         self.by_id = {ids[0]: name for name, ids in self.ids.items()}
         self.base = f"$oc/devices/{self.hw.device_id}/sys"
+        self.down: set[str] = set()
+        """Sub-devices last reported OFFLINE (device_state): not set ONLINE on connect."""
 
     def open(self, broker: str, client_id: str) -> HuaweiSession:
         """A session with the CONNECT signed for this hour."""
@@ -157,6 +159,7 @@ class HuaweiDialect:
         """The sub-device's ONLINE/OFFLINE status; the gateway's own as a property."""
         up = state.get("state") == "up"
         if device in self.ids:
+            (self.down.discard if up else self.down.add)(device)
             return self.statuses([device], "ONLINE" if up else "OFFLINE")
         return Outgoing(self.topic(device), p.dumps({"services": [{
             "service_id": self.hw.service_id,
@@ -180,11 +183,13 @@ class HuaweiSession(p.PlatformSession):
         return [Subscription(f"{base}/commands/#", 1), Subscription(f"{base}/properties/set/#", 1)]
 
     def announce(self) -> Sequence[Outgoing]:
-        """Add the sub-devices (batches of 50), then set them ONLINE (batches of 100)."""
+        """Add the sub-devices (batches of 50), then set those not down ONLINE (batches
+        of 100); the down ones get their OFFLINE with the device states after this."""
         d = self.dialect
         names = list(d.ids)
         out = [d.add(b) for b in p.batches(names, ADD_BATCH)] if d.hw.add_sub_devices else []
-        return out + [d.statuses(b, "ONLINE") for b in p.batches(names, STATUS_BATCH)]
+        up = [n for n in names if n not in d.down]
+        return out + [d.statuses(b, "ONLINE") for b in p.batches(up, STATUS_BATCH)]
 
     def drop_notice(self, ranges: Sequence[notices.DropRange]) -> Outgoing:
         """The gateway's own properties `parkgate_dropped` and `parkgate_dropped_ranges`."""
