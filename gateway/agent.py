@@ -26,6 +26,7 @@ from gateway.health import Heartbeat, HttpServer
 from gateway.metrics import Metrics
 from gateway.sdnotify import SystemdNotifier, watchdog_loop
 from gateway.supervisor import Supervisor
+from gateway.tasks import cancel_and_wait
 from gateway.uplink import Uplink, UplinkState
 
 
@@ -161,14 +162,10 @@ class Agent:
         self.notifier.status(f"stopping: publishing what is buffered (up to {grace:g}s)")
         drained = await self.uplink.drain(grace)
         stats = await self.buffer.stats()
-        uplink.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await uplink
+        await cancel_and_wait(uplink, self.log)
         for name in ("gauges", "http", "watchdog", "heartbeat", "buffer.commit"):
             if name in tasks:
-                tasks[name].cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await tasks[name]
+                await cancel_and_wait(tasks[name], self.log)
         await self.buffer.close()
         self.log.info("parkgate stopped", drained=drained, buffered_readings=stats.readings,
                       next_seq=stats.next_seq)

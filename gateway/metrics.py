@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -111,6 +112,19 @@ class Metrics:
             self.uplink_session_takeovers.labels(evidence=evidence)
         self.loop_lag = Gauge(f"{PREFIX}event_loop_lag_seconds",
                               "How late the event loop ran a 1 s heartbeat", registry=r)
+
+    def forget_device(self, device: str) -> None:
+        """Drop every core series of `device` (it was removed, or restarts with new options)."""
+        for metric in (self.device_up, self.device_last_success, self.readings,
+                       self.poll_duration, self.poll_overruns):
+            with contextlib.suppress(KeyError):
+                metric.remove(device)
+        # the error kinds a device has seen, through the public collect() API
+        kinds = {s.labels["kind"] for family in self.poll_errors.collect()
+                 for s in family.samples if s.labels.get("device") == device}
+        for kind in kinds:
+            with contextlib.suppress(KeyError):
+                self.poll_errors.remove(device, kind)
 
     def _get(self, cls: type[M], name: str, doc: str, labels: Sequence[str],
              **kw: object) -> M:

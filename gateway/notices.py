@@ -32,6 +32,7 @@ from prometheus_client import Counter
 from structlog.typing import FilteringBoundLogger
 
 from gateway.backoff import Backoff
+from gateway.tasks import honour_cancellation
 
 if TYPE_CHECKING:  # the buffer imports this module; only its types are needed here
     from gateway.buffer.source import DropSource
@@ -193,6 +194,7 @@ class NoticeSender:
         """`publish(topic, payload)` returns None when acknowledged, else the refusal."""
         backoff = Backoff(base=1.0, cap=60.0)
         while True:
+            honour_cancellation()  # publish() may have swallowed it (asyncio.wait_for, 3.11)
             ranges = await self.buffer.pending_drops(MAX_RANGES)
             if not ranges:
                 await self.buffer.wait_drops()  # a drop since the last wake-up returns at once
@@ -213,6 +215,7 @@ class NoticeSender:
                 self.log.warning("drop notice not acknowledged; it stays buffered and is sent"
                                  " again", topic=topic, error=refusal,
                                  retry_in_s=round(delay, 1))
+                honour_cancellation()
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()

@@ -23,6 +23,7 @@ from gateway.driver import (
 from gateway.errors import DeviceConfigError, DeviceError
 from gateway.metrics import Metrics
 from gateway.model import Reading
+from gateway.tasks import cancel_and_wait, honour_cancellation
 
 Sink = Callable[[Sequence[Reading]], None]
 Room = Callable[[], Awaitable[None]]
@@ -97,16 +98,8 @@ class Supervisor:
 
     async def _stop(self, name: str) -> None:
         running = self._running.pop(name)
-        running.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running.task
-        m = self.metrics
-        for metric in (m.device_up, m.device_last_success, m.readings, m.poll_duration,
-                       m.poll_overruns):
-            with contextlib.suppress(KeyError):
-                metric.remove(name)
-        for labels in [lv for lv in list(m.poll_errors._metrics) if lv[0] == name]:
-            m.poll_errors.remove(*labels)
+        await cancel_and_wait(running.task, self.log)
+        self.metrics.forget_device(name)
 
     async def stop_all(self) -> None:
         """Stop every device (drivers closed), the first step of shutdown."""
@@ -129,6 +122,7 @@ class Supervisor:
             last.set(time.time())
             if on_success is not None:
                 on_success()
+            honour_cancellation()  # after every poll and batch (its readings kept)
 
         return emit
 
@@ -182,6 +176,7 @@ class Supervisor:
             else:
                 log.error("driver raised an unexpected error; retrying", kind=kind,
                           error=repr(failed), retry_in=round(delay, 2), exc_info=failed)
+            honour_cancellation()  # a swallowed stop may end in an error, too
             await asyncio.sleep(delay)
 
     async def _poll_loop(self, driver: PollingDriver, opts: DeviceOptions,

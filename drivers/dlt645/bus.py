@@ -32,14 +32,18 @@ def bus_name(settings: BusSettings) -> str:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, bus: Dlt645Bus) -> None:
-        self.bus = bus
+    """Hands the transport's events to its owner's (private) handlers."""
+
+    def __init__(self, on_data: Callable[[bytes], None],
+                 on_lost: Callable[[Exception | None], None]) -> None:
+        self._on_data = on_data
+        self._on_lost = on_lost
 
     def data_received(self, data: bytes) -> None:
-        self.bus._on_data(data)
+        self._on_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.bus._on_lost(exc)
+        self._on_lost(exc)
 
 
 class Dlt645Bus:
@@ -86,13 +90,13 @@ class Dlt645Bus:
         self._lost = None
         if isinstance(s, TcpSettings):
             try:
-                transport, _ = await loop.create_connection(lambda: _Protocol(self), s.host,
-                                                            s.port)
+                transport, _ = await loop.create_connection(
+                    lambda: _Protocol(self._on_data, self._on_lost), s.host, s.port)
             except OSError as exc:
                 raise TransientError(f"{s}: {exc.strerror or exc}", kind="connect",
                                      address=str(s)) from exc
         else:
-            transport = await open_serial(s, lambda: _Protocol(self))
+            transport = await open_serial(s, lambda: _Protocol(self._on_data, self._on_lost))
         self._transport = transport
         self._closed.clear()
         self.opens += 1

@@ -96,14 +96,18 @@ async def open_serial(settings: PortSettings,
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, link: SerialLink) -> None:
-        self.link = link
+    """Hands the transport's events to its owner's (private) handlers."""
+
+    def __init__(self, on_data: Callable[[bytes], None],
+                 on_lost: Callable[[Exception | None], None]) -> None:
+        self._on_data = on_data
+        self._on_lost = on_lost
 
     def data_received(self, data: bytes) -> None:
-        self.link._on_data(data)
+        self._on_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.link._on_lost(exc)
+        self._on_lost(exc)
 
 
 class SerialLink:
@@ -176,7 +180,8 @@ class SerialLink:
             self._framer = self.framer_factory()
             self._queue.clear()
             self._lost = None
-            transport = await open_serial(self.settings, lambda: _Protocol(self))
+            transport = await open_serial(self.settings,
+                                          lambda: _Protocol(self._on_data, self._on_lost))
             self._closed.clear()
             self._transport = transport
             self.opens += 1

@@ -15,7 +15,7 @@ import aiomqtt
 
 
 def _paho(client: aiomqtt.Client) -> Any:
-    return client._client
+    return client._client  # noqa: SLF001 - aiomqtt <3 exposes no manual ack: this adapter's job
 
 
 def enable_manual_ack(client: aiomqtt.Client) -> None:
@@ -30,5 +30,5 @@ def ack(client: aiomqtt.Client, mid: int, qos: int) -> bool:
 
 def disconnected(client: aiomqtt.Client) -> asyncio.Future[None]:
     """Resolves (or fails) when the connection is lost."""
-    fut: asyncio.Future[None] = client._disconnected
+    fut: asyncio.Future[None] = client._disconnected  # noqa: SLF001 - aiomqtt <3 keeps it private
     return fut

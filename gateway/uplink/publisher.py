@@ -19,6 +19,7 @@ from structlog.typing import FilteringBoundLogger
 from gateway.batching import seq_ranges
 from gateway.buffer.source import ChunkSource, DropSource
 from gateway.metrics import Metrics
+from gateway.tasks import honour_cancellation
 from gateway.uplink import adapter
 from gateway.uplink.messages import Outgoing
 from gateway.uplink.scheduler import Message, Scheduler
@@ -121,6 +122,7 @@ class Publisher:
 
         try:
             while True:
+                honour_cancellation()  # a publish's wait_for may have swallowed a stop
                 adapter.raise_if_lost(disconnected)  # the cause, before the publishes it failed
                 if failure:
                     raise failure[0]

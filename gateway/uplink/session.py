@@ -58,6 +58,7 @@ from gateway.metrics import Metrics
 from gateway.notices import NoticeSender
 from gateway.reconnect import PROBE_TIMEOUT, STABLE_S, Reconnect
 from gateway.session import QuickLosses, default_client_id, install_suffix, taken_over
+from gateway.tasks import honour_cancellation
 from gateway.uplink import adapter, dialects
 from gateway.uplink.brokers import AUTH_CODES, Broker, LastError, tls_context
 from gateway.uplink.dialect import Dialect, DialectSession
@@ -185,6 +186,9 @@ class Uplink:
             while True:
                 broker = self.brokers[index % len(self.brokers)]
                 delay = await self._attempt(broker, reconnect)
+                # aiomqtt's CONNACK or status wait (asyncio.wait_for, 3.11) may have swallowed
+                # a stop: without this the uplink would reconnect forever (gateway/tasks.py)
+                honour_cancellation()
                 if reconnect.ended(self.state.connected_since, time.monotonic()):
                     failures_this_round = 0  # the session had worked: a fresh round
                 self._set_connected(None)
@@ -322,6 +326,7 @@ class Uplink:
                     self.log.warning("broker refused the status message", reason=refusal,
                                      topic=out.topic)
             self._publisher = publisher
+            honour_cancellation()  # a stop swallowed by the CONNACK or announce waits
 
             async def publish_notice(topic: str, payload: bytes) -> str | None:
                 return await publisher.send(Outgoing(topic, payload, qos=1))

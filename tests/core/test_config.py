@@ -79,7 +79,7 @@ devices:
         "c.yaml:13:5: devices.0.pointz: unknown key 'pointz' (did you mean 'points'?)",
         "c.yaml:14:11: devices.1.name: duplicate device name 'a' (also devices.0)",
         "c.yaml:15:13: devices.1.driver: unknown driver 'simm': did you mean 'sim'? "
-        "installed drivers are ble, dlt645, modbus, modem, opcua, serial, sim",
+        "installed drivers are bacnet, ble, dlt645, modbus, modem, opcua, serial, sim",
         "c.yaml:18:15: devices.2.interval: 'fast' is not a duration: write a number and a "
         "unit, such as 500ms, 5s, 2m or 1h",
     ]

@@ -54,7 +54,9 @@ def test_kill9_loses_no_seq_and_reuses_none(tmp_path: Path, broker: Mosquitto,
     gateways.append(gw)
     seen = len(collector.messages)
     assert collector.wait_for(lambda c: len(c.messages) > seen + 5, 20), gw.output()[-2000:]
-    assert gw.stop() == 0
+    # shutdown_grace 15 s of draining, then the offline status (2 s) and the close: the same
+    # 30 s as tests/faults/harness.py Agent.stop (20 s left 5 s for those under load)
+    assert gw.stop(timeout=30) == 0
 
     stats = buffer_stats(cfg)
     assert stats["rows"] == 0, stats

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import sys
 from pathlib import Path
 
 from gateway import logs, notices
@@ -195,6 +196,40 @@ async def test_sender_caps_ranges_per_notice_and_keeps_refused_ones(tmp_path: Pa
             while len(sent) < 4:
                 await asyncio.sleep(0.05)
         assert sent[3][1]["dropped"] == [{"first": 101, "last": 200, "reason": "too_large"}]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await buf.close()
+
+
+async def test_sender_stops_when_its_publish_swallows_the_cancellation(tmp_path: Path) -> None:
+    """The PUBACK and the stop in one loop iteration: aiomqtt's wait_for (3.11) returns the
+    ack and drops the cancellation; the sender records the notice and still ends."""
+    buf = make(tmp_path / "b.db")
+    await buf.open()
+    await buf.record_dropped([(5, 9)], "too_large")
+    acks: list[asyncio.Future[None]] = []
+
+    async def publish(topic: str, payload: bytes) -> str | None:
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acks.append(ack)
+        await asyncio.wait_for(ack, 10)  # as aiomqtt waits for a PUBACK
+        return None
+
+    sender = notices.NoticeSender(buf, "t/s/g/dropped", gateway="g", site="s",
+                                  log=logs.get_logger(), sent=buf.metrics.uplink_drop_notices)
+    task = asyncio.create_task(sender.run(publish))
+    try:
+        async with asyncio.timeout(5):
+            while not acks:
+                await asyncio.sleep(0.01)
+        acks[0].set_result(None)
+        task.cancel()  # no await in between
+        done, _ = await asyncio.wait({task}, timeout=3.0)
+        assert task in done, "the sender went on waiting for drops after it was cancelled"
+        assert task.cancelled()
+        if sys.version_info < (3, 12):  # the ack got through: the notice is not sent twice
+            assert await buf.pending_drops(10) == []
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 
+import pytest
 import structlog
 
 from gateway.reconnect import STABLE_S, Reconnect, tcp_probe
@@ -44,6 +45,7 @@ def test_only_a_stable_session_resets_the_backoff_and_every_session_restarts_the
     assert 7.5 <= r.refused_credentials() <= 15.0  # bad credentials: at the cap at once
 
 
+@pytest.mark.alone  # reconnect within 0.8 s
 async def test_a_broker_that_comes_back_is_tried_at_once() -> None:
     """Gone for 3 s: probed every 0.25-0.51 s, tried within a probe interval of its return,
     with no handshake backoff on top (a full-jitter backoff would have reached 4 s)."""

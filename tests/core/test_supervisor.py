@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,6 +116,7 @@ async def run_for(devices: list[DeviceOptions], seconds: float
     return got, snap, sup
 
 
+@pytest.mark.alone  # 40 ticks in 2 s, at most 6 lost
 async def test_bad_devices_do_not_disturb_a_good_one() -> None:
     devices: list[DeviceOptions] = [
         SimOptions(name="good", interval=0.05, points=2),
@@ -139,6 +141,7 @@ async def test_bad_devices_do_not_disturb_a_good_one() -> None:
     assert len([r for r in got if r.device == "stream"]) > 50
 
 
+@pytest.mark.alone  # ticks on a 10 ms grid
 async def test_schedule_has_no_drift_and_counts_overruns() -> None:
     # 10 ms interval with a poll that sometimes takes 35 ms: ticks are skipped and counted,
     # never queued, and the schedule stays on the 10 ms grid.
@@ -249,3 +252,67 @@ async def test_polls_wait_and_count_overruns_when_sqlite_commits_slower_than_dev
     assert stats.pending == 0
     assert stats.readings == polled  # every reading polled is in SQLite
     await buf.close()
+
+
+class ReplyOptions(DeviceOptions):
+    driver: Literal["reply"] = "reply"
+
+
+class ReplyDriver(PollingDriver):
+    """Waits for each answer through `asyncio.wait_for`, as pymodbus does for every request."""
+
+    Options = ReplyOptions
+    pending: asyncio.Future[list[Reading]] | None = None
+
+    async def poll(self) -> Sequence[Reading]:
+        fut: asyncio.Future[list[Reading]] = asyncio.get_running_loop().create_future()
+        ReplyDriver.pending = fut
+        return await asyncio.wait_for(fut, 10)
+
+
+async def test_a_stop_that_wait_for_swallows_still_stops_the_device() -> None:
+    """The answer and the stop land in one loop iteration: the device still stops.
+
+    On Python 3.11 `asyncio.wait_for` then returns the answer and drops the cancellation
+    (CPython gh-86296); a supervisor that only relied on CancelledError polled on forever,
+    and under load an agent with a Modbus device did not exit after SIGTERM.
+    """
+    got: list[Reading] = []
+    sup = Supervisor({"reply": DriverInfo("reply", ReplyDriver)}, got.extend, Metrics(),
+                     logs.get_logger())
+    ReplyDriver.pending = None
+    async with asyncio.TaskGroup() as tg:
+        sup.bind(tg)
+        await sup.apply([ReplyOptions(name="r", interval=0.01, timeout=30)])
+        for _ in range(200):
+            if ReplyDriver.pending is not None:
+                break
+            await asyncio.sleep(0.01)
+        pending = ReplyDriver.pending
+        assert pending is not None
+        task = next(t for t in asyncio.all_tasks() if t.get_name() == "device[r]")
+        # no await between these two: the reply and the cancellation meet in wait_for
+        pending.set_result([Reading("r", "v", 1, 0)])
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=3.0)
+        assert task in done, "the device task kept polling after it was cancelled once"
+        assert task.cancelled()
+        if sys.version_info < (3, 12):  # the swallowed answer was still delivered
+            assert [r.value for r in got] == [1]
+        await sup.stop_all()
+
+
+def test_forget_device_drops_only_that_devices_series() -> None:
+    m = Metrics()
+    for dev in ("a", "b"):
+        m.readings.labels(device=dev).inc()
+        m.device_up.labels(device=dev).set(1)
+        for kind in ("timeout", "crc"):
+            m.poll_errors.labels(device=dev, kind=kind).inc()
+    m.forget_device("a")
+    m.forget_device("never-ran")  # nothing to drop: no error
+    snap = Snapshot(m)
+    assert not [k for k in snap.values if ("device", "a") in k[1]]
+    assert sample(snap, "parkgate_poll_errors_total", device="b", kind="crc") == 1
+    assert sample(snap, "parkgate_poll_errors_total", device="b", kind="timeout") == 1
+    assert sample(snap, "parkgate_device_up", device="b") == 1

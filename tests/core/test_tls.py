@@ -32,6 +32,8 @@ from tests.support import (
     write_config,
 )
 
+# one xdist worker runs this module: its module-scoped fixture is built once
+pytestmark = pytest.mark.xdist_group("tls")
 FLOW = [{"name": "sim-1", "driver": "sim", "interval": "50ms", "points": 10,
          "pattern": "counter"}]
 

@@ -103,6 +103,7 @@ async def test_exception_reply_is_one_bad_reading(port: PtyPort, bus: MeterBus,
     assert sample(m, "parkgate_dlt645_errors_total", device="m1", kind="exception") == 1
 
 
+@pytest.mark.alone  # a 0.3-0.6 s latency window
 async def test_dead_meter_costs_one_timeout_and_the_other_keeps_answering(
         port: PtyPort, bus: MeterBus, make_driver: Any) -> None:
     bus.meter(A2).responsive = False

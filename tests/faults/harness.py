@@ -457,6 +457,9 @@ class SilentBroker:
 
 # --- the summary row --------------------------------------------------------------------------
 
+FAULT_ROW = "fault_row"
+"""The `user_properties` key of a summary row in a test's report."""
+
 @dataclass(slots=True)
 class FaultRow:
     """One line of the end-of-session summary."""
@@ -472,6 +475,23 @@ class FaultRow:
     stayed_up: str = "yes"
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def summary_table(rows: list[FaultRow]) -> list[str]:
+    """The end-of-session table of fault rows, one line each, a header first."""
+    def fmt(row: FaultRow) -> list[str]:
+        rec = "-" if row.recover_s is None else f"{row.recover_s:.1f}"
+        dups = str(row.duplicates)
+        if row.duplicate_bound is not None:
+            dups += f" (<= {row.duplicate_bound})"
+        return [row.fault, str(row.injections), str(row.issued), str(row.lost),
+                dups, rec, row.stayed_up, row.notes]
+
+    head = ["fault", "injected", "issued", "lost", "dups (bound)", "recover s (max)", "up", "notes"]
+    table = [head, *(fmt(r) for r in rows)]
+    widths = [max(len(r[i]) for r in table) for i in range(len(head) - 1)]
+    return [" | ".join([*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), r[-1]])
+            for r in table]
 
 
 @contextlib.contextmanager

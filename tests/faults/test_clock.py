@@ -42,6 +42,7 @@ def _count(agent: Agent, device: str) -> float:
     return agent.metrics()[f'parkgate_readings_total{{device="{device}"}}']
 
 
+@pytest.mark.alone  # poll rates within a few percent
 @pytest.mark.parametrize(("name", "jump"), [("forward", "+1d"), ("backward", "-1h")])
 def test_wall_clock_jumps(tmp_path: Path, report: Callable[[FaultRow], None],
                           name: str, jump: str) -> None:

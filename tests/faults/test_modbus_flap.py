@@ -30,6 +30,7 @@ def _count(agent: Agent, device: str) -> float:
     return agent.metrics().get(f'parkgate_readings_total{{device="{device}"}}', 0.0)
 
 
+@pytest.mark.alone  # poll rates within a few percent
 def test_modbus_device_flapping(tmp_path: Path, report: Callable[[FaultRow], None]) -> None:
     broker = persistent_broker()
     flappy, steady = MeterThread().start(), MeterThread().start()

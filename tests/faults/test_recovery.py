@@ -24,6 +24,7 @@ BOUND_S = 2.0
 three gateways within 2 s about 1 % of the time)."""
 
 
+@pytest.mark.alone  # recovery within 2 s
 def test_data_flows_within_two_seconds_after_a_20s_outage(tmp_path: Path) -> None:
     broker = persistent_broker()
     agents: list[Agent] = []

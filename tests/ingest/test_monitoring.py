@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+import uuid
 
 import paho.mqtt.client as paho
 import pytest
@@ -18,6 +19,8 @@ from tests.ingest.conftest import PG_DSN, IngestProcess, Pg, ingest_config
 from tests.ops.test_monitoring import promql_metric_names
 from tests.support import ROOT, Mosquitto
 
+# one xdist worker runs this module: its module-scoped fixture is built once
+pytestmark = pytest.mark.xdist_group("ingest-monitoring")
 MON = ROOT / "monitoring"
 DASHBOARD = json.loads((MON / "grafana-ingest.json").read_text())
 promtool = shutil.which("promtool")
@@ -39,7 +42,8 @@ def grafana_sql(q: str, table: str) -> str:
 def exposition(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A running ingest's /metrics after it stored a batch (module-wide: one process)."""
     tmp = tmp_path_factory.mktemp("mon")
-    pg = Pg(PG_DSN, f"pgtest_mon_{int(time.time())}")
+    # unique: xdist workers may each build this fixture in the same second
+    pg = Pg(PG_DSN, f"pgtest_mon_{uuid.uuid4().hex[:12]}")
     broker = Mosquitto().start()
     path, listen = ingest_config(tmp, pg, [broker.url])
     proc = IngestProcess(path, "m").start()

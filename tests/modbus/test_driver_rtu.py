@@ -72,6 +72,7 @@ async def timed_poll_loop(d: Any, interval: float, start: float, until: float,
         await asyncio.sleep(deadline - now)
 
 
+@pytest.mark.alone  # poll latency behind a dead unit
 async def test_a_dead_meter_costs_the_bus_only_its_timeout(rig: Rig, line: SerialLine) -> None:
     """A unit that never answers holds the shared bus for its request timeout, no longer.
 

@@ -26,6 +26,10 @@ INSTALL = ROOT / "systemd" / "install.sh"
 BUILD = ROOT / "systemd" / "build-bundle.sh"
 ARCH = platform.machine()
 
+BUNDLE = pytest.mark.xdist_group("install-bundle")
+"""Tests of the module's `bundle`: one xdist worker, so one bundle build per run (not one per
+worker); the tests that build bundles of their own (armv7l, sdist) run on any worker."""
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: useradd --prefix and chown"),
@@ -88,6 +92,7 @@ def installed(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@BUNDLE
 def test_bundle_contents(bundle: Path) -> None:
     manifest = dict(line.split("=", 1) for line in (bundle / "MANIFEST.txt").read_text()
                     .splitlines() if "=" in line and not line.startswith("#"))
@@ -109,6 +114,7 @@ def test_bundle_contents(bundle: Path) -> None:
     assert (bundle / "parkgate.service").read_text() == unit
 
 
+@BUNDLE
 def test_fresh_install_layout(installed: Path) -> None:
     r = installed
     venv = r / "opt/parkgate/venv"
@@ -148,6 +154,7 @@ def test_fresh_install_layout(installed: Path) -> None:
     assert sh(exe, "check", conf).returncode == 0
 
 
+@BUNDLE
 def test_installed_unit_verifies_against_the_installed_binary(installed: Path,
                                                               tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
@@ -164,6 +171,7 @@ def test_installed_unit_verifies_against_the_installed_binary(installed: Path,
     assert res.stderr.strip() == ""
 
 
+@BUNDLE
 def test_installed_gateway_runs_and_publishes(installed: Path, tmp_path: Path,
                                               ops_broker: Mosquitto) -> None:
     """The installed venv has every runtime dependency: a sim device reaches the broker."""
@@ -188,6 +196,7 @@ def test_installed_gateway_runs_and_publishes(installed: Path, tmp_path: Path,
     assert proc.returncode == 0
 
 
+@BUNDLE
 def test_reinstall_keeps_config_and_buffer_then_refuses_bad_config_then_rolls_back(
         bundle: Path, installed: Path, tmp_path: Path) -> None:
     root = tmp_path / "r"
@@ -232,6 +241,7 @@ def test_reinstall_keeps_config_and_buffer_then_refuses_bad_config_then_rolls_ba
     assert os.readlink(root / "opt/parkgate/venv.previous") == second
 
 
+@BUNDLE
 def test_installer_refuses_a_bundle_for_another_arch(bundle: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     shutil.copytree(bundle, other)
@@ -322,6 +332,7 @@ def image() -> Iterator[Image]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+@BUNDLE
 @pytest.mark.skipif(not _can_chroot(), reason="needs root, unshare, chroot and /dev/shm")
 def test_image_prepared_in_a_chroot_boots_into_a_running_gateway(bundle: Path,
                                                                   image: Image) -> None:

@@ -20,6 +20,8 @@ import yaml
 
 from tests.support import ROOT, GatewayProcess, Mosquitto, base_config, write_config
 
+# one xdist worker runs this module: its module-scoped fixture is built once
+pytestmark = pytest.mark.xdist_group("ops-monitoring")
 MON = ROOT / "monitoring"
 DASHBOARD = MON / "grafana-dashboard.json"
 ALERTS = MON / "alerts.yml"

@@ -43,6 +43,7 @@ drivers = discover_drivers()
 loaded = [drivers[name].cls.__name__ for name in sorted(drivers)]
 # the lazily imported paths: BLE (bleak's BlueZ backend, dbus-fast), encrypted BTHome
 import bleak.backends.bluezdbus.scanner, dbus_fast.aio, pymodbus.client, serial_asyncio_fast
+import drivers.bacnet.link  # bacpypes3, loaded when a BACnet device opens
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 aes = AESCCM(bytes(16), tag_length=4)
 assert aes.decrypt(bytes(13), aes.encrypt(bytes(13), b"reading", None), None) == b"reading"
