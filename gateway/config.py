@@ -36,6 +36,7 @@ from gateway.platforms import (
     AliyunSection,
     HuaweiSection,
     ThingsboardSection,
+    platform_problems,
 )
 from gateway.redact import Masker
 from gateway.substitute import Substituter
@@ -545,8 +546,8 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
     raw_devices = doc.get("devices", [])
     devices = _validate_devices(raw_devices, rep, drivers)
     if raw is not None:
-        _platform_devices(raw.uplink.mqtt, {d.name for d in devices}, rep)
-        _platform_commands(raw, rep)
+        for loc, message, key in platform_problems(raw, {d.name for d in devices}):
+            rep.add(loc, message, key=key)
     del doc, raw_devices  # the YAML tree and any positions go once validated
     rep.positions = rep.find_positions = None
 
@@ -557,38 +558,6 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
     config = Config.model_construct(raw.model_fields_set | {"devices"}, **sections,
                                     devices=tuple(devices))
     return LoadedConfig(config=config, path=path, secrets=frozenset(subst.secrets))
-
-
-def _platform_devices(mqtt: MqttSection, names: set[str], rep: Reporter) -> None:
-    """Every device a platform section names must be one of `devices:`."""
-    listed: list[tuple[Loc, str]] = []
-    if mqtt.thingsboard is not None:
-        listed += [(("uplink", "mqtt", "thingsboard", "gateway_devices", i), name)
-                   for i, name in enumerate(mqtt.thingsboard.gateway_devices)]
-    for section, key in ((mqtt.aliyun, "aliyun"), (mqtt.huawei, "huawei")):
-        if section is not None:
-            listed += [(("uplink", "mqtt", key, "sub_devices", name), name)
-                       for name in section.sub_devices]
-    for loc, name in listed:
-        if name not in names:
-            close = difflib.get_close_matches(name, sorted(names), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            rep.add(loc, f"{name!r} is not the name of a device under devices:{hint}",
-                    key=loc[-2] == "sub_devices")
-
-
-def _platform_commands(raw: Config, rep: Reporter) -> None:
-    """A platform's commands go through the commands path, unsigned: both must be on."""
-    mqtt = raw.uplink.mqtt
-    section = getattr(mqtt, mqtt.dialect, None) if mqtt.dialect in PLATFORM_DIALECTS else None
-    if section is None or not section.commands:
-        return
-    commands = getattr(raw, "commands", None)
-    if commands is None or not commands.enabled or not commands.allow_unsigned:
-        rep.add(("uplink", "mqtt", mqtt.dialect, "commands"),
-                f"{mqtt.dialect} commands need commands: {{enabled: true, allow_unsigned: "
-                "true}: the platform cannot sign requests the way parkgate checks them (the "
-                "points' write: limits still apply)")
 
 
 def _validate_devices(raw_devices: Any, rep: Reporter,

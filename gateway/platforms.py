@@ -7,10 +7,16 @@ and normally come from `${file:...}`, so the log masker knows them (gateway/reda
 
 from __future__ import annotations
 
+import difflib
 import re
-from typing import Literal
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+    from gateway.yamlload import Loc
 
 _ALINK_NAME = r"^[A-Za-z0-9_.:@-]{4,32}$"
 """Aliyun DeviceName: 4-32 characters of letters, digits and _ - . : @."""
@@ -141,3 +147,34 @@ class HuaweiSection(_Section):
         node = sub.node_id or name
         product = sub.product_id or self.sub_product_id or ""
         return sub.device_id or f"{product}_{node}", node, product
+
+
+def platform_problems(config: Config, devices: Collection[str]
+                      ) -> list[tuple[Loc, str, bool]]:
+    """What the config's platform section names that is not there: devices that are not
+    under `devices:`, commands without the commands path. (location, message, at the key)"""
+    mqtt = config.uplink.mqtt
+    listed: list[tuple[Loc, str]] = []
+    if mqtt.thingsboard is not None:
+        listed += [(("uplink", "mqtt", "thingsboard", "gateway_devices", i), name)
+                   for i, name in enumerate(mqtt.thingsboard.gateway_devices)]
+    for section, key in ((mqtt.aliyun, "aliyun"), (mqtt.huawei, "huawei")):
+        if section is not None:
+            listed += [(("uplink", "mqtt", key, "sub_devices", name), name)
+                       for name in section.sub_devices]
+    out: list[tuple[Loc, str, bool]] = []
+    for loc, name in listed:
+        if name not in devices:
+            close = difflib.get_close_matches(name, sorted(devices), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            out.append((loc, f"{name!r} is not the name of a device under devices:{hint}",
+                        loc[-2] == "sub_devices"))
+    section = getattr(mqtt, mqtt.dialect, None) if mqtt.dialect in PLATFORM_DIALECTS else None
+    commands = getattr(config, "commands", None)
+    if section is not None and section.commands and (
+            commands is None or not commands.enabled or not commands.allow_unsigned):
+        out.append((("uplink", "mqtt", mqtt.dialect, "commands"),
+                    (f"{mqtt.dialect} commands need commands: {{enabled: true, "
+                    "allow_unsigned: true}: the platform cannot sign requests the way "
+                    "parkgate checks them (the points' write: limits still apply)"), False))
+    return out
