@@ -44,13 +44,23 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+SPARKPLUG_SEQ = b"\n\x03seq"
+"""A DDATA metric's `seq` property key as protobuf encodes it (PropertySet.keys, field 1)."""
+
+
 def _count(port: int, topic: str, counter: mp.Value, stop: mp.Event) -> None:  # type: ignore[valid-type]
-    """Subscriber process: counts readings by counting `"seq":` in payloads (fast, exact)."""
+    """Subscriber process: counts readings by counting `"seq":` in payloads (fast, exact),
+    or for Sparkplug the `seq` property keys of DDATA metrics."""
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}")
     local = [0]
+    sparkplug = topic.startswith("spBv1.0")
 
     def on_message(_c: object, _u: object, msg: paho.MQTTMessage) -> None:
-        local[0] += msg.payload.count(b'"seq":')
+        if sparkplug:
+            if "/DDATA/" in msg.topic:
+                local[0] += msg.payload.count(SPARKPLUG_SEQ)
+        else:
+            local[0] += msg.payload.count(b'"seq":')
         counter.value = local[0]
 
     client.on_message = on_message
@@ -169,13 +179,20 @@ def wait_metrics(port: int, timeout: float = 20) -> None:
     raise TimeoutError("agent did not come up")
 
 
-def steady(tmp: Path, broker: Mosquitto, seconds: float, devices: str = FULL_SPEED
-           ) -> dict[str, float]:
+DIALECT_MQTT = {
+    "parkgate": "",
+    "sparkplug": "dialect: sparkplug\n    sparkplug: {group: bench, node: bench-gw}",
+}
+
+
+def steady(tmp: Path, broker: Mosquitto, seconds: float, devices: str = FULL_SPEED,
+           dialect: str = "parkgate") -> dict[str, float]:
     """Sim through buffer and broker; rates over the measuring window."""
     mport = free_port()
-    cfg = tmp / "steady.yaml"
-    write_config(cfg, tmp / "steady.db", broker.port, mport, devices)
-    sub = Subscriber(broker.port, "parkgate/#")
+    cfg = tmp / f"steady-{dialect}.yaml"
+    write_config(cfg, tmp / f"steady-{dialect}-{mport}.db", broker.port, mport, devices,
+                 DIALECT_MQTT[dialect])
+    sub = Subscriber(broker.port, "spBv1.0/#" if dialect == "sparkplug" else "parkgate/#")
     agent = start_agent(cfg, tmp / "steady.log")
     try:
         wait_metrics(mport)
@@ -248,17 +265,22 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--backlog", type=int, default=1_000_000)
     ap.add_argument("--skip-backlog", action="store_true")
+    ap.add_argument("--dialects", default="parkgate",
+                    help="comma-separated: parkgate, sparkplug (the steady runs of each, "
+                         "side by side)")
     args = ap.parse_args()
+    dialects = [d.strip() for d in args.dialects.split(",") if d.strip()]
     with tempfile.TemporaryDirectory(prefix="pg-bench-") as d:
         tmp = Path(d)
         broker = Mosquitto().start()
         try:
             bare_rate, _ = bare_paho(broker.port, min(args.seconds, 10.0), 500)
             print(f"bare paho QoS 1 ceiling:      {bare_rate:12,.0f} readings/s")
-            runs = [("sim at full speed (2 x 500 points every 1 ms)",
-                     steady(tmp, broker, args.seconds, FULL_SPEED)),
-                    ("sim offering 120,000 readings/s (2 x 600 points every 10 ms)",
-                     steady(tmp, broker, args.seconds, RATE_120K))]
+            runs = [(f"sim at full speed (2 x 500 points every 1 ms), dialect {d}",
+                     steady(tmp, broker, args.seconds, FULL_SPEED, d)) for d in dialects]
+            rate = "sim offering 120,000 readings/s (2 x 600 points every 10 ms)"
+            runs += [(f"{rate}, dialect {d}", steady(tmp, broker, args.seconds, RATE_120K, d))
+                     for d in dialects]
         finally:
             broker.close()
         for title, s in runs:

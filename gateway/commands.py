@@ -98,7 +98,8 @@ def _buffer_stats(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo  # noqa: PLC0415
 
-    return run_demo(seconds=args.seconds, config=Path(args.config) if args.config else None)
+    return run_demo(seconds=args.seconds, config=Path(args.config) if args.config else None,
+                    dialect=args.dialect)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -120,6 +121,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="stop after this long (default: until Ctrl-C)")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="demo config (default: the demo.yaml shipped with parkgate)")
+    p.add_argument("--dialect", choices=("parkgate", "sparkplug"), default="parkgate",
+                   help="what goes on the wire: the native JSON, or Sparkplug B (the view "
+                        "decodes the births and DDATA)")
     p.set_defaults(handler=_demo)
 
     p = sub.add_parser("buffer", help="inspect the durable buffer")

@@ -41,7 +41,8 @@ from gateway.platforms import (
 from gateway.redact import Masker
 from gateway.substitute import Substituter
 from gateway.units import Duration, Size
-from gateway.yamlload import Loc, Positions, YamlProblem, load_yaml
+from gateway.yamlload import YamlProblem, load_yaml
+from gateway.yamlpos import Loc, Positions
 
 
 class _Section(BaseModel):
@@ -91,8 +92,47 @@ class BatchSection(_Section):
     max_delay: Duration = Field(default=1.0, ge=0.0, le=60.0)
 
 
-DIALECTS = ("parkgate", *PLATFORM_DIALECTS)
+DIALECTS = ("parkgate", "sparkplug", *PLATFORM_DIALECTS)
 """Values of `uplink.mqtt.dialect` (gateway/uplink/dialects/)."""
+
+
+def sparkplug_id_problem(value: str) -> str | None:
+    """Why `value` cannot be a Sparkplug group, edge node or host id, or None."""
+    if not value:
+        return "must not be empty"
+    bad = sorted({c for c in value if c in "+#/"})
+    if bad:
+        return f"{value!r} contains {' '.join(bad)}: Sparkplug ids cannot contain + # /"
+    return None
+
+
+def _sparkplug_id(value: str) -> str:
+    problem = sparkplug_id_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+class SparkplugSection(_Section):
+    """`dialect: sparkplug`: the Sparkplug B 3.0 edge node's identity (README "Sparkplug")."""
+
+    group: str = Field(max_length=128, description="The Sparkplug group id (no + # /).")
+    node: str | None = Field(
+        default=None, max_length=128,
+        description="The edge node id (no + # /); default: gateway.id.")
+    primary_host: str | None = Field(
+        default=None, max_length=128,
+        description="The primary host application id: data is published only while "
+                    "spBv1.0/STATE/{primary_host} says online, else it stays buffered.")
+    allow_unsigned_dcmd: bool = Field(
+        default=False,
+        description="Carry out DCMD writes that carry no signature (a metric property "
+                    "`sig`); commands.enabled and the point's write: block still apply.")
+
+    @field_validator("group", "node", "primary_host")
+    @classmethod
+    def _ids(cls, value: str | None) -> str | None:
+        return None if value is None else _sparkplug_id(value)
 
 
 class MqttSection(_Section):
@@ -112,8 +152,10 @@ class MqttSection(_Section):
     qos: Literal[1] = Field(default=1, description="QoS 1: at-least-once delivery.")
     dialect: str = Field(
         default="parkgate",
-        description="What goes on the wire: parkgate (the native JSON), thingsboard, "
-                    "aliyun or huawei (their keys under their own names).")
+        description="What goes on the wire: parkgate (the native JSON), sparkplug "
+                    "(Sparkplug B 3.0), thingsboard, aliyun or huawei (each with its "
+                    "keys under its own name).")
+    sparkplug: SparkplugSection | None = None
     thingsboard: ThingsboardSection | None = None
     aliyun: AliyunSection | None = None
     huawei: HuaweiSection | None = None
@@ -157,8 +199,7 @@ class MqttSection(_Section):
     def _dialect(cls, name: str) -> str:
         if name not in DIALECTS:
             raise ValueError(f"unknown dialect {name!r}: this version speaks "
-                             f"{', '.join(DIALECTS)} (sparkplug is planned, not yet "
-                             "available)")
+                             f"{', '.join(DIALECTS)}")
         return name
 
     @field_validator("topic", "status_topic")
@@ -168,6 +209,17 @@ class MqttSection(_Section):
         if problem:
             raise ValueError(problem)
         return topic
+
+    @model_validator(mode="after")
+    def _dialect_keys(self) -> MqttSection:
+        if self.dialect == "sparkplug" and self.sparkplug is None:
+            raise _error(("dialect",), "dialect: sparkplug needs uplink.mqtt.sparkplug: "
+                         "{group: GROUP} (and optionally node, primary_host)")
+        if self.dialect != "sparkplug" and self.sparkplug is not None:
+            raise _error(("sparkplug", "group"), f"uplink.mqtt.sparkplug is set but the "
+                         f"dialect is {self.dialect}, so it would be ignored: set "
+                         "dialect: sparkplug, or remove sparkplug:")
+        return self
 
     @model_validator(mode="after")
     def _platform(self) -> MqttSection:

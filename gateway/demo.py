@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import yaml
 
 from gateway import logs
 from gateway.agent import Agent, AgentHooks
@@ -81,6 +82,7 @@ class _View:
     max_seq: int = 0
     seqs: set[int] = field(default_factory=set)
     status: str = "?"
+    aliases: dict[int, tuple[str, int, object]] = field(default_factory=dict)
 
     def add(self, topic: str, doc: dict[str, Any]) -> None:
         if topic.endswith("/status"):
@@ -92,6 +94,34 @@ class _View:
             self.last.setdefault(dev, {})[r["metric"]] = r
             self.max_seq = max(self.max_seq, r["seq"])
             self.seqs.add(r["seq"])
+
+    def add_sparkplug(self, topic: str, payload: bytes) -> None:
+        """A Sparkplug message: births name the aliases, DDATA carries the readings."""
+        from gateway.uplink.dialects.sparkplug import codec  # noqa: PLC0415 - protobuf
+
+        parts = topic.split("/")
+        msg = codec.decode(payload)
+        if msg is None or len(parts) < 4:
+            return
+        kind, device = parts[2], parts[4] if len(parts) > 4 else None
+        if kind == "NBIRTH":
+            bd = next((m.long_value for m in msg.metrics if m.name == codec.BDSEQ), "?")
+            self.status = f"online (NBIRTH, bdSeq {bd})"
+        elif kind == "NDEATH":
+            self.status = "offline (NDEATH)"
+        elif kind == "DBIRTH" and device:
+            for m in msg.metrics:
+                unit = codec.properties(m).get("engUnit")
+                self.aliases[m.alias] = (m.name, m.datatype, unit)
+        elif kind == "DDATA" and device:
+            readings = []
+            for m in msg.metrics:
+                name, datatype, unit = self.aliases.get(m.alias, (f"alias {m.alias}", 0, None))
+                seq = codec.properties(m).get("seq")
+                readings.append({"device": device, "metric": name, "unit": unit,
+                                 "value": codec.metric_value(m, datatype),
+                                 "seq": seq if isinstance(seq, int) else 0})
+            self.add(topic, {"readings": readings})
 
     def render(self, metrics_url: str, broker: str) -> str:
         elapsed = time.monotonic() - self.started
@@ -114,19 +144,24 @@ class _View:
         return "\n".join(lines)
 
 
-async def _watch(port: int, view: _View, stop: asyncio.Event) -> None:
+async def _watch(port: int, view: _View, stop: asyncio.Event, dialect: str) -> None:
+    sparkplug = dialect == "sparkplug"
     while not stop.is_set():
         try:
             async with aiomqtt.Client("127.0.0.1", port, identifier="parkgate-demo-view") as c:
-                await c.subscribe("parkgate/#", qos=1)
+                await c.subscribe("spBv1.0/#" if sparkplug else "parkgate/#", qos=1)
                 async for msg in c.messages:
+                    if sparkplug:
+                        view.add_sparkplug(str(msg.topic), bytes(msg.payload))
+                        continue
                     with contextlib.suppress(ValueError, TypeError):
                         view.add(str(msg.topic), json.loads(bytes(msg.payload)))
         except aiomqtt.MqttError:
             await asyncio.sleep(0.5)
 
 
-async def _demo(config: Path, seconds: float | None, broker_url: str, broker_port: int) -> int:
+async def _demo(config: Path, seconds: float | None, broker_url: str, broker_port: int,
+                dialect: str) -> int:
     loaded = load_config(config, discover_drivers())
     agent = Agent(loaded)
     view = _View()
@@ -148,7 +183,7 @@ async def _demo(config: Path, seconds: float | None, broker_url: str, broker_por
             stop.set()
 
     async with asyncio.TaskGroup() as tg:
-        watcher = tg.create_task(_watch(broker_port, view, stop), name="demo.watch")
+        watcher = tg.create_task(_watch(broker_port, view, stop, dialect), name="demo.watch")
         shower = tg.create_task(show(), name="demo.view")
         tg.create_task(timer(), name="demo.timer")
         code = await agent.run(hooks)
@@ -162,7 +197,21 @@ async def _demo(config: Path, seconds: float | None, broker_url: str, broker_por
     return code
 
 
-def run_demo(seconds: float | None = None, config: Path | None = None) -> int:
+def _with_dialect(config: Path, dialect: str, tmp: Path) -> Path:
+    """`config` with `uplink.mqtt.dialect` set (Sparkplug: group = site, node = gateway)."""
+    if dialect == "parkgate":
+        return config
+    doc = yaml.safe_load(config.read_text(encoding="utf-8"))
+    mqtt = doc["uplink"]["mqtt"]
+    mqtt["dialect"] = dialect
+    mqtt["sparkplug"] = {"group": doc["gateway"]["site"], "node": doc["gateway"]["id"]}
+    out = tmp / f"demo-{dialect}.yaml"
+    out.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return out
+
+
+def run_demo(seconds: float | None = None, config: Path | None = None,
+             dialect: str = "parkgate") -> int:
     """Start mosquitto and a Modbus meter emulator, run the agent and show what arrives."""
     config = config or demo_file(ROOT / "config" / "demo.yaml")
     if not config.exists():
@@ -198,7 +247,9 @@ def run_demo(seconds: float | None = None, config: Path | None = None) -> int:
                                                         f"127.0.0.1:{_free_port()}"),
             })
             logs.configure("warning", "console")
-            return asyncio.run(_demo(config, seconds, f"mqtt://127.0.0.1:{port}", port))
+            config = _with_dialect(config, dialect, Path(tmp))
+            return asyncio.run(_demo(config, seconds, f"mqtt://127.0.0.1:{port}", port,
+                                     dialect))
         except KeyboardInterrupt:
             return 0
         finally:

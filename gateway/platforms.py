@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 if TYPE_CHECKING:
     from gateway.config import Config
-    from gateway.yamlload import Loc
+    from gateway.yamlpos import Loc
 
 _ALINK_NAME = r"^[A-Za-z0-9_.:@-]{4,32}$"
 """Aliyun DeviceName: 4-32 characters of letters, digits and _ - . : @."""
@@ -44,7 +44,7 @@ class ThingsboardSection(_Section):
         "default: ThingsBoard's own default profile."))
     commands: bool = Field(default=False, description=(
         "Carry out server-side RPC from v1/gateway/rpc through the commands path (needs "
-        "commands.enabled and commands.allow_unsigned: ThingsBoard cannot sign)."))
+        "commands.enabled; unsigned, as ThingsBoard cannot sign: this is the allowance)."))
 
 
 class AliyunSubDevice(_Section):
@@ -75,7 +75,8 @@ class AliyunSection(_Section):
         "gateway's own properties."))
     commands: bool = Field(default=False, description=(
         "Carry out thing/service/property/set and service calls (write, read, poll, "
-        "sync_time) through the commands path (needs commands.allow_unsigned)."))
+        "sync_time) through the commands path (needs commands.enabled; unsigned: this "
+        "is the allowance)."))
 
     @model_validator(mode="after")
     def _keys(self) -> AliyunSection:
@@ -128,7 +129,7 @@ class HuaweiSection(_Section):
         "already added ones are answered as such)."))
     commands: bool = Field(default=False, description=(
         "Carry out platform commands and property sets through the commands path (needs "
-        "commands.allow_unsigned)."))
+        "commands.enabled; unsigned: this is the allowance)."))
 
     @model_validator(mode="after")
     def _ids(self) -> HuaweiSection:
@@ -171,10 +172,9 @@ def platform_problems(config: Config, devices: Collection[str]
                         loc[-2] == "sub_devices"))
     section = getattr(mqtt, mqtt.dialect, None) if mqtt.dialect in PLATFORM_DIALECTS else None
     commands = getattr(config, "commands", None)
-    if section is not None and section.commands and (
-            commands is None or not commands.enabled or not commands.allow_unsigned):
+    if section is not None and section.commands and (commands is None or not commands.enabled):
         out.append((("uplink", "mqtt", mqtt.dialect, "commands"),
-                    (f"{mqtt.dialect} commands need commands: {{enabled: true, "
-                    "allow_unsigned: true}: the platform cannot sign requests the way "
-                    "parkgate checks them (the points' write: limits still apply)"), False))
+                    (f"{mqtt.dialect} commands go through the commands path: set "
+                    "commands: {enabled: true} (the points' write: blocks decide what may be "
+                    "written)"), False))
     return out

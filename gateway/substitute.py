@@ -15,7 +15,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from gateway.yamlload import Loc
+from gateway.yamlpos import Loc
 
 MAX_SECRET_BYTES = 64 * 1024
 MAX_SUBSTITUTED_BYTES = 1024 * 1024

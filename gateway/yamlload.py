@@ -21,13 +21,14 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-Loc = tuple[str | int, ...]
+from gateway.yamlpos import Loc, Pos, Positions, unpack
+
 Scalars = Callable[[str, Loc], str]
 """Called with each string value (not keys) and its location; returns the value to keep."""
 
@@ -73,70 +74,9 @@ class YamlProblem(Exception):
 
 
 @dataclass(slots=True)
-class _Pos:
-    """Where a mapping's keys and values, or a sequence's items, are (packed line, col)."""
-
-    keys: dict[Hashable, tuple[int, int]] | None
-    """key -> (key position, value position) for a mapping."""
-    items: list[int] | None
-    """Item positions for a sequence."""
-
-
-def _unpack(packed: int) -> tuple[int, int]:
-    return packed >> 24, packed & (2**24 - 1)
-
-
-class Positions:
-    """(line, col) of any location in a loaded document, 1-based, found on demand.
-
-    Holds the document's containers alive; drop it once the problems are reported.
-    """
-
-    def __init__(self, root: Any, index: dict[int, _Pos]) -> None:
-        self._root = root
-        self._index = index
-
-    def find(self, loc: Loc, *, key: bool = False) -> tuple[int, int] | None:
-        """Position of the value at `loc` (of its key with `key`), or of the deepest known
-        location above it; None when not even the first step is known."""
-        node: Any = self._root
-        found: int | None = None
-        for depth, part in enumerate(loc):
-            pos = self._index.get(id(node))
-            last = depth == len(loc) - 1
-            if pos is None:
-                break
-            if pos.keys is not None and isinstance(node, dict):
-                hit = _lookup(pos.keys, part)
-                if hit is None:
-                    break
-                real_key, (kpos, vpos) = hit
-                found = kpos if (last and key) else vpos
-                node = node.get(real_key)
-            elif pos.items is not None and isinstance(node, list) and isinstance(part, int):
-                if not 0 <= part < len(pos.items):
-                    break
-                found = pos.items[part]
-                node = node[part]
-            else:
-                break
-        return None if found is None else _unpack(found)
-
-
-def _lookup(keys: dict[Hashable, tuple[int, int]], part: str | int
-            ) -> tuple[Hashable, tuple[int, int]] | None:
-    if part in keys:
-        return part, keys[part]
-    for k, v in keys.items():  # a location from pydantic names a key by its str()
-        if str(k) == str(part):
-            return k, v
-    return None
-
-
-@dataclass(slots=True)
 class _Frame:
     container: dict[Any, Any] | list[Any]
-    pos: _Pos
+    pos: Pos
     loc: Loc
     anchor: str | None
     start: int
@@ -162,7 +102,7 @@ class _NeedPositions(Exception):  # control flow inside this module, not an erro
     """Raised by a pass that keeps no positions when its message needs them."""
 
 
-_NO_POS = _Pos(None, None)
+_NO_POS = Pos(None, None)
 
 
 class _Builder:
@@ -176,7 +116,7 @@ class _Builder:
         self.track = track
         self.count = 0
         self.anchors: dict[str, tuple[Any, int]] = {}
-        self.index: dict[int, _Pos] = {}
+        self.index: dict[int, Pos] = {}
         self.stack: list[_Frame] = []
 
     def fail(self, mark: Any, message: str) -> YamlProblem:
@@ -271,7 +211,7 @@ class _Builder:
                 is_list = cls is _SEQ_START
                 container: dict[Any, Any] | list[Any] = [] if is_list else {}
                 if track:
-                    pos = _Pos(None, []) if is_list else _Pos({}, None)
+                    pos = Pos(None, []) if is_list else Pos({}, None)
                     index[id(container)] = pos
                 else:
                     pos = _NO_POS
@@ -331,7 +271,7 @@ class _Builder:
                 top.pos.items.append(packed)  # type: ignore[union-attr]
             return
         if not top.has_key:
-            line, col = _unpack(packed)
+            line, col = unpack(packed)
             raise YamlProblem(line, col, "a key must be a plain value, not a mapping or a list")
         key, kpos = top.key, top.key_pos
         top.has_key = False
@@ -343,8 +283,8 @@ class _Builder:
         if key in top.container:
             if keys is None:
                 raise _NeedPositions  # to say where the first one is
-            kline, kcol = _unpack(keys[key][0])
-            line, col = _unpack(kpos)
+            kline, kcol = unpack(keys[key][0])
+            line, col = unpack(kpos)
             raise YamlProblem(line, col, f"duplicate key {key!r} (first at line {kline}, "
                                          f"column {kcol})")
         top.container[key] = value
@@ -358,7 +298,7 @@ class _Builder:
             sources = value if isinstance(value, list) else [value]
             for source in sources:
                 if not isinstance(source, dict):
-                    line, col = _unpack(kpos)
+                    line, col = unpack(kpos)
                     raise YamlProblem(line, col, "<< merges mappings only (write <<: *name "
                                                  "with an anchored mapping)")
                 for k, v in source.items():

@@ -18,7 +18,9 @@ Order on every connect, which the uplink guarantees:
 1. CONNECT with `session.credentials` and `session.will`;
 2. SUBSCRIBE to `session.subscriptions()` (QoS as given) before anything is published;
 3. publish `session.announce()` in order (QoS 1, each awaited);
-4. data (`frame`), drop notices and replies, while `session.ready()`.
+4. data (`frame`), drop notices and replies, while `session.ready()` (data waits while it
+   is False; the uplink looks again after every incoming message);
+5. every message goes through `session.stamp()` just before the MQTT client gets it.
 Every incoming message goes to `session.observe()` first (session control: Sparkplug STATE,
 rebirth requests); its returned messages are published; then to the uplink's inbound handler.
 """
@@ -42,14 +44,20 @@ class Request:
     `document` holds the fields of interfaces.md "Commands" (`v`, `id`, `ts`, `device`,
     `action`, `point`, `value`, `sig`); dialects that map a platform's own command (a
     Sparkplug DCMD, a ThingsBoard RPC) fill the same keys. `incoming` is kept for the reply
-    route (response topic, correlation data) and the message expiry.
+    route (response topic, correlation data) and the message expiry. `error` says why a
+    dialect could not map the message to a request (a DCMD that is not a Sparkplug payload,
+    an unsigned DCMD the config does not allow): the commands path answers it `refused`
+    with that text and carries nothing out. `unsigned_ok` is True when the request carries
+    no signature and the dialect's own config allows that explicitly
+    (`uplink.mqtt.sparkplug.allow_unsigned_dcmd`): the commands path then does not ask it
+    for one, while native requests still need theirs; everything else (allow-list, write
+    limits, expiry, de-duplication) applies as to any request.
     """
 
     document: Mapping[str, object]
     incoming: Incoming
     error: str | None = None
-    """Why the platform's message could not be mapped to a request (answered `refused`
-    with this text); None when `document` is the request."""
+    unsigned_ok: bool = False
 
 
 class DialectSession(Protocol):
@@ -90,16 +98,24 @@ class DialectSession(Protocol):
         when the whole PUBLISH packet must fit `max_packet` bytes."""
         ...
 
-    def frame(self, device: str, items: bytes, historical: bool
-              ) -> Outgoing | Sequence[Outgoing]:
-        """The data message (or messages) carrying stored items of one device.
+    def frame(self, device: str, items: bytes,
+              historical: bool) -> Outgoing | Sequence[Outgoing]:
+        """A data message carrying stored items of one device, or several in order.
 
         `items` is comma-separated JSON reading objects (the stored chunk format, UTF-8),
         at most `budget()` bytes; `historical` is True for the backlog (accepted before this
-        connection), False for live data. Several messages where a platform limits what
-        one may carry (keys or values per message) or needs one before the data (a
-        sub-device login): published in order, the items acknowledged once all are.
+        connection), False for live data. Several messages: those before the last one
+        announce what it needs (Sparkplug: a DBIRTH listing a metric the device shows for
+        the first time, before its DDATA); they are published in order, and the chunk is
+        acknowledged once all are.
         """
+        ...
+
+    def stamp(self, out: Outgoing) -> Outgoing:
+        """`out` as it goes on the wire now, called right before it is handed to the MQTT
+        client, in wire order, for every message of the session but the will and goodbye
+        (Sparkplug: the 0-255 `seq` that must follow the wire order, and births and deaths
+        built from what is known at that moment). The native dialect returns `out`."""
         ...
 
     def drop_notice(self, ranges: Sequence[DropRange]) -> Outgoing:
@@ -130,7 +146,5 @@ class Dialect(Protocol):
         ...
 
     def device_state(self, device: str, state: Mapping[str, object]) -> Outgoing:
-        """The message that tells a device's state (`up`/`down`, since, error), published
-        when it changes and again after every reconnect; retained where the dialect sets
-        `retain` (platforms take a connect/login message instead, not retained)."""
+        """The retained message that tells a device's state (`up`/`down`, since, error)."""
         ...

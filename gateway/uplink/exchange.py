@@ -7,10 +7,8 @@ newer messages are dropped and logged: the broker has already had our PUBACK for
 request dropped here gets no reply and its sender retries or gives up by its own rules. A
 handler that needs concurrency (commands to different devices) starts its own tasks.
 
-Retained state: the latest `Outgoing` per key (per-device state), published when it
-changes and again after every reconnect, so a consumer that subscribes late sees it
-(retained in the native dialect; a platform's connect or login message as the platform
-wants it, and sent again after a reconnect because a new session forgets it).
+Retained state: the latest `Outgoing` per key (per-device state), published retained when
+it changes and again after every reconnect, so a consumer that subscribes late sees it.
 """
 
 from __future__ import annotations
@@ -101,21 +99,30 @@ class RetainedStates:
         self._changed = asyncio.Event()
 
     def set(self, key: str, out: Outgoing) -> None:
-        """Publish `out` under `key` when it differs from the last one (retained as the
-        dialect says: a platform's connect or login message is not retained)."""
+        """Publish `out` under `key` when it differs from the last one.
+
+        The dialect sets the retain flag: the native dialect's device state is retained;
+        Sparkplug's DBIRTH/DDEATH must not be (they are sent again after a reconnect all
+        the same).
+        """
         if self.latest.get(key) == out:
             return
         self.latest[key] = out
         self._dirty[key] = None
         self._changed.set()
 
-    async def run(self, send: Send) -> None:
-        """One session: publish every key now, then each change, until cancelled."""
+    def poke(self) -> None:
+        """Look again (the session may have become ready)."""
+        self._changed.set()
+
+    async def run(self, send: Send, ready: Callable[[], bool] = lambda: True) -> None:
+        """One session: publish every key now, then each change, until cancelled; nothing
+        while the session is not `ready()` (Sparkplug: no DBIRTH/DDEATH before NBIRTH)."""
         self._dirty = dict.fromkeys(self.latest)
         try:
             while True:
                 self._changed.clear()
-                while self._dirty:
+                while self._dirty and ready():
                     key = next(iter(self._dirty))
                     out = self.latest[key]
                     refusal = await send(out)

@@ -62,3 +62,6 @@ class Credentials:
     client_id: str
     username: str | None = None
     password: str | None = None
+    clean: bool = False
+    """The dialect needs a clean session (Sparkplug: clean start, session expiry 0), even
+    where the uplink would otherwise keep one to receive requests queued while away."""

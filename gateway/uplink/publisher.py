@@ -85,6 +85,7 @@ class Publisher:
 
     async def send(self, out: Outgoing) -> str | None:
         """Publish one message; None once delivered (QoS 1: PUBACKed), else the refusal."""
+        out = self.scheduler.session.stamp(out)  # synchronous with the publish: wire order
         try:
             await self.client.publish(out.topic, out.payload, qos=out.qos, retain=out.retain,
                                       properties=adapter.properties(out, self.v5),
@@ -169,7 +170,9 @@ class Publisher:
     async def _publish(self, msg: Message) -> None:
         started = time.perf_counter()
         try:
-            for part in msg.parts:  # more than one: the parts of a split chunk
+            stamp = self.scheduler.session.stamp
+            for part in msg.parts:  # more than one: a split chunk, or births before data
+                part = stamp(part)  # noqa: PLW2901 - as it goes on the wire
                 try:
                     await self.client.publish(part.topic, part.payload, qos=part.qos,
                                               retain=part.retain,

@@ -41,6 +41,10 @@ HOLD_CAP = 300.0
 every 5 minutes: an ACL fix shows within minutes, a permanent refusal costs one publish per
 device per 5 minutes."""
 
+NOT_READY_S = 1.0
+"""How often the scheduler looks again while the session is not ready (Sparkplug: no
+primary host); the uplink also wakes it after every incoming message."""
+
 MIN_FETCH = 16
 """Chunks read from the source at once: twice the window, at least this many. Chunks can
 hold `max_readings` readings each (~65 KB at 500), so this bounds the uplink's memory."""
@@ -108,7 +112,7 @@ class Limits:
 
 
 def _parts(framed: Outgoing | Sequence[Outgoing]) -> list[Outgoing]:
-    """A dialect's frame as a list of messages (most dialects frame one)."""
+    """What `frame` returned as a list (one message, or several in order)."""
     return [framed] if isinstance(framed, Outgoing) else list(framed)
 
 
@@ -138,6 +142,18 @@ class Scheduler:
         self.skipped: set[str] = set()
         self.retries: dict[str, Stream] = {}
         self.retry_below: dict[str, int] = {}
+        self.became_ready = False
+        self.waited = False
+
+    def _rebase(self) -> None:
+        """The session may publish for the first time after waiting: what was stored while
+        it waited (a Sparkplug primary host not yet online) is backlog too, historical."""
+        boundary = self.source.next_seq
+        live = self.live
+        if boundary > live.cursor and not live.pending and not live.inflight:
+            self.backlog.stop = boundary
+            live.cursor = boundary
+            live.at_end = False
 
     # -- events ------------------------------------------------------------------------------
     def new_data(self) -> None:
@@ -204,9 +220,16 @@ class Scheduler:
 
     async def next(self, now: float) -> tuple[Message | None, float]:
         """The next message to publish, or None and how long until one may be ready."""
+        if not self.became_ready:
+            if not self.session.ready():
+                self.waited = True
+                return None, NOT_READY_S  # and when an incoming message makes it ready
+            self.became_ready = True
+            if self.waited:
+                self._rebase()
+        elif not self.session.ready():
+            return None, NOT_READY_S
         wait_s = 1.0
-        if not self.session.ready():  # e.g. Sparkplug's primary host offline: buffer
-            return None, wait_s
         for stream in self.order():
             msg, ready_in = await self.next_of(stream, now)
             wait_s = min(wait_s, ready_in)
@@ -302,8 +325,7 @@ class Scheduler:
         device = chunks[0].device
         items = ",".join(c.body for c in chunks).encode()
         return Message(device=device, topic=self.session.topic(device),
-                       parts=_parts(self.session.frame(device, items,
-                                                       stream.stop is not None)),
+                       parts=_parts(self.session.frame(device, items, stream.stop is not None)),
                        firsts=[c.first for c in chunks],
                        readings=sum(c.count for c in chunks), stream=stream)
 
@@ -313,9 +335,8 @@ class Scheduler:
         items = [i.encode() for i in split_items(chunk.body)]
         packed = pack([len(i) for i in items], budget)
         historical = stream.stop is not None
-        parts = [out for part in packed.parts
-                 for out in _parts(self.session.frame(
-                     chunk.device, b",".join(items[i] for i in part), historical))]
+        parts = [out for part in packed.parts for out in _parts(
+            self.session.frame(chunk.device, b",".join(items[i] for i in part), historical))]
         return Message(device=chunk.device, topic=self.session.topic(chunk.device),
                        parts=parts, firsts=[chunk.first],
                        readings=sum(len(part) for part in packed.parts), stream=stream,

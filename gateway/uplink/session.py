@@ -87,7 +87,7 @@ class Uplink:
         """Where the per-install client id suffix is kept (beside the buffer)."""
         self.metrics = metrics
         self.log = log.bind(component="uplink")
-        self.dialect = dialect or dialects.load(cfg, gateway)
+        self.dialect = dialect or dialects.load(cfg, gateway, state_path)
         self.brokers = [Broker.parse(u) for u in cfg.brokers]
         self.state = UplinkState()
         self.client_id = cfg.client_id or ""
@@ -329,7 +329,16 @@ class Uplink:
             self._publisher = publisher
             honour_cancellation()  # a stop swallowed by the CONNACK or announce waits
 
+            looked = asyncio.Event()  # session control may have made the session ready
+            def wake() -> None:
+                publisher.poke()
+                self._retained.poke()
+                looked.set()
+
             async def publish_notice(topic: str, payload: bytes) -> str | None:
+                while not session.ready():  # Sparkplug: no NDATA before NBIRTH
+                    looked.clear()
+                    await looked.wait()
                 return await publisher.send(Outgoing(topic, payload, qos=1))
 
             tasks = [
@@ -338,10 +347,10 @@ class Uplink:
                     self.drops, "", gateway=self.gw.id, site=self.gw.site, log=self.log,
                     sent=self.metrics.uplink_drop_notices, message=session.drop_notice,
                 ).run(publish_notice), name="uplink.notices"),
-                asyncio.create_task(self._retained.run(publisher.send), name="uplink.retained"),
+                asyncio.create_task(self._retained.run(publisher.send, session.ready),
+                                    name="uplink.retained"),
                 asyncio.create_task(self._inbound.receive(client, session, publisher.send,
-                                                          publisher.poke),
-                                    name="uplink.receive"),
+                                                          wake), name="uplink.receive"),
             ]
             try:
                 await publisher.pump()

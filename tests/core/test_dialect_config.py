@@ -1,5 +1,6 @@
-"""`uplink.mqtt.dialect`: parkgate by default, the known ones accepted, anything else refused
-with its line (the platform dialects: tests/platforms/test_config.py)."""
+"""`uplink.mqtt.dialect`: parkgate by default; sparkplug with its keys (tests/core/
+test_sparkplug_config.py), the platforms with theirs (tests/platforms/test_config.py);
+anything else refused with its line."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_the_default_dialect_is_parkgate() -> None:
 
 
 @pytest.mark.parametrize("name", ["parkgate", "sparkplug", "Parkgate"])
-def test_only_parkgate_passes_check_and_the_others_name_their_line(tmp_path: Path,
+def test_parkgate_passes_check_and_the_others_name_their_line(tmp_path: Path,
                                                                    name: str) -> None:
     path = tmp_path / "c.yaml"
     brokers = '["mqtt://127.0.0.1:1883"]'
@@ -29,7 +30,11 @@ def test_only_parkgate_passes_check_and_the_others_name_their_line(tmp_path: Pat
     if name == "parkgate":
         assert ran.code == 0, ran
         return
+    if name == "sparkplug":  # a known dialect, but its own keys are missing
+        assert (ran.code, ran.lines()) == (2, [
+            f"{path}:6:14: uplink.mqtt.dialect: dialect: sparkplug needs "
+            "uplink.mqtt.sparkplug: {group: GROUP} (and optionally node, primary_host)"]), ran
+        return
     assert (ran.code, ran.lines()) == (2, [
         f"{path}:6:14: uplink.mqtt.dialect: unknown dialect {name!r}: this version speaks "
-        "parkgate, thingsboard, aliyun, huawei (sparkplug is planned, not yet "
-        "available)"]), ran
+        "parkgate, sparkplug, thingsboard, aliyun, huawei"]), ran

@@ -206,3 +206,32 @@ async def test_nothing_goes_while_the_session_is_not_ready() -> None:
     ready[0] = True
     msg, _ = await sched.next(0.0)
     assert msg is not None and msg.firsts == [1]
+
+
+class Waiting(Recording):
+    """A session that is not ready until told (a Sparkplug primary host offline)."""
+
+    is_ready = False
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+
+async def test_nothing_goes_while_not_ready_and_what_waited_is_backlog() -> None:
+    src = MemorySource(chunk_max=10)
+    src.store(readings(5, "d1"), accepted_ms=T0 - 60_000)
+    mqtt = MqttSection.model_validate({"brokers": ["mqtt://127.0.0.1"]})
+    dialect = ParkgateDialect(mqtt, GatewaySection(id="g", site="s"))
+    s = Waiting(dialect, "mqtt://127.0.0.1", dialect.open("mqtt://127.0.0.1", "t").credentials)
+    s.historical = []
+    limits = Limits(window=4, live_share=0.25, max_readings=500, max_delay=1.0,
+                    max_packet=128_000, v5=True)
+    sched = Scheduler(src, s, limits, {}, boundary=src.next_seq, clock_ms=Clock())
+    src.store(readings(5, "d1", 5), accepted_ms=T0)  # stored while waiting
+    sched.new_data()
+    msg, wait = await sched.next(0.0)
+    assert msg is None and wait > 0
+    s.is_ready = True
+    msg, _ = await sched.next(0.0)
+    assert msg is not None and msg.stream is sched.backlog and msg.firsts == [1, 6]
+    assert s.historical == [True]

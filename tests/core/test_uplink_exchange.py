@@ -21,7 +21,7 @@ from gateway.metrics import Metrics
 from gateway.model import Reading
 from gateway.uplink import Incoming, Outgoing, Uplink
 from gateway.uplink.dialects.parkgate import ParkgateDialect
-from gateway.uplink.exchange import Inbound
+from gateway.uplink.exchange import Inbound, RetainedStates
 from tests.support import Mosquitto
 
 
@@ -179,3 +179,28 @@ async def test_a_full_inbound_queue_drops_newer_messages_without_blocking() -> N
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert handled == ["t/0", "t/1"]
+
+
+async def test_retained_states_wait_until_the_session_is_ready() -> None:
+    """Nothing goes while `ready()` is False (a Sparkplug session before NBIRTH); a poke
+    after the session became ready sends what waited; the dialect's retain flag is kept."""
+    states = RetainedStates(logs.get_logger())
+    sent: list[Outgoing] = []
+
+    async def send(out: Outgoing) -> None:
+        sent.append(out)
+
+    ready = [False]
+    states.set("dev", Outgoing("spBv1.0/g/DDEATH/n/dev", b"", retain=False))
+    task = asyncio.create_task(states.run(send, lambda: ready[0]))
+    await asyncio.sleep(0.05)
+    assert sent == []
+    ready[0] = True
+    states.poke()
+    for _ in range(100):
+        if sent:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert [(o.topic, o.retain) for o in sent] == [("spBv1.0/g/DDEATH/n/dev", False)]

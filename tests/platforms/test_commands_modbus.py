@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 e2e = pytest.importorskip("tests.commands.test_e2e_modbus",
                           reason="needs the commands path of issue 13 (h-cmds)")
 Plc, REGISTERS = e2e.Plc, e2e.REGISTERS
+keygen = pytest.importorskip("gateway.commands.signing").keygen
 
 
 def command(dialect: str, n: int, value: float) -> tuple[str, dict[str, Any], str]:
@@ -60,7 +61,10 @@ def test_platform_write_reaches_the_device_and_out_of_limits_does_not(
               "transport": {"type": "tcp", "host": "127.0.0.1", "port": plc.port},
               "registers": REGISTERS}
     cfg = base_config(tmp_path, broker.port, [device],
-                      commands={"enabled": True, "allow_unsigned": True, "max_age": "10s"},
+                      # native requests need an operator's signature; the platform's are
+                      # let in unsigned by the dialect's own `commands: true`
+                      commands={"enabled": True, "max_age": "10s",
+                                "verify_keys": [f"${{file:{keygen(tmp_path / 'op.key')[0]}}}"]},
                       uplink={"mqtt": {"brokers": [broker.url], "dialect": dialect,
                                        dialect: section(dialect, ["boiler-plc"], commands=True)}})
     c = PlatformCollector(broker.port, dialect)

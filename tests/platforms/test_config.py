@@ -94,9 +94,9 @@ def test_secrets_from_files_are_known_to_the_log_masker(tmp_path: Path) -> None:
     assert "dev1ce-secret-value" not in repr(loaded.config)
 
 
-def test_platform_commands_need_the_commands_path_unsigned() -> None:
+def test_platform_commands_need_the_commands_path() -> None:
     section = "    thingsboard: {access_token: t0k3n, commands: true}"
     out = problems("thingsboard", section)
     assert len(out) == 1 and out[0].startswith(
-        "c.yaml:7:50: uplink.mqtt.thingsboard.commands: thingsboard commands need commands: "
-        "{enabled: true, allow_unsigned: true}"), out
+        "c.yaml:7:50: uplink.mqtt.thingsboard.commands: thingsboard commands go through the "
+        "commands path: set commands: {enabled: true}"), out

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from gateway.config import GatewaySection, MqttSection
 from gateway.uplink.dialect import Dialect
 
 
-def load(cfg: MqttSection, gateway: GatewaySection) -> Dialect:
-    """The dialect `uplink.mqtt.dialect` names (validated by the config already)."""
+def load(cfg: MqttSection, gateway: GatewaySection, state_path: Path | None = None) -> Dialect:
+    """The dialect `uplink.mqtt.dialect` names (validated by the config already);
+    `state_path` (the buffer's path) places what a dialect keeps beside it."""
     if cfg.dialect == "parkgate":
         from gateway.uplink.dialects.parkgate import ParkgateDialect  # noqa: PLC0415
 
         return ParkgateDialect(cfg, gateway)
+    if cfg.dialect == "sparkplug":
+        # imports protobuf: only when chosen
+        from gateway.uplink.dialects.sparkplug.dialect import SparkplugDialect  # noqa: PLC0415
+
+        return SparkplugDialect(cfg, gateway, state_path)
     if cfg.dialect == "thingsboard":
         from gateway.uplink.dialects.thingsboard import ThingsboardDialect  # noqa: PLC0415
 

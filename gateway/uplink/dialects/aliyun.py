@@ -151,10 +151,12 @@ class AliyunDialect:
                 return Request({}, msg, error="a property set carries exactly one property "
                                "here (one write, one reply)")
             (point, value), = params.items()
-            return Request(p.request(rid, name, "write", point, value, has_value=True), msg)
+            return Request(p.request(rid, name, "write", point, value, has_value=True), msg,
+                           unsigned_ok=True)
         if len(parts) != 7:
             return None
-        return Request(p.action_request(rid, name, parts[6], params), msg)
+        return Request(p.action_request(rid, name, parts[6], params), msg,
+                       unsigned_ok=True)
 
     def reply(self, request: Request, document: Mapping[str, object]) -> Outgoing:
         """On the request's topic + `_reply`: code 200 when ok, else 460 (refused,

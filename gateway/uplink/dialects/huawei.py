@@ -130,7 +130,8 @@ class HuaweiDialect:
             command = doc.get("command_name")
             if not isinstance(command, str):
                 return Request({}, msg, error="the command has no command_name")
-            return Request(p.action_request(req_id, name, command, doc.get("paras")), msg)
+            return Request(p.action_request(req_id, name, command, doc.get("paras")), msg,
+                           unsigned_ok=True)
         services = doc.get("services")
         props = services[0].get("properties") if (
             isinstance(services, list) and len(services) == 1
@@ -139,7 +140,8 @@ class HuaweiDialect:
             return Request({}, msg, error="a property set carries exactly one property here "
                            "(one write, one answer)")
         (point, value), = props.items()
-        return Request(p.request(req_id, name, "write", point, value, has_value=True), msg)
+        return Request(p.request(req_id, name, "write", point, value, has_value=True), msg,
+                           unsigned_ok=True)
 
     def reply(self, request: Request, document: Mapping[str, object]) -> Outgoing:
         """The documented response on the request's topic with `response/` inserted."""

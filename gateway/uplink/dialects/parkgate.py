@@ -159,6 +159,10 @@ class ParkgateSession:
         """The same message for backlog and live data (the consumer sorts by seq)."""
         return self.dialect.data(device, items)
 
+    def stamp(self, out: Outgoing) -> Outgoing:
+        """As it is: nothing in the native dialect depends on the moment of sending."""
+        return out
+
     def drop_notice(self, ranges: Sequence[notices.DropRange]) -> Outgoing:
         """gateway/notices.py's payload on the notice topic."""
         d = self.dialect

@@ -142,8 +142,12 @@ class MessageIds:
 
 def request(rid: str, device: str, action: str, point: str | None = None,
             value: object = None, *, has_value: bool = False) -> dict[str, Any]:
-    """A native request document for a platform command (unsigned: platforms cannot sign
-    our way; `commands.allow_unsigned` must be on, the allow-list and limits still apply).
+    """A native request document for a platform command.
+
+    Unsigned: platforms cannot sign our way. The dialect's `commands: true` is the explicit
+    allowance, and its requests go as `Request(..., unsigned_ok=True)`: the commands path
+    asks them for no signature while native requests still need theirs; the allow-list,
+    write limits, expiry and de-duplication apply as to any request.
 
     `ts` is the arrival time: platforms do not say when a command was sent, so their
     staleness is the platform's own timeout (ThingsBoard's RPC timeout, IoTDA's 20 s).

@@ -90,7 +90,8 @@ class ThingsboardDialect:
         if not isinstance(method, str) or rpc_id is None:
             return Request({}, msg, error="the RPC has no method or id")
         return Request(p.action_request(f"tb-{device}-{rpc_id}", device, method,
-                                        data.get("params")), msg)
+                                        data.get("params")), msg,
+                       unsigned_ok=True)
 
     def reply(self, request: Request, document: Mapping[str, object]) -> Outgoing:
         """On `v1/gateway/rpc` with the RPC's device and id."""
