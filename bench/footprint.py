@@ -56,7 +56,7 @@ IMPORT_ROWS: list[tuple[str, list[str]]] = [
     ("structlog", ["structlog", "structlog.stdlib"]),
     ("PyYAML (libyaml)", ["yaml"]),
     ("gateway.config (models built)", ["gateway.config"]),
-    ("argparse + gateway.cli", ["gateway.cli", "gateway.commands"]),
+    ("argparse + gateway.cli", ["gateway.cli", "gateway.corecli"]),
     ("sqlite3", ["sqlite3"]),
     ("prometheus_client", ["prometheus_client"]),
     ("paho-mqtt + aiomqtt", ["aiomqtt"]),

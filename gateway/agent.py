@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from structlog.typing import FilteringBoundLogger
 
@@ -25,9 +25,12 @@ from gateway.driver import DriverInfo, discover_drivers
 from gateway.health import Heartbeat, HttpServer
 from gateway.metrics import Metrics
 from gateway.sdnotify import SystemdNotifier, watchdog_loop
-from gateway.supervisor import Supervisor
+from gateway.supervisor import DeviceState, Supervisor, state_document
 from gateway.tasks import cancel_and_wait
-from gateway.uplink import Uplink, UplinkState
+from gateway.uplink import Uplink, UplinkState, dialects
+
+if TYPE_CHECKING:
+    from gateway.commands.runtime import CommandRuntime
 
 
 @dataclass(slots=True)
@@ -51,11 +54,27 @@ class Agent:
         cfg = self.config
         self.buffer = Buffer(cfg.buffer, chunk_max=cfg.uplink.mqtt.batch.max_readings,
                              metrics=self.metrics, log=self.log.bind(component="buffer"))
+        commands = cfg.commands if cfg.commands.enabled else None
         self.uplink = Uplink(cfg.uplink.mqtt, cfg.gateway, self.buffer, self.metrics, self.log,
-                             drops=self.buffer, state_path=cfg.buffer.path)
+                             drops=self.buffer, state_path=cfg.buffer.path,
+                             dialect=dialects.load(cfg.uplink.mqtt, cfg.gateway,
+                                                   cfg.buffer.path, commands),
+                             session_expiry=round(commands.session_expiry) if commands else 0)
         self.supervisor = Supervisor(self.drivers, self.buffer.add, self.metrics,
                                      self.log.bind(component="supervisor"),
                                      room=self.buffer.wait_for_room)
+        if cfg.uplink.mqtt.publishes_device_state:
+            self.supervisor.on_state = self._device_state
+        self.commands: CommandRuntime | None = None
+        if commands is not None:
+            from gateway.commands.link import CommandLink  # noqa: PLC0415 - only when on
+            from gateway.commands.runtime import CommandRuntime  # noqa: PLC0415
+
+            log = self.log.bind(component="commands")
+            self.commands = CommandRuntime(commands, cfg.gateway.id, self.supervisor,
+                                           sink=self.buffer.add, metrics=self.metrics,
+                                           log=log, buffer_path=cfg.buffer.path)
+            self.uplink.set_inbound(CommandLink(self.commands, self.uplink, log).on_message)
         self.heartbeat = Heartbeat(self.metrics)
         self.http: HttpServer | None = None
         self.notifier = SystemdNotifier.from_env()
@@ -77,6 +96,11 @@ class Agent:
             "uplink_last_error": up.last_error,
             "devices": len(self.supervisor.devices),
         }
+
+    def _device_state(self, device: str, state: DeviceState) -> None:
+        """Each device's state, retained upstream when it changes (and after reconnects)."""
+        self.uplink.set_retained_state(f"device:{device}", self.uplink.dialect.device_state(
+            device, state_document(state)))
 
     def _uplink_state(self, state: UplinkState) -> None:
         if state.connected:
@@ -129,6 +153,8 @@ class Agent:
             }
             if self.http:
                 tasks["http"] = tg.create_task(self.http.serve(), name="http")
+            if self.commands is not None:  # the ledger is open before requests arrive
+                await self.commands.start([d.name for d in self.config.devices])
             uplink = tg.create_task(self.uplink.run(), name="uplink")
             self.supervisor.bind(tg)
             await self.supervisor.apply(self.config.devices)
@@ -155,6 +181,8 @@ class Agent:
                         tasks: dict[str, asyncio.Task[None]]) -> None:
         self.notifier.stopping()
         self.notifier.status("stopping: closing devices")
+        if self.commands is not None:  # commands under way end while their devices run
+            await self.commands.close(grace=min(5.0, self.config.agent.shutdown_grace))
         self.log.info("stopping: closing devices")
         await self.supervisor.stop_all()
         await self.buffer.flush()
@@ -195,7 +223,8 @@ class Agent:
             self.notifier.ready()
             return False
         old = self.config
-        ignored = [section for section in ("gateway", "buffer", "uplink", "metrics", "agent")
+        ignored = [section for section in ("gateway", "buffer", "uplink", "metrics", "agent",
+                                                "commands")
                    if getattr(new.config, section) != getattr(old, section)]
         secrets = self.loaded.secrets | new.secrets
         logs.add_secrets(secrets)  # whether or not `logging:` changed
@@ -206,6 +235,10 @@ class Agent:
                              "(systemctl restart parkgate); keeping their running values",
                              sections=ignored)
         changes = await self.supervisor.apply(new.config.devices)
+        if self.config.uplink.mqtt.publishes_device_state:
+            for name in changes["stopped"]:  # an empty state: the device is gone
+                self.uplink.set_retained_state(f"device:{name}",
+                                               self.uplink.dialect.device_state(name, {}))
         self.config = old.model_copy(update={"devices": new.config.devices,
                                              "logging": new.config.logging})
         self.loaded = LoadedConfig(self.config, path, secrets)

@@ -54,9 +54,12 @@ def build_parser(broken: list[str] | None = None, only: str | None = None
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(handler=lambda _a: print(f"parkgate {__version__}") or 0)
 
-    from gateway import commands  # noqa: PLC0415 - keeps `parkgate --help` light
+    from gateway import corecli  # noqa: PLC0415 - keeps `parkgate --help` light
 
-    commands.register(sub)
+    corecli.register(sub)
+    from gateway.commands import cli as command_cli  # noqa: PLC0415
+
+    command_cli.register(sub)
     p = sub.add_parser("ingest", help="consume the gateways' MQTT into PostgreSQL, exactly "
                                       "once per (gateway, seq) (needs parkgate[ingest])")
     p.add_argument("-c", "--config", required=True, metavar="FILE", help="ingest config file")

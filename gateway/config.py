@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from gateway.commands.config import CommandsSection
 from gateway.driver import DeviceOptions, DriverInfo, discover_drivers
 from gateway.errors import ConfigError
 from gateway.platforms import (
@@ -149,6 +150,20 @@ class MqttSection(_Section):
     tls: TlsSection = Field(default_factory=TlsSection)
     topic: str = "parkgate/{site}/{gateway}/{device}"
     status_topic: str = "parkgate/{site}/{gateway}/status"
+    device_state: bool | None = Field(
+        default=None,
+        description="Publish each device's state when it changes: native dialect, retained "
+                    "on {status_topic}/{device} (up, or down with the last error kind, since "
+                    "when); Sparkplug, DBIRTH/DDEATH; ThingsBoard, connect/disconnect; "
+                    "Aliyun, sub-device login/logout; Huawei, ONLINE/OFFLINE. Default: on "
+                    "for all but parkgate (the broker's ACL must allow those topics; a broker that "
+                    "disconnects on a refused publish would otherwise reconnect forever).")
+
+    @property
+    def publishes_device_state(self) -> bool:
+        """`device_state`, or the dialect's default."""
+        return self.device_state if self.device_state is not None else \
+            self.dialect != "parkgate"
     qos: Literal[1] = Field(default=1, description="QoS 1: at-least-once delivery.")
     dialect: str = Field(
         default="parkgate",
@@ -388,6 +403,7 @@ class Config(_Section):
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     agent: AgentSection = Field(default_factory=AgentSection)
+    commands: CommandsSection = Field(default_factory=CommandsSection)
     devices: tuple[DeviceOptions, ...] = ()
 
 
@@ -591,7 +607,8 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
 
     raw: _RawConfig | None = None
     try:
-        raw = _RawConfig.model_validate(doc)
+        # the files substituted, so a validator can name the one with a bad value in it
+        raw = _RawConfig.model_validate(doc, context={"sources": subst.sources})
     except ValidationError as exc:
         rep.add_validation(exc, (), Config)
 
@@ -600,6 +617,7 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
     if raw is not None:
         for loc, message, key in platform_problems(raw, {d.name for d in devices}):
             rep.add(loc, message, key=key)
+        _topic_collisions(raw, devices, rep)
     del doc, raw_devices  # the YAML tree and any positions go once validated
     rep.positions = rep.find_positions = None
 
@@ -610,6 +628,32 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
     config = Config.model_construct(raw.model_fields_set | {"devices"}, **sections,
                                     devices=tuple(devices))
     return LoadedConfig(config=config, path=path, secrets=frozenset(subst.secrets))
+
+
+def _topic_collisions(raw: Config, devices: list[DeviceOptions], rep: Reporter) -> None:
+    """A command, reply or device state topic that is also a device's data topic or the
+    status topic (a data template of another depth, a device named `cmd`)."""
+    site, gw = raw.gateway.site, raw.gateway.id
+    mqtt = raw.uplink.mqtt
+    status = mqtt.status_topic.format(site=site, gateway=gw)
+    taken = {status: "the status topic"}
+    for d in devices:
+        taken.setdefault(mqtt.topic.format(site=site, gateway=gw, device=d.name),
+                         f"the data topic of device '{d.name}'")
+    for d in devices if mqtt.device_state and mqtt.dialect == "parkgate" else ():
+        state = f"{status}/{d.name}"  # retained device state (the parkgate dialect)
+        if state in taken:
+            rep.add(("uplink", "mqtt", "topic"), f"{state} is both {taken[state]} and the "
+                    f"state topic of device '{d.name}' (status_topic/DEVICE): choose "
+                    "another data topic or status_topic")
+            break
+    cmds = raw.commands
+    if not cmds.enabled:
+        return
+    for key, topic in zip(("topic", "reply_topic"), cmds.topics(site, gw), strict=True):
+        if topic in taken:
+            rep.add(("commands", key), f"{topic} is also {taken[topic]}: choose another "
+                                       "topic (or rename the device)")
 
 
 def _validate_devices(raw_devices: Any, rep: Reporter,

@@ -97,6 +97,10 @@ class Metrics:
             "Drop notices (seq ranges dropped on purpose) acknowledged by the broker", registry=r)
         self.uplink_inflight = Gauge(f"{PREFIX}uplink_inflight_messages",
                                      "Publishes waiting for PUBACK", registry=r)
+        # commands (downlink)
+        self.commands = Counter(f"{PREFIX}commands", "Command requests answered, by outcome "
+                                "(device 'unknown' for requests naming no configured device)",
+                                ["device", "action", "status"], registry=r)
         # agent
         self.config_reload_failures = Counter(f"{PREFIX}config_reload_failures",
                                               "SIGHUP reloads rejected as invalid", registry=r)

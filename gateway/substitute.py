@@ -71,6 +71,8 @@ class Substituter:
         self.budget = budget
         self.problems: list[tuple[Loc, str]] = []
         self.secrets: set[str] = set()
+        self.sources: dict[Loc, list[str]] = {}
+        """The files substituted into each value, so a problem with one can name it."""
         self._files: dict[str, str | SecretFileError] = {}
 
     def __call__(self, text: str, loc: Loc) -> str:
@@ -99,6 +101,7 @@ class Substituter:
             return None
         if expr.startswith("file:"):
             name = expr[5:]
+            self.sources.setdefault(loc, []).append(name)
             cached = self._files.get(name)
             if cached is None:
                 try:

@@ -9,6 +9,8 @@ upgrade that changes them fails in CI, not silently in the field.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from typing import Any
 
 import aiomqtt
@@ -136,6 +138,25 @@ def properties(out: Outgoing, v5: bool) -> Properties | None:
         props.ContentType = out.content_type
     if out.user_properties:
         props.UserProperty = list(out.user_properties)
+    return props
+
+
+def no_delay(client: aiomqtt.Client) -> None:
+    """Turn Nagle's algorithm off on the connection's socket (paho leaves it on): a small
+    publish (a command reply, a PUBACK wait) is not held back ~40 ms for the peer's
+    delayed ACK."""
+    sock = paho_client(client).socket()
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def connect_properties(session_expiry: int) -> Properties | None:
+    """The MQTT 5 CONNECT properties: the session expiry interval when a session is kept."""
+    if not session_expiry:
+        return None
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = session_expiry
     return props
 
 

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from structlog.typing import FilteringBoundLogger
 
 from gateway.buffer.source import ChunkSource, DropSource
@@ -78,7 +79,8 @@ class Uplink:
 
     def __init__(self, cfg: MqttSection, gateway: GatewaySection, source: ChunkSource,
                  metrics: Metrics, log: FilteringBoundLogger, *, drops: DropSource,
-                 state_path: Path, dialect: Dialect | None = None) -> None:
+                 state_path: Path, dialect: Dialect | None = None,
+                 session_expiry: int = 0) -> None:
         self.cfg = cfg
         self.gw = gateway
         self.source = source
@@ -88,6 +90,10 @@ class Uplink:
         self.metrics = metrics
         self.log = log.bind(component="uplink")
         self.dialect = dialect or dialects.load(cfg, gateway, state_path)
+        self.session_expiry = session_expiry
+        """Seconds the broker keeps our session (subscriptions, queued requests) while we
+        are away; 0: a clean session on every connect. Commands ask for one (unless the
+        dialect's credentials ask for a clean session)."""
         self.brokers = [Broker.parse(u) for u in cfg.brokers]
         self.state = UplinkState()
         self.client_id = cfg.client_id or ""
@@ -143,6 +149,7 @@ class Uplink:
             tls = self._ssl
         will = session.will
         creds = session.credentials
+        keep = 0 if creds.clean else self.session_expiry  # Sparkplug wants a clean one
         client = aiomqtt.Client(
             broker.host, broker.port,
             logger=self._mqtt_log,
@@ -150,7 +157,12 @@ class Uplink:
             password=creds.password,
             identifier=creds.client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            clean_session=None if v5 else True,
+            # a kept session lets the broker queue requests on our subscriptions while
+            # we are away (answered, or expired, when we are back)
+            clean_session=None if v5 else not keep,
+            # paho takes no clean_start on 3.1.1 but its default (first connect only)
+            clean_start=False if v5 and keep else MQTT_CLEAN_START_FIRST_ONLY,
+            properties=adapter.connect_properties(keep) if v5 else None,
             will=None if will is None else aiomqtt.Will(
                 will.topic, will.payload, qos=will.qos, retain=will.retain,
                 properties=adapter.properties(will, v5)),
@@ -309,6 +321,7 @@ class Uplink:
                          session: DialectSession) -> None:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(client)  # CONNACK refusals: MqttCodeError
+            adapter.no_delay(client)
             self._max_bytes = min(self.cfg.max_message_bytes,
                                   connack.max_packet or self.cfg.max_message_bytes)
             self.log.info("uplink connected", broker=broker.url,

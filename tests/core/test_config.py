@@ -190,7 +190,7 @@ def test_check_cli_exit_codes(tmp_path: Path) -> None:
     good = ROOT / "drivers" / "sim" / "sample.yaml"
     done = _cli("check", str(good))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "OK (2 device(s): sim)" in done.stdout
+    assert "OK (3 device(s): sim)" in done.stdout
 
 
 def test_run_refuses_bad_config_cleanly(tmp_path: Path) -> None:

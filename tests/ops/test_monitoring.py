@@ -186,7 +186,8 @@ def test_dashboard_shape() -> None:
     doc = json.loads(DASHBOARD.read_text())
     titles = [p["title"] for p in doc["panels"]]
     for row in ("Fleet", "Gateway $gateway: devices", "Gateway $gateway: buffer",
-                "Gateway $gateway: uplink", "Gateway $gateway: 5G/LTE modem"):
+                "Gateway $gateway: uplink", "Gateway $gateway: 5G/LTE modem",
+                "Gateway $gateway: commands"):
         assert row in titles
     ids = [p["id"] for p in doc["panels"]]
     assert len(ids) == len(set(ids))
@@ -283,4 +284,4 @@ def test_every_metric_name_is_really_exported(exposition: tuple[str, bool], sour
                 "parkgate_poll_duration_seconds_bucket", "parkgate_buffer_readings",
                 "parkgate_buffer_oldest_age_seconds", "parkgate_buffer_dropped_total",
                 "parkgate_uplink_connected", "parkgate_uplink_publish_latency_seconds_bucket",
-                "parkgate_modem_signal_rsrp_dbm"} <= used
+                "parkgate_modem_signal_rsrp_dbm", "parkgate_commands_total"} <= used

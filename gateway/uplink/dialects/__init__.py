@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gateway.commands.config import CommandsSection
 from gateway.config import GatewaySection, MqttSection
 from gateway.uplink.dialect import Dialect
 
 
-def load(cfg: MqttSection, gateway: GatewaySection, state_path: Path | None = None) -> Dialect:
+def load(cfg: MqttSection, gateway: GatewaySection, state_path: Path | None = None,
+         commands: CommandsSection | None = None) -> Dialect:
     """The dialect `uplink.mqtt.dialect` names (validated by the config already);
-    `state_path` (the buffer's path) places what a dialect keeps beside it."""
+    `state_path` (the buffer's path) places what a dialect keeps beside it; with `commands`
+    enabled the native dialect subscribes to their topic and replies on theirs."""
     if cfg.dialect == "parkgate":
         from gateway.uplink.dialects.parkgate import ParkgateDialect  # noqa: PLC0415
 
-        return ParkgateDialect(cfg, gateway)
+        topics = (commands.topics(gateway.site, gateway.id) if commands is not None
+                  and commands.enabled else (None, None))
+        return ParkgateDialect(cfg, gateway, command_topic=topics[0], reply_topic=topics[1])
     if cfg.dialect == "sparkplug":
         # imports protobuf: only when chosen
         from gateway.uplink.dialects.sparkplug.dialect import SparkplugDialect  # noqa: PLC0415

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway import __version__, notices
 from gateway.batching import max_payload
+from gateway.commands.request import BadRequest, load_document
 from gateway.config import GatewaySection, MqttSection
 from gateway.model import now_ms
 from gateway.uplink.dialect import Request
@@ -86,10 +87,11 @@ class ParkgateDialect:
         if self.command_topic is None or msg.topic != self.command_topic:
             return None
         try:
-            doc = json.loads(msg.payload)
-        except (ValueError, UnicodeDecodeError):
-            return Request({}, msg)  # not JSON: the commands path answers it as refused
-        return Request(doc if isinstance(doc, dict) else {}, msg)
+            # bounded, no duplicate keys (the signed form would be ambiguous), no NaN
+            doc = load_document(msg.payload)
+        except BadRequest as exc:
+            return Request({}, msg, error=str(exc))  # answered refused, with the reason
+        return Request(doc, msg)
 
     def reply(self, request: Request, document: Mapping[str, object]) -> Outgoing:
         """On the request's response topic with its correlation data, else `reply_topic`."""
@@ -103,7 +105,10 @@ class ParkgateDialect:
                         if incoming.response_topic else None)
 
     def device_state(self, device: str, state: Mapping[str, object]) -> Outgoing:
-        """Retained on `{status_topic}/{device}`."""
+        """Retained on `{status_topic}/{device}`; an empty state (the device was removed
+        from the config) deletes the retained message."""
+        if not state:
+            return Outgoing(f"{self.status_topic}/{device}", b"", qos=1, retain=True)
         doc = {"v": 1, "gateway": self.gw.id, "site": self.gw.site, "device": device, **state}
         return Outgoing(f"{self.status_topic}/{device}",
                         json.dumps(doc, separators=(",", ":")).encode(), qos=1, retain=True)
