@@ -12,16 +12,13 @@ from typing import Any
 
 import pytest
 
+from gateway.commands.signing import keygen
+from tests.commands.test_e2e_modbus import REGISTERS, Plc
 from tests.platforms.support import DIALECTS, HW_GW, HW_PRODUCT, SUB_PK, PlatformCollector, section
 from tests.support import GatewayProcess, Mosquitto, base_config, wait_metric, write_config
 
 pytestmark = pytest.mark.slow
 
-# the commands path of issue 13 (branch h-cmds): until it is merged these tests skip
-e2e = pytest.importorskip("tests.commands.test_e2e_modbus",
-                          reason="needs the commands path of issue 13 (h-cmds)")
-Plc, REGISTERS = e2e.Plc, e2e.REGISTERS
-keygen = pytest.importorskip("gateway.commands.signing").keygen
 
 
 def command(dialect: str, n: int, value: float) -> tuple[str, dict[str, Any], str]:
@@ -47,8 +44,19 @@ def succeeded(dialect: str, reply: dict[str, Any]) -> bool:
     return bool(reply["result_code"] == 0)
 
 
+def device_up(dialect: str, c: PlatformCollector) -> bool:
+    """The platform was told `boiler-plc` is up (a connect, a login, an ONLINE status)."""
+    if dialect == "thingsboard":
+        return {"device": "boiler-plc"} in c.on("v1/gateway/connect")
+    if dialect == "aliyun":
+        return any(d["params"]["deviceName"] == "boiler-plc" for d in c.on("/combine/login"))
+    return any(s.get("paras", {}).get("device_statuses") ==
+               [{"device_id": f"{HW_PRODUCT}_boiler-plc", "status": "ONLINE"}]
+               for d in c.on("/sys/events/up") for s in d["services"])
+
+
 @pytest.fixture
-def plc() -> Iterator[Any]:
+def plc() -> Iterator[Plc]:
     p = Plc()
     yield p
     p.close()
@@ -56,7 +64,7 @@ def plc() -> Iterator[Any]:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_platform_write_reaches_the_device_and_out_of_limits_does_not(
-        dialect: str, tmp_path: Path, broker: Mosquitto, plc: Any) -> None:
+        dialect: str, tmp_path: Path, broker: Mosquitto, plc: Plc) -> None:
     device = {"name": "boiler-plc", "driver": "modbus", "interval": "1h", "unit": 1,
               "transport": {"type": "tcp", "host": "127.0.0.1", "port": plc.port},
               "registers": REGISTERS}
@@ -73,6 +81,8 @@ def test_platform_write_reaches_the_device_and_out_of_limits_does_not(
         c.ready()
         wait_metric(cfg["metrics"]["listen"], "parkgate_uplink_connected", lambda v: v == 1, 30)
         time.sleep(0.5)  # subscribed right after CONNACK; margin for the SUBACK
+        # the device's state reaches the platform its own way once the device is up
+        assert c.wait_for(lambda c: device_up(dialect, c), 20), gw.output()[-3000:]
         replies = []
         for n, value in ((1, 21.5), (2, 95.0)):  # in limits, then above max 80
             topic, doc, reply_topic = command(dialect, n, value)
