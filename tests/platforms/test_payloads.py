@@ -248,3 +248,9 @@ def test_huawei_does_not_report_a_down_device_online_on_connect() -> None:
     (online,) = [e["paras"]["device_statuses"] for e in events
                  if e["event_type"] == "sub_device_update_status"]
     assert online == [{"device_id": f"{HW_PRODUCT}_meter-1", "status": "ONLINE"}]
+
+
+def test_thingsboard_access_token_is_the_username_without_password() -> None:
+    creds = dialect("thingsboard", []).open("mqtts://tb:8883", "pg-1").credentials
+    assert (creds.client_id, creds.username, creds.password) == (
+        "pg-1", "s3cret-device-key", None)
