@@ -32,6 +32,13 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from gateway.commands.config import CommandsSection
 from gateway.driver import DeviceOptions, DriverInfo, discover_drivers
 from gateway.errors import ConfigError
+from gateway.platforms import (
+    PLATFORM_DIALECTS,
+    AliyunSection,
+    HuaweiSection,
+    ThingsboardSection,
+    platform_problems,
+)
 from gateway.redact import Masker
 from gateway.substitute import Substituter
 from gateway.units import Duration, Size
@@ -86,7 +93,7 @@ class BatchSection(_Section):
     max_delay: Duration = Field(default=1.0, ge=0.0, le=60.0)
 
 
-DIALECTS = ("parkgate", "sparkplug")
+DIALECTS = ("parkgate", "sparkplug", *PLATFORM_DIALECTS)
 """Values of `uplink.mqtt.dialect` (gateway/uplink/dialects/)."""
 
 
@@ -147,8 +154,9 @@ class MqttSection(_Section):
         default=None,
         description="Publish each device's state when it changes: native dialect, retained "
                     "on {status_topic}/{device} (up, or down with the last error kind, since "
-                    "when); Sparkplug, DBIRTH/DDEATH. Default: on for sparkplug, off for "
-                    "parkgate (the broker's ACL must allow those topics; a broker that "
+                    "when); Sparkplug, DBIRTH/DDEATH; ThingsBoard, connect/disconnect; "
+                    "Aliyun, sub-device login/logout; Huawei, ONLINE/OFFLINE. Default: on "
+                    "for all but parkgate (the broker's ACL must allow those topics; a broker that "
                     "disconnects on a refused publish would otherwise reconnect forever).")
 
     @property
@@ -159,9 +167,13 @@ class MqttSection(_Section):
     qos: Literal[1] = Field(default=1, description="QoS 1: at-least-once delivery.")
     dialect: str = Field(
         default="parkgate",
-        description="What goes on the wire: parkgate (the native JSON) or sparkplug "
-                    "(Sparkplug B 3.0, keys under uplink.mqtt.sparkplug).")
+        description="What goes on the wire: parkgate (the native JSON), sparkplug "
+                    "(Sparkplug B 3.0), thingsboard, aliyun or huawei (each with its "
+                    "keys under its own name).")
     sparkplug: SparkplugSection | None = None
+    thingsboard: ThingsboardSection | None = None
+    aliyun: AliyunSection | None = None
+    huawei: HuaweiSection | None = None
     batch: BatchSection = Field(default_factory=BatchSection)
     max_message_bytes: Size = Field(
         default=128_000, ge=512, le=268_435_455,
@@ -202,8 +214,7 @@ class MqttSection(_Section):
     def _dialect(cls, name: str) -> str:
         if name not in DIALECTS:
             raise ValueError(f"unknown dialect {name!r}: this version speaks "
-                             f"{', '.join(DIALECTS)} (thingsboard, aliyun and huawei are "
-                             "planned, not yet available)")
+                             f"{', '.join(DIALECTS)}")
         return name
 
     @field_validator("topic", "status_topic")
@@ -226,6 +237,24 @@ class MqttSection(_Section):
         return self
 
     @model_validator(mode="after")
+    def _platform(self) -> MqttSection:
+        for name in PLATFORM_DIALECTS:
+            given = getattr(self, name) is not None
+            if name == self.dialect and not given:
+                raise _error((name,), f"dialect {name} needs its keys under "
+                             f"uplink.mqtt.{name} (see config/{name}.example.yaml)")
+            if given and name != self.dialect:
+                raise _error((name,), f"{name}: is set but the dialect is {self.dialect}: "
+                             f"set dialect: {name}, or remove {name}:")
+        if self.dialect in PLATFORM_DIALECTS:
+            for key in ("username", "password"):
+                if key in self.model_fields_set:
+                    raise _error((key,), f"dialect {self.dialect} signs its own "
+                                 f"credentials from uplink.mqtt.{self.dialect}: remove "
+                                 f"{key}")
+        return self
+
+    @model_validator(mode="after")
     def _plaintext(self) -> MqttSection:
         plain = [url for url in self.brokers if url.startswith("mqtt://")]
         if not plain:
@@ -236,6 +265,11 @@ class MqttSection(_Section):
                          "used and the password and readings would go unencrypted: write "
                          "mqtts://HOST:8883 (or remove tls:)")
         remote = [url for url in plain if not _loopback(url)]
+        if self.thingsboard is not None and remote and not self.allow_plaintext_password:
+            raise _error(("thingsboard", "access_token"),
+                         f"the access token would go unencrypted to {remote[0]}: use "
+                         "mqtts://, or set allow_plaintext_password: true if the network "
+                         "path is trusted")
         if self.password is not None and remote and not self.allow_plaintext_password:
             raise _error(("password",),
                          f"the password would go unencrypted to {remote[0]}: use "
@@ -581,6 +615,8 @@ def parse_config(text: str, path: Path, drivers: Mapping[str, DriverInfo] | None
     raw_devices = doc.get("devices", [])
     devices = _validate_devices(raw_devices, rep, drivers)
     if raw is not None:
+        for loc, message, key in platform_problems(raw, {d.name for d in devices}):
+            rep.add(loc, message, key=key)
         _topic_collisions(raw, devices, rep)
     del doc, raw_devices  # the YAML tree and any positions go once validated
     rep.positions = rep.find_positions = None

@@ -326,7 +326,8 @@ class Uplink:
                                   connack.max_packet or self.cfg.max_message_bytes)
             self.log.info("uplink connected", broker=broker.url,
                           protocol=self.cfg.protocol, tls=broker.tls,
-                          max_message_bytes=self._max_bytes, client_id=self.client_id)
+                          max_message_bytes=self._max_bytes,
+                          client_id=session.credentials.client_id)  # as sent (platforms sign)
             self._set_connected(broker)
             for sub in session.subscriptions():  # before anything is published
                 await client.subscribe(sub.topic, qos=sub.qos,

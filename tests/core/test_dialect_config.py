@@ -1,5 +1,6 @@
 """`uplink.mqtt.dialect`: parkgate by default; sparkplug with its keys (tests/core/
-test_sparkplug_config.py); anything else refused with its line."""
+test_sparkplug_config.py), the platforms with theirs (tests/platforms/test_config.py);
+anything else refused with its line."""
 
 from __future__ import annotations
 
@@ -36,5 +37,4 @@ def test_parkgate_passes_check_and_the_others_name_their_line(tmp_path: Path,
         return
     assert (ran.code, ran.lines()) == (2, [
         f"{path}:6:14: uplink.mqtt.dialect: unknown dialect {name!r}: this version speaks "
-        "parkgate, sparkplug (thingsboard, aliyun and huawei are planned, not yet "
-        "available)"]), ran
+        "parkgate, sparkplug, thingsboard, aliyun, huawei"]), ran

@@ -25,4 +25,16 @@ def load(cfg: MqttSection, gateway: GatewaySection, state_path: Path | None = No
         from gateway.uplink.dialects.sparkplug.dialect import SparkplugDialect  # noqa: PLC0415
 
         return SparkplugDialect(cfg, gateway, state_path)
+    if cfg.dialect == "thingsboard":
+        from gateway.uplink.dialects.thingsboard import ThingsboardDialect  # noqa: PLC0415
+
+        return ThingsboardDialect(cfg, gateway)
+    if cfg.dialect == "aliyun":
+        from gateway.uplink.dialects.aliyun import AliyunDialect  # noqa: PLC0415
+
+        return AliyunDialect(cfg, gateway)
+    if cfg.dialect == "huawei":
+        from gateway.uplink.dialects.huawei import HuaweiDialect  # noqa: PLC0415
+
+        return HuaweiDialect(cfg, gateway)
     raise ValueError(f"unknown dialect {cfg.dialect!r}")
