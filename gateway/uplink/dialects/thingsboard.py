@@ -51,6 +51,7 @@ class ThingsboardDialect:
     """The ThingsBoard gateway API."""
 
     name = "thingsboard"
+    credentials_hint = "check uplink.mqtt.thingsboard.access_token (the MQTT username)"
 
     def __init__(self, cfg: MqttSection, gateway: GatewaySection) -> None:
         assert cfg.thingsboard is not None  # the config requires it for this dialect
