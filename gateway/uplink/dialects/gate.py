@@ -40,6 +40,7 @@ class ReplyGate:
         self.refused: dict[str, str] = {}
         """Device -> why the platform refused it (held for this connection)."""
         self.deadline = 0.0
+        self._withheld: frozenset[str] = frozenset()  # asked for every batch: kept, not built
 
     def expect(self, rid: str, names: Iterable[str]) -> None:
         """A request `rid` for `names` goes out now; data waits for its answer."""
@@ -65,6 +66,7 @@ class ReplyGate:
                                "next connect, or when the device comes up again)",
                                device=name, reason=error)
             self.refused[name] = error
+        self._withheld = frozenset(self.refused)
 
     def ready(self) -> bool:
         """True once every request was answered, or `timeout` s after the first."""
@@ -74,9 +76,9 @@ class ReplyGate:
             late = sorted({n for ns in self.pending.values() for n in ns})
             self.log.warning(f"{self.platform} did not answer the {self.request} within "
                              f"{self.timeout:g} s: the sub-devices' readings go anyway; if "
-                             "the platform has not let them in, it refuses those readings "
-                             "in its reply (the broker's PUBACK still comes) and they are "
-                             "lost. Check that the gateway may subscribe to the reply topic",
+                             "the platform has not let them in yet, it throws those readings "
+                             "away after the broker's PUBACK and they are lost. Check that "
+                             "the gateway may subscribe to the platform's answer topic",
                              devices=late[:20], count=len(late))
             self.pending.clear()
             return True
@@ -84,4 +86,4 @@ class ReplyGate:
 
     def withheld(self) -> frozenset[str]:
         """Devices whose data must wait: the platform refused their request."""
-        return frozenset(self.refused)
+        return self._withheld
