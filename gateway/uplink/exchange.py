@@ -136,7 +136,8 @@ class RetainedStates:
                                          topic=out.topic, reason=refusal)
                 if self._dirty:  # not ready: looked at again on a message, or each second
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), NOT_READY_S)
+                        async with asyncio.timeout(NOT_READY_S):  # never swallows a cancel
+                            await self._changed.wait()
                 else:
                     await self._changed.wait()
         except (aiomqtt.MqttError, OSError, TimeoutError):

@@ -319,7 +319,8 @@ class Uplink:
                 while not session.ready():  # Sparkplug: no NDATA before NBIRTH
                     looked.clear()  # looked at again on a message, or each second (a timeout)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(looked.wait(), NOT_READY_S)
+                        async with asyncio.timeout(NOT_READY_S):  # never swallows a cancel
+                            await looked.wait()
                 return await publisher.send(Outgoing(topic, payload, qos=1))
 
             tasks = [
