@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from gateway.units import Duration
+
 if TYPE_CHECKING:
     from gateway.config import Config
     from gateway.yamlpos import Loc
@@ -73,6 +75,10 @@ class AliyunSection(_Section):
     sub_devices: dict[str, AliyunSubDevice] = Field(default_factory=dict, description=(
         "parkgate device name -> its sub-device; devices not listed report as the "
         "gateway's own properties."))
+    login_timeout: Duration = Field(default=10.0, gt=0, le=300.0, description=(
+        "How long data waits after connecting for the platform's answer to the "
+        "sub-devices' login (properties posted before it are refused in the reply topic "
+        "and lost); without an answer by then data goes anyway, with a warning."))
     commands: bool = Field(default=False, description=(
         "Carry out thing/service/property/set and service calls (write, read, poll, "
         "sync_time) through the commands path (needs commands.enabled; unsigned: this "
@@ -127,6 +133,10 @@ class HuaweiSection(_Section):
     add_sub_devices: bool = Field(default=True, description=(
         "Ask the platform to add the sub-devices on every connect (add_sub_device_request; "
         "already added ones are answered as such)."))
+    add_timeout: Duration = Field(default=10.0, gt=0, le=300.0, description=(
+        "How long data waits after connecting for the platform's answer to "
+        "add_sub_device_request (reports of a sub-device not yet added are dropped); "
+        "without an answer by then data goes anyway, with a warning."))
     commands: bool = Field(default=False, description=(
         "Carry out platform commands and property sets through the commands path (needs "
         "commands.enabled; unsigned: this is the allowance)."))

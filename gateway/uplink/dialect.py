@@ -19,7 +19,8 @@ Order on every connect, which the uplink guarantees:
 2. SUBSCRIBE to `session.subscriptions()` (QoS as given) before anything is published;
 3. publish `session.announce()` in order (QoS 1, each awaited);
 4. data (`frame`), drop notices and replies, while `session.ready()` (data waits while it
-   is False; the uplink looks again after every incoming message);
+   is False; the uplink looks again after every incoming message and every second while
+   something waits); data of a device in `session.withheld()` stays in the buffer;
 5. every message goes through `session.stamp()` just before the MQTT client gets it.
 Every incoming message goes to `session.observe()` first (session control: Sparkplug STATE,
 rebirth requests); its returned messages are published; then to the uplink's inbound handler.
@@ -89,6 +90,11 @@ class DialectSession(Protocol):
         """Whether data may be published now (Sparkplug: the primary host is online)."""
         ...
 
+    def withheld(self) -> frozenset[str]:
+        """Devices whose data must wait although the session is ready (Aliyun: a
+        sub-device whose login the platform refused); usually empty."""
+        ...
+
     def topic(self, device: str) -> str:
         """The data topic of a device."""
         ...
@@ -131,6 +137,8 @@ class Dialect(Protocol):
     """A wire format: opens per-connection sessions, decodes requests, encodes replies."""
 
     name: str
+    credentials_hint: str
+    """What to check when the broker refuses our credentials (the dialect's config keys)."""
 
     def open(self, broker: str, client_id: str) -> DialectSession:
         """State for one connection to `broker` (its URL); `client_id` is the configured or

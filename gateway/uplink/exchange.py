@@ -14,6 +14,7 @@ it changes and again after every reconnect, so a consumer that subscribes late s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -23,6 +24,7 @@ from structlog.typing import FilteringBoundLogger
 from gateway.uplink import adapter
 from gateway.uplink.dialect import DialectSession
 from gateway.uplink.messages import Incoming, Outgoing
+from gateway.uplink.scheduler import NOT_READY_S
 
 INBOUND_QUEUE = 256
 """Incoming messages waiting for the handler before newer ones are dropped."""
@@ -132,6 +134,11 @@ class RetainedStates:
                         self.log.warning("broker refused a retained state message; sent "
                                          "again when it changes or after a reconnect",
                                          topic=out.topic, reason=refusal)
-                await self._changed.wait()
+                if self._dirty:  # not ready: looked at again on a message, or each second
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(NOT_READY_S):  # never swallows a cancel
+                            await self._changed.wait()
+                else:
+                    await self._changed.wait()
         except (aiomqtt.MqttError, OSError, TimeoutError):
             return  # the connection ended: everything goes again on the next one

@@ -16,8 +16,9 @@ chunks stop short of it, a larger chunk goes in parts (acknowledged in the buffe
 every part is), and a reading that cannot fit on its own is dropped and counted, never
 retried.
 
-Refused devices: a chunk of a held device is dropped from its stream (it stays in the
-buffer) and the device is marked skipped. When the hold ends, a stream of that device
+Refused devices: a chunk of a held device, or of a device the session withholds (a
+platform that refused its login), is dropped from its stream (it stays in the buffer) and
+the device is marked skipped. When the hold ends, a stream of that device
 alone re-reads the buffer below the live cursor, and the other streams leave the device's
 chunks below that point to it, so each chunk is still sent once per connection. Holds
 outlast connections (the uplink keeps them).
@@ -42,8 +43,9 @@ every 5 minutes: an ACL fix shows within minutes, a permanent refusal costs one 
 device per 5 minutes."""
 
 NOT_READY_S = 1.0
-"""How often the scheduler looks again while the session is not ready (Sparkplug: no
-primary host); the uplink also wakes it after every incoming message."""
+"""How often the scheduler, drop notices and retained states look again while the session
+is not ready (Sparkplug: no primary host; a platform's timed fallback); the uplink also
+wakes them after every incoming message."""
 
 MIN_FETCH = 16
 """Chunks read from the source at once: twice the window, at least this many. Chunks can
@@ -206,7 +208,11 @@ class Scheduler:
     def release_holds(self, now: float) -> float | None:
         """Re-read the chunks of devices whose hold ended; seconds until the next one ends."""
         next_in: float | None = None
+        withheld = self.session.withheld()
         for device in list(self.skipped):
+            if device in withheld:  # the session says when: looked at again each second
+                next_in = NOT_READY_S if next_in is None else min(next_in, NOT_READY_S)
+                continue
             hold = self.holds.get(device)
             if hold is not None and now < hold.until:
                 left = hold.until - now
@@ -266,10 +272,11 @@ class Scheduler:
                 await self._refill(stream)
             pending = stream.pending
             skip = 0
-            if self.holds or self.retry_below:
+            withheld = self.session.withheld()
+            if self.holds or self.retry_below or withheld:
                 while skip < len(pending):
                     c = pending[skip]
-                    if self._held(c.device, now):
+                    if self._held(c.device, now) or c.device in withheld:
                         self.skipped.add(c.device)  # stays in the buffer for a re-read
                     elif self._mine(stream, c):
                         break

@@ -50,7 +50,6 @@ from pathlib import Path
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from structlog.typing import FilteringBoundLogger
 
 from gateway.buffer.source import ChunkSource, DropSource
@@ -62,11 +61,12 @@ from gateway.session import QuickLosses, default_client_id, install_suffix, take
 from gateway.tasks import honour_cancellation
 from gateway.uplink import adapter, dialects
 from gateway.uplink.brokers import AUTH_CODES, Broker, LastError, tls_context
+from gateway.uplink.client import mqtt_client
 from gateway.uplink.dialect import Dialect, DialectSession
-from gateway.uplink.exchange import INBOUND_QUEUE, Handler, Inbound, RetainedStates
+from gateway.uplink.exchange import Handler, Inbound, RetainedStates
 from gateway.uplink.messages import Outgoing
 from gateway.uplink.publisher import OversizeWatch, Publisher
-from gateway.uplink.scheduler import Hold, Limits, Scheduler
+from gateway.uplink.scheduler import NOT_READY_S, Hold, Limits, Scheduler
 from gateway.uplink.state import UplinkState
 
 
@@ -141,42 +141,10 @@ class Uplink:
 
     # -- connection --------------------------------------------------------------------------
     def _client(self, broker: Broker, session: DialectSession) -> aiomqtt.Client:
-        v5 = self.cfg.protocol == "5"
-        tls = None
-        if broker.tls:
-            if self._ssl is None:
-                self._ssl = tls_context(self.cfg)
-            tls = self._ssl
-        will = session.will
-        creds = session.credentials
-        keep = 0 if creds.clean else self.session_expiry  # Sparkplug wants a clean one
-        client = aiomqtt.Client(
-            broker.host, broker.port,
-            logger=self._mqtt_log,
-            username=creds.username,
-            password=creds.password,
-            identifier=creds.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            # a kept session lets the broker queue requests on our subscriptions while
-            # we are away (answered, or expired, when we are back)
-            clean_session=None if v5 else not keep,
-            # paho takes no clean_start on 3.1.1 but its default (first connect only)
-            clean_start=False if v5 and keep else MQTT_CLEAN_START_FIRST_ONLY,
-            properties=adapter.connect_properties(keep) if v5 else None,
-            will=None if will is None else aiomqtt.Will(
-                will.topic, will.payload, qos=will.qos, retain=will.retain,
-                properties=adapter.properties(will, v5)),
-            keepalive=int(self.cfg.keepalive),
-            timeout=self.cfg.connect_timeout,
-            tls_context=tls,
-            tls_insecure=(not self.cfg.tls.verify) if broker.tls else None,
-            max_inflight_messages=self.cfg.window,
-            max_queued_incoming_messages=INBOUND_QUEUE,
-            max_queued_outgoing_messages=self.cfg.window * 2,
-        )
-        # a full window of publishes awaiting PUBACK is normal here, not worth a warning
-        client.pending_calls_threshold = self.cfg.window * 2 + 10
-        return client
+        if broker.tls and self._ssl is None:
+            self._ssl = tls_context(self.cfg)
+        return mqtt_client(self.cfg, broker, session, tls=self._ssl if broker.tls else None,
+                           logger=self._mqtt_log, session_expiry=self.session_expiry)
 
     async def run(self) -> None:
         """Connect, publish, fail over and reconnect until cancelled (policy: module doc)."""
@@ -228,9 +196,8 @@ class Uplink:
             code = int(exc.rc) if isinstance(exc.rc, int) else int(getattr(exc.rc, "value", 0))
             if code in AUTH_CODES:
                 reason = "auth"
-                self.log.error("broker refused our credentials: check uplink.mqtt.username"
-                               " and password; readings stay in the buffer",
-                               broker=broker.url, code=code)
+                self.log.error(f"broker refused our credentials: {self.dialect.credentials_hint};"
+                               " readings stay in the buffer", broker=broker.url, code=code)
                 delay = reconnect.refused_credentials()
             else:
                 reason = "refused"
@@ -350,8 +317,10 @@ class Uplink:
 
             async def publish_notice(topic: str, payload: bytes) -> str | None:
                 while not session.ready():  # Sparkplug: no NDATA before NBIRTH
-                    looked.clear()
-                    await looked.wait()
+                    looked.clear()  # looked at again on a message, or each second (a timeout)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(NOT_READY_S):  # never swallows a cancel
+                            await looked.wait()
                 return await publisher.send(Outgoing(topic, payload, qos=1))
 
             tasks = [

@@ -235,3 +235,38 @@ async def test_nothing_goes_while_not_ready_and_what_waited_is_backlog() -> None
     msg, _ = await sched.next(0.0)
     assert msg is not None and msg.stream is sched.backlog and msg.firsts == [1, 6]
     assert s.historical == [True]
+
+
+class Withholding(Recording):
+    """A session that withholds devices (a platform refused their login)."""
+
+    held: frozenset[str] = frozenset()
+
+    def withheld(self) -> frozenset[str]:
+        return self.held
+
+
+async def test_a_withheld_device_waits_in_the_buffer_until_the_session_lets_it_go() -> None:
+    src = MemorySource(chunk_max=10)
+    src.store(readings(5, "refused"), accepted_ms=T0 - 60_000)
+    src.store(readings(5, "ok", 5), accepted_ms=T0 - 60_000)
+    mqtt = MqttSection.model_validate({"brokers": ["mqtt://127.0.0.1"]})
+    dialect = ParkgateDialect(mqtt, GatewaySection(id="g", site="s"))
+    s = Withholding(dialect, "mqtt://127.0.0.1",
+                    dialect.open("mqtt://127.0.0.1", "t").credentials)
+    s.historical, s.held = [], frozenset({"refused"})
+    limits = Limits(window=4, live_share=0.25, max_readings=500, max_delay=1.0,
+                    max_packet=128_000, v5=True)
+    sched = Scheduler(src, s, limits, {}, boundary=src.next_seq, clock_ms=Clock())
+    msg, _ = await sched.next(0.0)
+    assert msg is not None and msg.device == "ok"
+    sched.started(msg)
+    msg, _ = await sched.next(0.0)
+    assert msg is None and sched.skipped == {"refused"}
+    assert sched.release_holds(1.0) == 1.0  # still withheld: looked at again in a second
+    msg, _ = await sched.next(1.0)
+    assert msg is None
+    s.held = frozenset()  # a later login succeeded
+    assert sched.release_holds(2.0) is None and not sched.skipped
+    msg, _ = await sched.next(2.0)
+    assert msg is not None and msg.device == "refused" and msg.firsts == [1]

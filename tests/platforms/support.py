@@ -80,11 +80,41 @@ def parse(dialect: str, topic: str, doc: Any) -> list[tuple[Key, object]]:
     return out
 
 
-class PlatformCollector:
-    """Subscribes to a platform's topics; keeps every message and the readings in them."""
+def answer(dialect: str, topic: str, doc: Any, code: int = 200) -> tuple[str, Any] | None:
+    """What the platform answers to a sub-device login (Aliyun) or add (Huawei), as its
+    pages show it: (topic, payload), or None for other messages."""
+    if dialect == "aliyun" and topic.endswith(("/combine/login", "/combine/batch_login")):
+        params = doc["params"]
+        devices = params.get("deviceList", [params])
+        data = [{"productKey": d["productKey"], "deviceName": d["deviceName"]}
+                for d in devices]
+        body: dict[str, Any] = {"id": doc["id"], "code": code,
+                                "message": "success" if code == 200 else "device forbidden",
+                                "data": data if "deviceList" in params else data[0]}
+        return topic + "_reply", body
+    if dialect == "huawei" and topic.endswith("/sys/events/up"):
+        svc = doc["services"][0]
+        if svc["event_type"] != "add_sub_device_request":
+            return None
+        added = [{"node_id": d["node_id"], "product_id": d["product_id"],
+                  "device_id": f"{d['product_id']}_{d['node_id']}"}
+                 for d in svc["paras"]["devices"]]
+        return topic[:-len("up")] + "down", {"object_device_id": doc["object_device_id"],
+                                             "services": [{
+            "service_id": "$sub_device_manager", "event_type": "add_sub_device_response",
+            "event_time": svc["event_time"],
+            "paras": {"successful_devices": added, "failed_devices": []}}]}
+    return None
 
-    def __init__(self, port: int, dialect: str, *, persistent: bool = False) -> None:
+
+class PlatformCollector:
+    """Subscribes to a platform's topics; keeps every message and the readings in them;
+    answers sub-device logins and adds as the platform does (unless `answers` is False)."""
+
+    def __init__(self, port: int, dialect: str, *, persistent: bool = False,
+                 answers: bool = True) -> None:
         self.dialect = dialect
+        self.answers = answers
         self.messages: list[tuple[str, Any, int]] = []
         self.seen: dict[Key, object] = {}
         self.deliveries = 0
@@ -102,6 +132,8 @@ class PlatformCollector:
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
         doc = json.loads(msg.payload)
         found = parse(self.dialect, msg.topic, doc)
+        if self.answers and (reply := answer(self.dialect, msg.topic, doc)) is not None:
+            self.client.publish(reply[0], json.dumps(reply[1]), qos=0)
         with self._cond:
             self.messages.append((msg.topic, doc, len(msg.payload)))
             for key, value in found:

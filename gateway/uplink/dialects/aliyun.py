@@ -19,6 +19,13 @@ of a metric sampled several times go in successive messages. Devices that are no
 sub-devices report as the gateway's own properties (`thing/event/property/post`). A device
 that goes down is logged out; readings it left in the buffer are sent between a login and a
 logout, so it still shows offline afterwards.
+
+The platform answers a login on `combine/login_reply` or `combine/batch_login_reply`
+(`{"id", "code": 200, "message", "data"}`; a batch succeeds or fails as a whole, `data`
+naming the devices), not in the PUBACK, and refuses properties of a sub-device it has not
+logged in yet in the post's own reply: data waits for the login replies of the connection
+(gateway/uplink/dialects/gate.py), at most `aliyun.login_timeout` seconds, and a device
+whose login was refused keeps its readings in the buffer.
 """
 
 from __future__ import annotations
@@ -26,13 +33,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gateway import notices
+from gateway import logs, notices
 from gateway.config import GatewaySection, MqttSection
 from gateway.model import now_ms
 from gateway.platforms import AliyunSection
 from gateway.uplink.dialect import Request
 from gateway.uplink.dialects import platform as p
 from gateway.uplink.dialects.aliyun_auth import Triple, connect
+from gateway.uplink.dialects.gate import ReplyGate
 from gateway.uplink.messages import Credentials, Incoming, Outgoing, Subscription
 
 TOPO_BATCH = 30
@@ -49,6 +57,8 @@ class AliyunDialect:
     """Alink JSON for a gateway and its sub-devices."""
 
     name = "aliyun"
+    credentials_hint = ("check uplink.mqtt.aliyun.product_key, device_name and device_secret "
+                        "(and the clock: the signature carries a timestamp)")
 
     def __init__(self, cfg: MqttSection, gateway: GatewaySection) -> None:
         assert cfg.aliyun is not None  # the config requires it for this dialect
@@ -119,13 +129,33 @@ class AliyunDialect:
 
     def login(self, names: Sequence[str]) -> Outgoing:
         """Logs sub-devices in (one: combine/login; several: combine/batch_login), QoS 0."""
+        return self.login_request(names)[1]
+
+    def login_request(self, names: Sequence[str]) -> tuple[str, Outgoing]:
+        """The login of `names` and its message id (the reply carries it)."""
+        rid = self.ids.next()
         signed = [{**self.sign_params(n), "signMethod": self.ali.sign_method,
                    "cleanSession": "true"} for n in names]
         if len(signed) == 1:
-            return Outgoing(f"{self.session}/combine/login",
-                            p.dumps({"id": self.ids.next(), "params": signed[0]}), qos=0)
-        return Outgoing(f"{self.session}/combine/batch_login", p.dumps(
-            {"id": self.ids.next(), "params": {"deviceList": signed}}), qos=0)
+            return rid, Outgoing(f"{self.session}/combine/login",
+                                 p.dumps({"id": rid, "params": signed[0]}), qos=0)
+        return rid, Outgoing(f"{self.session}/combine/batch_login", p.dumps(
+            {"id": rid, "params": {"deviceList": signed}}), qos=0)
+
+    def login_reply(self, msg: Incoming) -> tuple[str | None, list[str], str | None] | None:
+        """A login reply's (id, devices it names, why it refused them or None), or None
+        when `msg` is not one."""
+        if msg.topic not in (f"{self.session}/combine/login_reply",
+                             f"{self.session}/combine/batch_login_reply"):
+            return None
+        doc = p.json_object(msg) or {}
+        data = doc.get("data")
+        listed = data if isinstance(data, list) else [data] if isinstance(data, dict) else []
+        names = [n for x in listed if isinstance(x, dict) and (n := self.by_identity.get(
+            (str(x.get("productKey")), str(x.get("deviceName"))))) is not None]
+        rid, code = doc.get("id"), doc.get("code")
+        error = None if code == 200 else f"code {code}: {doc.get('message') or 'no message'}"
+        return (None if rid is None else str(rid)), names, error
 
     def logout(self, name: str) -> Outgoing:
         """Logs a sub-device out, QoS 0."""
@@ -192,22 +222,45 @@ class AliyunSession(p.PlatformSession):
     def __init__(self, dialect: AliyunDialect, broker: str, credentials: Credentials) -> None:
         super().__init__(dialect, broker, credentials)
         self.dialect = dialect
+        self.gate = ReplyGate("Alibaba Cloud IoT", "sub-device login (combine/batch_login)",
+                              dialect.ali.login_timeout, logs.get_logger(component="aliyun"))
 
     def subscriptions(self) -> Sequence[Subscription]:
-        """Each sub-device's services (property set and calls) when commands are on."""
+        """The login replies (QoS 0, as the logins); each sub-device's services (property
+        set and calls) when commands are on."""
         d = self.dialect
+        out = [Subscription(f"{d.session}/combine/{r}", 0)
+               for r in ("login_reply", "batch_login_reply")] if d.subs else []
         if not d.ali.commands:
-            return []
-        return [Subscription(f"/sys/{t.product_key}/{t.device_name}/thing/service/#", 1)
-                for t in d.subs.values()]
+            return out
+        return out + [Subscription(f"/sys/{t.product_key}/{t.device_name}/thing/service/#", 1)
+                      for t in d.subs.values()]
 
     def announce(self) -> Sequence[Outgoing]:
-        """topo/add in batches of 30, then logins in batches of 50 (devices not down)."""
+        """topo/add in batches of 30, then logins in batches of 50 (devices not down);
+        data waits for the logins' replies."""
         d = self.dialect
         names = list(d.subs)
         out = [d.topo_add(batch) for batch in p.batches(names, TOPO_BATCH)]
-        up = [n for n in names if n not in d.down]
-        return out + [d.login(batch) for batch in p.batches(up, LOGIN_BATCH)]
+        for batch in p.batches([n for n in names if n not in d.down], LOGIN_BATCH):
+            rid, login = d.login_request(batch)
+            self.gate.expect(rid, batch)
+            out.append(login)
+        return out
+
+    def observe(self, msg: Incoming) -> Sequence[Outgoing]:
+        """Login replies open the gate (or keep a refused device's data held)."""
+        if (reply := self.dialect.login_reply(msg)) is not None:
+            self.gate.answered(*reply)
+        return ()
+
+    def ready(self) -> bool:
+        """Once the platform answered this connection's logins (or did not in time)."""
+        return self.gate.ready()
+
+    def withheld(self) -> frozenset[str]:
+        """Sub-devices whose login the platform refused."""
+        return self.gate.withheld()
 
     def frame(self, device: str, items: bytes, historical: bool) -> list[Outgoing]:
         """Property messages; between a login and a logout for a device that is down."""

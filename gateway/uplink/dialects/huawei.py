@@ -15,6 +15,15 @@ Pages (the signing is in gateway/uplink/dialects/huawei_auth.py):
   and property sets (`.../sys/properties/set/request_id={id}`, answered with
   `{"result_code", "result_desc"}`).
 
+The add is answered by the `add_sub_device_response` event on `$oc/devices/{gw}/sys/events/down`
+(`successful_devices`, `failed_devices` with `node_id`); reports of a sub-device the platform
+has not added yet are dropped without a word (no PUBACK failure, no reply), so on a connect
+that adds sub-devices data waits for the responses naming them (gateway/uplink/dialects/
+gate.py), at most `huawei.add_timeout` seconds. A failed add does not hold data back: a
+sub-device added before is answered in `failed_devices` too, and its reports are taken. The
+ONLINE status is not waited for: reports of an existing sub-device are not dropped for its
+status.
+
 Each message carries one sub-device here (a refused device is held back alone), its
 readings grouped by time into `services` entries of `service_id`. Devices that are not
 sub-devices report as the gateway's own properties (`$oc/devices/{gw}/sys/properties/report`).
@@ -26,12 +35,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gateway import notices
+from gateway import logs, notices
 from gateway.config import GatewaySection, MqttSection
 from gateway.model import now_ms
 from gateway.platforms import HuaweiSection
 from gateway.uplink.dialect import Request
 from gateway.uplink.dialects import platform as p
+from gateway.uplink.dialects.gate import ReplyGate
 from gateway.uplink.dialects.huawei_auth import connect, timestamp
 from gateway.uplink.messages import Credentials, Incoming, Outgoing, Subscription
 
@@ -51,6 +61,8 @@ class HuaweiDialect:
     """The IoTDA device API for a gateway and its sub-devices."""
 
     name = "huawei"
+    credentials_hint = ("check uplink.mqtt.huawei.device_id and secret (and the clock: the "
+                        "password is signed for the hour)")
 
     def __init__(self, cfg: MqttSection, gateway: GatewaySection) -> None:
         assert cfg.huawei is not None  # the config requires it for this dialect
@@ -58,6 +70,7 @@ class HuaweiDialect:
         self.hw: HuaweiSection = cfg.huawei
         self.gw = gateway
         self.ids = {name: self.hw.sub_ids(name) for name in self.hw.sub_devices}
+        self.by_node = {ids[1]: name for name, ids in self.ids.items()}
         self.by_id = {ids[0]: name for name, ids in self.ids.items()}
         self.base = f"$oc/devices/{self.hw.device_id}/sys"
         self.down: set[str] = set()
@@ -111,6 +124,31 @@ class HuaweiDialect:
             devices.append({"node_id": node, "product_id": product,
                             "name": self.hw.sub_devices[name].name or node})
         return self.event("add_sub_device_request", {"devices": devices})
+
+    def add_response(self, msg: Incoming) -> list[str] | None:
+        """The sub-devices an `add_sub_device_response` names (added or not), or None when
+        `msg` is not one."""
+        if msg.topic != f"{self.base}/events/down":
+            return None
+        services = (p.json_object(msg) or {}).get("services")
+        names: list[str] | None = None
+        for svc in services if isinstance(services, list) else []:
+            if not isinstance(svc, dict) or svc.get("event_type") != "add_sub_device_response":
+                continue
+            paras = svc.get("paras") if isinstance(svc.get("paras"), dict) else {}
+            names = names or []
+            for key in ("successful_devices", "failed_devices"):
+                found = paras.get(key) if isinstance(paras, dict) else None
+                for dev in found if isinstance(found, list) else []:
+                    node = dev.get("node_id") if isinstance(dev, dict) else None
+                    if (name := self.by_node.get(str(node))) is not None:
+                        names.append(name)
+                    if key == "failed_devices" and isinstance(dev, dict):
+                        logs.get_logger(component="huawei").info(
+                            "IoTDA did not add a sub-device (one added before is answered "
+                            "so too)", node_id=node, error_code=dev.get("error_code"),
+                            error=dev.get("error_msg"))
+        return names
 
     def decode(self, msg: Incoming) -> Request | None:
         """A command or a property set to a sub-device, when commands are on."""
@@ -176,20 +214,39 @@ class HuaweiSession(p.PlatformSession):
     def __init__(self, dialect: HuaweiDialect, broker: str, credentials: Credentials) -> None:
         super().__init__(dialect, broker, credentials)
         self.dialect = dialect
+        self.gate = ReplyGate("Huawei IoTDA", "add_sub_device_request", dialect.hw.add_timeout,
+                              logs.get_logger(component="huawei"))
 
     def subscriptions(self) -> Sequence[Subscription]:
-        """Commands and property sets (request ids are not known in advance: `#`)."""
-        if not self.dialect.hw.commands:
-            return []
-        base = self.dialect.base
-        return [Subscription(f"{base}/commands/#", 1), Subscription(f"{base}/properties/set/#", 1)]
+        """The platform's events (add responses) when it adds sub-devices; commands and
+        property sets (request ids are not known in advance: `#`)."""
+        d = self.dialect
+        base = d.base
+        out = [Subscription(f"{base}/events/down", 1)] if d.hw.add_sub_devices and d.ids else []
+        if not d.hw.commands:
+            return out
+        return [*out, Subscription(f"{base}/commands/#", 1),
+                Subscription(f"{base}/properties/set/#", 1)]
+
+    def observe(self, msg: Incoming) -> Sequence[Outgoing]:
+        """Add responses open the gate."""
+        if (names := self.dialect.add_response(msg)) is not None:
+            self.gate.answered(None, names, None)
+        return ()
+
+    def ready(self) -> bool:
+        """Once the platform answered this connection's adds (or did not in time)."""
+        return self.gate.ready()
 
     def announce(self) -> Sequence[Outgoing]:
         """Add the sub-devices (batches of 50), then set those not down ONLINE (batches
         of 100); the down ones get their OFFLINE with the device states after this."""
         d = self.dialect
         names = list(d.ids)
-        out = [d.add(b) for b in p.batches(names, ADD_BATCH)] if d.hw.add_sub_devices else []
+        out = []
+        for i, batch in enumerate(p.batches(names, ADD_BATCH) if d.hw.add_sub_devices else []):
+            self.gate.expect(str(i), batch)
+            out.append(d.add(batch))
         up = [n for n in names if n not in d.down]
         return out + [d.statuses(b, "ONLINE") for b in p.batches(up, STATUS_BATCH)]
 

@@ -39,6 +39,7 @@ class ParkgateDialect:
     """The native JSON dialect."""
 
     name = "parkgate"
+    credentials_hint = "check uplink.mqtt.username and password"
 
     def __init__(self, cfg: MqttSection, gateway: GatewaySection, *,
                  command_topic: str | None = None, reply_topic: str | None = None) -> None:
@@ -151,6 +152,10 @@ class ParkgateSession:
     def ready(self) -> bool:
         """Always: the native dialect has no host to wait for."""
         return True
+
+    def withheld(self) -> frozenset[str]:
+        """None: no device waits on its own."""
+        return frozenset()
 
     def topic(self, device: str) -> str:
         """The data topic of a device."""

@@ -245,6 +245,10 @@ class PlatformSession:
         """Always."""
         return True
 
+    def withheld(self) -> frozenset[str]:
+        """None: no device waits on its own."""
+        return frozenset()
+
     def topic(self, device: str) -> str:
         """Where `device`'s data goes."""
         return self.payload_dialect.topic(device)

@@ -13,6 +13,9 @@ the device API; access token as the MQTT username).
   `[{"ts": ms, "values": {...}}]`; drop notices go there too (`parkgate_dropped*` keys).
 - Device state: `v1/gateway/connect` `{"device": D[, "type": T]}` when a device is up,
   `v1/gateway/disconnect` `{"device": D}` when it is down; sent again after a reconnect.
+  The API has no reply to connect, and telemetry of a device ThingsBoard does not know
+  yet creates it, so data waits for nothing here (unlike Aliyun's login and Huawei's add,
+  gateway/uplink/dialects/gate.py).
 - Server-side RPC: `v1/gateway/rpc` `{"device": D, "data": {"id": N, "method": M,
   "params": P}}` becomes a native request (gateway/uplink/dialects/platform.py); the reply
   goes on the same topic as `{"device": D, "id": N, "data": {"success": bool, ...}}`.
@@ -51,6 +54,7 @@ class ThingsboardDialect:
     """The ThingsBoard gateway API."""
 
     name = "thingsboard"
+    credentials_hint = "check uplink.mqtt.thingsboard.access_token (the MQTT username)"
 
     def __init__(self, cfg: MqttSection, gateway: GatewaySection) -> None:
         assert cfg.thingsboard is not None  # the config requires it for this dialect

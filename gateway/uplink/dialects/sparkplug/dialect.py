@@ -42,6 +42,7 @@ class SparkplugDialect:
     """`uplink.mqtt.dialect: sparkplug`."""
 
     name = "sparkplug"
+    credentials_hint = "check uplink.mqtt.username and password"
 
     def __init__(self, cfg: MqttSection, gateway: GatewaySection,
                  state_path: Path | None = None) -> None:

@@ -106,6 +106,10 @@ class SparkplugSession:
         have gone out."""
         return self.host_online and self.node_born and not self.unsent
 
+    def withheld(self) -> frozenset[str]:
+        """None: no device waits on its own."""
+        return frozenset()
+
     def topic(self, device: str) -> str:
         """DDATA of the device."""
         return self.d.topic_of("DDATA", device)
