@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,8 +90,9 @@ DIALECTS = ("parkgate", "sparkplug", *PLATFORM_DIALECTS)
 """Values of `uplink.mqtt.dialect` (gateway/uplink/dialects/)."""
 
 
-def _sparkplug_id(value: str) -> str:
-    problem = sparkplug_id_problem(value)
+def _checked(value: str, problem_of: Callable[[str], str | None]) -> str:
+    """`value`, or a ValueError with what `problem_of` finds wrong with it."""
+    problem = problem_of(value)
     if problem:
         raise ValueError(problem)
     return value
@@ -115,7 +117,7 @@ class SparkplugSection(_Section):
     @field_validator("group", "node", "primary_host")
     @classmethod
     def _ids(cls, value: str | None) -> str | None:
-        return None if value is None else _sparkplug_id(value)
+        return None if value is None else _checked(value, sparkplug_id_problem)
 
 
 class MqttSection(_Section):
@@ -186,9 +188,7 @@ class MqttSection(_Section):
     @classmethod
     def _urls(cls, urls: list[str]) -> list[str]:
         for url in urls:
-            problem = broker_url_problem(url)
-            if problem:
-                raise ValueError(problem)
+            _checked(url, broker_url_problem)
         return urls
 
     @field_validator("dialect")
@@ -202,10 +202,7 @@ class MqttSection(_Section):
     @field_validator("topic", "status_topic")
     @classmethod
     def _template(cls, topic: str) -> str:
-        problem = publish_topic_problem(topic)
-        if problem:
-            raise ValueError(problem)
-        return topic
+        return _checked(topic, publish_topic_problem)
 
     @model_validator(mode="after")
     def _dialect_keys(self) -> MqttSection:
