@@ -1,6 +1,6 @@
 """Config sections of the platform dialects: `uplink.mqtt.thingsboard|aliyun|huawei`.
 
-Apart from gateway/config.py so that the dialects (gateway/uplink/dialects/) and the config
+Apart from gateway/config/ so that the dialects (gateway/uplink/dialects/) and the config
 share these models without importing each other. Secrets are `SecretStr` (never in a repr)
 and normally come from `${file:...}`, so the log masker knows them (gateway/redact.py).
 """

@@ -1,6 +1,6 @@
 """The ingest's YAML file: the same `FILE:LINE:COL: path: message` problems as the agent's.
 
-The model is the ingest's own; the reading is the agent's (gateway/config.py, yamlload.py,
+The model is the ingest's own; the reading is the agent's (gateway/config/, yamlload.py,
 substitute.py): one bounded YAML reader, one `${...}` substitution, one reporter, so a
 hostile file costs the ingest's `check` no more than the agent's.
 """
