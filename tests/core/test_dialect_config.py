@@ -20,12 +20,6 @@ def test_the_default_dialect_is_parkgate() -> None:
     assert isinstance(dialects.load(cfg, GatewaySection(id="g", site="s")), ParkgateDialect)
 
 
-def test_device_states_go_upstream_unless_turned_off() -> None:
-    on = MqttSection.model_validate({"brokers": ["mqtt://127.0.0.1"]})
-    off = MqttSection.model_validate({"brokers": ["mqtt://127.0.0.1"], "device_state": False})
-    assert (on.publishes_device_state, off.publishes_device_state) == (True, False)
-
-
 @pytest.mark.parametrize("name", ["parkgate", "sparkplug", "Parkgate"])
 def test_parkgate_passes_check_and_the_others_name_their_line(tmp_path: Path,
                                                                    name: str) -> None:
