@@ -134,19 +134,20 @@ class MqttSection(_Section):
     tls: TlsSection = Field(default_factory=TlsSection)
     topic: str = "parkgate/{site}/{gateway}/{device}"
     status_topic: str = "parkgate/{site}/{gateway}/status"
-    device_state: bool = Field(
-        default=True,
+    device_state: bool | None = Field(
+        default=None,
         description="Publish each device's state when it changes: native dialect, retained "
                     "on {status_topic}/{device} (up, or down with the last error kind, since "
                     "when); Sparkplug, DBIRTH/DDEATH; ThingsBoard, connect/disconnect; "
-                    "Aliyun, sub-device login/logout; Huawei, ONLINE/OFFLINE. The broker's "
-                    "ACL must allow those topics: set false where it cannot (a broker that "
+                    "Aliyun, sub-device login/logout; Huawei, ONLINE/OFFLINE. Default: on "
+                    "for all but parkgate (the broker's ACL must allow those topics; a broker that "
                     "disconnects on a refused publish would otherwise reconnect forever).")
 
     @property
     def publishes_device_state(self) -> bool:
-        """Whether device states go upstream (`device_state`)."""
-        return self.device_state
+        """`device_state`, or the dialect's default."""
+        return self.device_state if self.device_state is not None else \
+            self.dialect != "parkgate"
     qos: Literal[1] = Field(default=1, description="QoS 1: at-least-once delivery.")
     dialect: str = Field(
         default="parkgate",

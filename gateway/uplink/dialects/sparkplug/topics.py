@@ -1,4 +1,4 @@
-"""Sparkplug topic names (ids are checked by gateway/config/checks.py's `sparkplug_id_problem`)."""
+"""Sparkplug topic names (ids are checked by gateway/config.py's `sparkplug_id_problem`)."""
 
 from __future__ import annotations
 
