@@ -20,6 +20,20 @@ def test_the_default_dialect_is_parkgate() -> None:
     assert isinstance(dialects.load(cfg, GatewaySection(id="g", site="s")), ParkgateDialect)
 
 
+def test_device_states_are_opt_in_for_the_native_dialect_only() -> None:
+    """An ACL written for the data and status topics refuses .../status/DEVICE, and a broker
+    that disconnects on a refused publish would then never let data through
+    (tests/core/test_uplink.py::test_refused_device_is_held_while_the_others_flow fails with
+    the native default on); the other dialects' state messages are their platforms' own."""
+    def mqtt(**keys: object) -> MqttSection:
+        return MqttSection.model_validate({"brokers": ["mqtt://127.0.0.1"], **keys})
+    assert not mqtt().publishes_device_state
+    assert mqtt(device_state=True).publishes_device_state
+    assert mqtt(dialect="sparkplug", sparkplug={"group": "g"}).publishes_device_state
+    assert not mqtt(dialect="sparkplug", sparkplug={"group": "g"},
+                    device_state=False).publishes_device_state
+
+
 @pytest.mark.parametrize("name", ["parkgate", "sparkplug", "Parkgate"])
 def test_parkgate_passes_check_and_the_others_name_their_line(tmp_path: Path,
                                                                    name: str) -> None:
