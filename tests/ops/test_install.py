@@ -311,7 +311,9 @@ def test_armv7l_bundle_fills_the_gaps_pypi_leaves(tmp_path: Path) -> None:
         assert any(w.startswith(lib) and w.endswith("-none-any.whl") for w in files), lib
     manifest = (b / "MANIFEST.txt").read_text()
     assert "built_pure=dbus-fast==" in manifest
-    assert "needs_build=cffi==" in manifest
+    # cffi among them, not necessarily alone: PyYAML 6.0.4 has no armv7l wheel either
+    needs_build = re.search(r"(?m)^needs_build=(.*)$", manifest)
+    assert needs_build and any(p.startswith("cffi==") for p in needs_build[1].split()), manifest
 
 
 def test_sdist_in_bundle_is_compiled_offline_on_install(tmp_path: Path) -> None:
