@@ -13,6 +13,13 @@
 # the sdist and its build requirements are shipped and install.sh compiles it on the
 # gateway (cffi on armv7l: needs gcc, python3-dev, libffi-dev there). MANIFEST.txt lists
 # both kinds. On the target: tar xzf parkgate-*.tar.gz && sudo ./parkgate-*/install.sh
+#
+# The bundle carries the gateway's optional drivers too, the extras in EXTRAS below
+# (opcua: asyncua; bacnet: bacpypes3, both pure Python), and install.sh installs
+# parkgate[EXTRAS] (MANIFEST.txt: extras=). Always, not by option: a driver's library is
+# imported only when a config has such a device, so carrying it costs disk, not memory,
+# and a site that later adds an OPC UA PLC or a BACnet chiller needs no new bundle and
+# no pip. (The `ingest` extra is for the database side, never the gateway.)
 set -euo pipefail
 
 PROG=build-bundle.sh
@@ -22,6 +29,7 @@ ARCH=
 PYVER=3.11
 OUT=$SOURCE/dist
 PYTHON=${PYTHON:-python3}
+EXTRAS=opcua,bacnet   # optional drivers every bundle carries (see above)
 FORCE_SDIST=   # space-separated names to ship as sdist even if a wheel exists (testing)
 
 die() { echo "$PROG: error: $*" >&2; exit 1; }
@@ -36,7 +44,7 @@ while [ $# -gt 0 ]; do
         --python) PYTHON=${2:?}; shift 2 ;;
         --force-sdist) FORCE_SDIST="$FORCE_SDIST ${2:?}"; shift 2 ;;
         --source) SOURCE=${2:?}; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
@@ -116,7 +124,7 @@ REF=(--platform manylinux2014_x86_64 --platform linux_x86_64)
 for minor in $(seq 17 41); do REF+=(--platform "manylinux_2_${minor}_x86_64"); done
 "${PIP[@]}" install -q --dry-run --ignore-installed --report "$WORK/closure.json" \
     "${REF[@]}" --python-version "$PYVER" --implementation cp --abi "$PYTAG" --abi abi3 \
-    --abi none --only-binary=:all: --target "$WORK/ref" "$PG_WHEEL" >&2 \
+    --abi none --only-binary=:all: --target "$WORK/ref" "${PG_WHEEL}[$EXTRAS]" >&2 \
     || die "cannot resolve parkgate's dependencies"
 mapfile -t PINS < <("$PYTHON" -c '
 import json, sys
@@ -192,7 +200,7 @@ done
 say "checking the bundle resolves offline"
 if [ "${#NEEDS_BUILD[@]}" -eq 0 ]; then
     "${PIP[@]}" install -q --dry-run --ignore-installed --no-index --find-links "$WHEELS" \
-        "${TARGET[@]}" --target "$WORK/dry" "parkgate==$VERSION" >&2 \
+        "${TARGET[@]}" --target "$WORK/dry" "parkgate[$EXTRAS]==$VERSION" >&2 \
         || die "the wheelhouse does not resolve offline"
 else
     # pip resolves for another platform from wheels only; check every other pin is there.
@@ -221,6 +229,7 @@ fi
     echo "version=$VERSION"
     echo "arch=$ARCH"
     echo "python=$PYTAG"
+    echo "extras=$EXTRAS"
     echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "built_pure=${BUILT_PURE[*]:-}"
     echo "needs_build=${NEEDS_BUILD[*]:-}"

@@ -9,6 +9,12 @@
 # Safe to run again: the config and the buffer are never replaced; each run builds a new
 # venv beside the old one and switches /opt/parkgate/venv to it only once it works and
 # accepts the existing config. `--rollback` switches back. See systemd/README.md.
+#
+# It installs parkgate with its optional drivers, parkgate[opcua,bacnet] (asyncua and
+# bacpypes3, pure Python; a bundle says which extras it carries: MANIFEST.txt extras=),
+# always rather than by option: a driver's library is imported only when the config has
+# such a device, so it costs disk, not memory, and adding an OPC UA PLC or a BACnet
+# chiller to a site later needs no reinstall and no pip.
 set -euo pipefail
 
 PROG=install.sh
@@ -185,6 +191,7 @@ if [ -n "$BUNDLE" ]; then
     [ "$want_arch" = "$have_arch" ] || die "bundle is for $want_arch, this $PYTHON runs on $have_arch: build one with build-bundle.sh --arch $have_arch"
     [ "$want_py" = "$have_py" ] || die "bundle is for $want_py, $PYTHON is $have_py: build one with build-bundle.sh --python-version ${have_py#cp3}"
     VERSION=$(manifest version)
+    EXTRAS=$(manifest extras)   # none in a bundle older than the OPC UA and BACnet drivers
     # Packages PyPI has no wheel for on this architecture (cffi on armv7l) come as sdists
     # and are compiled here: check for the tools first, rather than fail inside pip.
     NEEDS_BUILD=$(manifest needs_build)
@@ -198,7 +205,9 @@ if [ -n "$BUNDLE" ]; then
 else
     [ -f "$SOURCE/pyproject.toml" ] || die "$SOURCE is not a parkgate source tree (no pyproject.toml)"
     VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$SOURCE/pyproject.toml" | head -n1)
+    EXTRAS=opcua,bacnet
 fi
+SPEC=parkgate${EXTRAS:+[$EXTRAS]}
 [ -n "$VERSION" ] || die "cannot tell which version to install"
 say "installing parkgate $VERSION into ${ROOT}"
 
@@ -256,10 +265,10 @@ say "creating venv $NEW"
 PIP=("$NEW/bin/python" -m pip --disable-pip-version-check --no-input -q)
 
 if [ -n "$BUNDLE" ]; then
-    if ! "${PIP[@]}" install --no-index --find-links "$BUNDLE/wheels" "parkgate==$VERSION"; then
+    if ! "${PIP[@]}" install --no-index --find-links "$BUNDLE/wheels" "$SPEC==$VERSION"; then
         [ "$ALLOW_INDEX" = yes ] || die "the bundle lacks a wheel for this box (see MANIFEST.txt); re-run with --allow-index to take the rest from PyPI (needs network and, for source-only packages, a compiler)"
         say "offline install failed; taking what the bundle lacks from PyPI"
-        "${PIP[@]}" install --find-links "$BUNDLE/wheels" "parkgate==$VERSION"
+        "${PIP[@]}" install --find-links "$BUNDLE/wheels" "$SPEC==$VERSION"
     fi
 else
     # Build from a copy: pip would otherwise write build/ and *.egg-info into the checkout.
@@ -269,9 +278,24 @@ else
         [ -e "$SOURCE/$f" ] && cp -r "$SOURCE/$f" "$WORK/src/"
     done
     find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
-    "${PIP[@]}" install "$WORK/src"
+    "${PIP[@]}" install "$WORK/src${EXTRAS:+[$EXTRAS]}"
 fi
 "$NEW/bin/parkgate" version >/dev/null || die "the new venv does not run: $NEW/bin/parkgate version failed"
+# The optional drivers' libraries must load too (they are imported only when a config has
+# such a device, which may be months from now): the driver modules that import them.
+MODULES=()
+for extra in ${EXTRAS//,/ }; do
+    case $extra in
+        opcua) MODULES+=(drivers.opcua.driver) ;;     # asyncua
+        bacnet) MODULES+=(drivers.bacnet.link) ;;     # bacpypes3
+    esac
+done
+if [ "${#MODULES[@]}" -gt 0 ]; then
+    "$NEW/bin/python" -c 'import importlib, sys
+for m in sys.argv[1:]:
+    importlib.import_module(m)' "${MODULES[@]}" \
+        || die "the new venv cannot load its drivers (${MODULES[*]}): see above"
+fi
 
 # Meter profiles (config/profiles/*.yaml) are looked up beside the installed packages,
 # in site-packages/config/profiles, but the wheel does not carry them yet: put this

@@ -26,6 +26,11 @@ INSTALL = ROOT / "systemd" / "install.sh"
 BUILD = ROOT / "systemd" / "build-bundle.sh"
 ARCH = platform.machine()
 
+OPTIONAL_DRIVER_WHEELS = {"asyncua", "aiosqlite", "python_dateutil", "pytz", "sortedcontainers",
+                          "bacpypes3"}
+"""Wheels the `opcua` and `bacnet` extras add (with asyncua's main dependencies; the
+version-dependent ones, e.g. wait_for2 before Python 3.12, are left out)."""
+
 BUNDLE = pytest.mark.xdist_group("install-bundle")
 """Tests of the module's `bundle`: one xdist worker, so one bundle build per run (not one per
 worker); the tests that build bundles of their own (armv7l, sdist) run on any worker."""
@@ -98,11 +103,17 @@ def test_bundle_contents(bundle: Path) -> None:
                     .splitlines() if "=" in line and not line.startswith("#"))
     assert manifest["arch"] == ARCH
     assert manifest["python"] == f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    assert manifest["extras"] == "opcua,bacnet"
     wheels = sorted(p.name for p in (bundle / "wheels").glob("*.whl"))
     names = {w.split("-")[0].lower() for w in wheels}
     assert {"parkgate", "pydantic_core", "pydantic", "aiomqtt", "paho_mqtt", "pymodbus",
             "bleak", "dbus_fast", "prometheus_client", "structlog", "pyyaml",
             "cryptography", "cffi"} <= names
+    # the optional drivers' libraries: every site can use OPC UA and BACnet
+    assert names >= OPTIONAL_DRIVER_WHEELS, OPTIONAL_DRIVER_WHEELS - names
+    for w in wheels:
+        if w.split("-")[0].lower() in OPTIONAL_DRIVER_WHEELS:
+            assert w.endswith("-none-any.whl"), w   # pure: one resolution fits every arch
     core = next(w for w in wheels if w.startswith("pydantic_core-"))
     assert ARCH in core, core
     for f in ("install.sh", "parkgate.service", "parkgate.yaml.example"):
@@ -152,6 +163,35 @@ def test_fresh_install_layout(installed: Path) -> None:
     doc = yaml.safe_load(conf.read_text())
     assert doc["buffer"]["path"] == "/var/lib/parkgate/buffer.db"
     assert sh(exe, "check", conf).returncode == 0
+
+
+@BUNDLE
+def test_installed_gateway_can_use_the_opcua_and_bacnet_drivers(installed: Path,
+                                                                tmp_path: Path) -> None:
+    """The offline install carries both optional drivers: their libraries load in the
+    installed venv, and the devices of their samples pass `parkgate check` there (which
+    loads the OPC UA driver and asks for bacpypes3: a plain install fails it)."""
+    venv = installed / "opt/parkgate/venv"
+    # -I: not the checkout's drivers/ from the working directory, nor PYTHONPATH
+    out = sh(venv / "bin/python", "-I", "-c",
+             "import sys; from drivers.opcua import OpcUaDriver; import drivers.bacnet.link, "
+             "asyncua, bacpypes3; print(OpcUaDriver.__name__, *(sys.modules[m].__file__ for m "
+             "in ('drivers.opcua.driver', 'drivers.bacnet.link', 'asyncua', 'bacpypes3')))"
+             ).stdout.split()
+    assert out[0] == "OpcUaDriver"
+    assert len(out) == 5
+    for path in out[1:]:   # all from the installed venv
+        assert path.startswith(str(installed / "opt/parkgate/")), path
+    # one config with the devices of both samples: one `parkgate check`, not two
+    opcua, bacnet = (yaml.safe_load((ROOT / "drivers" / d / "sample.yaml").read_text())
+                     for d in ("opcua", "bacnet"))
+    both = {**opcua, "devices": opcua["devices"] + bacnet["devices"]}
+    assert {d["driver"] for d in both["devices"]} == {"opcua", "bacnet"}
+    conf = tmp_path / "both.yaml"
+    conf.write_text(yaml.safe_dump(both, sort_keys=False))
+    res = sh(venv / "bin/parkgate", "check", conf, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "opcua" in res.stdout and "bacnet" in res.stdout, res.stdout
 
 
 @BUNDLE
@@ -267,9 +307,13 @@ def test_armv7l_bundle_fills_the_gaps_pypi_leaves(tmp_path: Path) -> None:
     assert any("armv7l" in w for w in files if w.startswith("cryptography-"))
     assert any(w.startswith("cffi-") and w.endswith(".tar.gz") for w in files)
     assert any(w.startswith("setuptools-") for w in files)   # builds cffi offline
+    for lib in ("asyncua-", "bacpypes3-"):   # the optional drivers, pure Python
+        assert any(w.startswith(lib) and w.endswith("-none-any.whl") for w in files), lib
     manifest = (b / "MANIFEST.txt").read_text()
     assert "built_pure=dbus-fast==" in manifest
-    assert "needs_build=cffi==" in manifest
+    # cffi among them, not necessarily alone: PyYAML 6.0.4 has no armv7l wheel either
+    needs_build = re.search(r"(?m)^needs_build=(.*)$", manifest)
+    assert needs_build and any(p.startswith("cffi==") for p in needs_build[1].split()), manifest
 
 
 def test_sdist_in_bundle_is_compiled_offline_on_install(tmp_path: Path) -> None:
