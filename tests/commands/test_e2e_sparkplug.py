@@ -83,3 +83,42 @@ def test_signed_dcmd_writes_and_is_answered(tmp_path: Path, shared_broker: Mosqu
     finally:
         gw.kill()
         host.close()
+
+
+def test_dcmd_writes_a_modbus_register_and_refusals_leave_the_server_untouched(
+        tmp_path: Path, shared_broker: Mosquitto) -> None:
+    """Issue 14's Done-when: a DCMD write to a pymodbus server, allowed and refused."""
+    from tests.commands.test_e2e_modbus import REGISTERS, Plc
+
+    group = f"pg-{uuid.uuid4().hex[:10]}"
+    pub, _ = keygen(tmp_path / "op.key")
+    signer = Signer.from_file(tmp_path / "op.key")
+    plc = Plc()
+    device = {"name": "plc", "driver": "modbus", "interval": "500ms", "unit": 1,
+              "transport": {"type": "tcp", "host": "127.0.0.1", "port": plc.port},
+              "registers": REGISTERS}
+    cfg = base_config(tmp_path, shared_broker.port, [device],
+                      commands={"enabled": True, "verify_keys": [f"${{file:{pub}}}"]})
+    cfg["uplink"]["mqtt"]["dialect"] = "sparkplug"
+    cfg["uplink"]["mqtt"]["sparkplug"] = {"group": group, "node": NODE}
+    host = Host(shared_broker.port, group)
+    gw = GatewayProcess(write_config(tmp_path / "gw.yaml", cfg)).start()
+    try:
+        wait_metric(cfg["metrics"]["listen"], "parkgate_uplink_connected", lambda v: v == 1, 30)
+        assert host.wait(lambda h: h.of("DBIRTH"), 20), gw.output()[-2000:]
+        topic = f"spBv1.0/{group}/DCMD/{NODE}/plc"
+        payload, rid = dcmd("plc", "setpoint", 42.5, signer)
+        host.send(topic, payload)
+        assert host.wait(lambda h: rid in replies(h), 20), gw.output()[-2000:]
+        assert (replies(host)[rid]["status"], replies(host)[rid]["value"]) == ("ok", 42.5)
+        assert plc.written() == [(6, 30, (425,))]  # FC06, the scaled int16, once
+        for value, sign in ((60.0, False), (99.0, True)):  # unsigned; out of limits
+            payload, rid = dcmd("plc", "setpoint", value, signer if sign else None)
+            host.send(topic, payload)
+            assert host.wait(lambda h, rid=rid: rid in replies(h), 20)
+            assert replies(host)[rid]["status"] == "refused"
+        assert plc.writes_on_the_wire() == 1  # the refused requests never reached the PLC
+    finally:
+        gw.kill()
+        host.close()
+        plc.close()
