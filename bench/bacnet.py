@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from modbus import scrape, total, wait_until  # noqa: E402
+from modbus import scrape, start_gateway, total  # noqa: E402
 from procfs import cpu_seconds, rss_mib  # noqa: E402
 
 from tests.support import GatewayProcess, Mosquitto, base_config, write_config  # noqa: E402
@@ -89,18 +89,9 @@ def main() -> int:
     config = write_config(tmp / "bench.yaml", cfg)
     gw = GatewayProcess(config)
     try:
-        def emulator_ready() -> bool:
-            if emu.poll() is not None:
-                raise SystemExit("bench: the emulator died:\n"
-                                 + (tmp / "emulator.log").read_text()[-2000:])
-            return "serving" in (tmp / "emulator.log").read_text()
-
-        wait_until(emulator_ready, 30, "the emulator")
-        gw.start()
-        assert gw.proc is not None
         listen = cfg["metrics"]["listen"]
-        wait_until(lambda: total(scrape(listen), "parkgate_readings_total") > 0, 30,
-                   "the first readings")
+        start_gateway(gw, listen, emu, tmp / "emulator.log", 30)
+        assert gw.proc is not None
         time.sleep(args.warmup)
         m0, c0, e0, t0 = scrape(listen), cpu_seconds(gw.proc.pid), cpu_seconds(emu.pid), \
             time.monotonic()

@@ -83,6 +83,21 @@ def wait_until(check: Any, timeout: float, what: str) -> None:
     raise SystemExit(f"bench: timed out waiting for {what}")
 
 
+def start_gateway(gw: GatewayProcess, listen: str, emu: subprocess.Popen[bytes],
+                  emu_log: Path, emu_timeout: float) -> None:
+    """Wait for the emulator to say "serving" (it must not die), start the gateway and wait
+    for its first readings on the metrics endpoint `listen`."""
+    def emulator_ready() -> bool:
+        if emu.poll() is not None:
+            raise SystemExit("bench: the emulator died:\n" + emu_log.read_text()[-2000:])
+        return "serving" in emu_log.read_text()
+
+    wait_until(emulator_ready, emu_timeout, "the emulator")
+    gw.start()
+    wait_until(lambda: total(scrape(listen), "parkgate_readings_total") > 0, 30,
+               "the first readings")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--devices", type=int, default=100)
@@ -128,18 +143,9 @@ def main() -> int:
     config = write_config(tmp / "bench.yaml", cfg)
     gw = GatewayProcess(config) if args.profile is None else Profiled(config, args.profile)
     try:
-        def emulator_ready() -> bool:
-            if emu.poll() is not None:
-                raise SystemExit("bench: the emulator died:\n"
-                                 + (tmp / "emulator.log").read_text()[-2000:])
-            return "serving" in (tmp / "emulator.log").read_text()
-
-        wait_until(emulator_ready, 20, "the emulator")
-        gw.start()
-        assert gw.proc is not None
         listen = cfg["metrics"]["listen"]
-        wait_until(lambda: total(scrape(listen), "parkgate_readings_total") > 0, 30,
-                   "the first readings")
+        start_gateway(gw, listen, emu, tmp / "emulator.log", 20)
+        assert gw.proc is not None
         time.sleep(args.warmup)
         m0, c0, e0, t0 = scrape(listen), cpu_seconds(gw.proc.pid), cpu_seconds(emu.pid), \
             time.monotonic()

@@ -13,17 +13,22 @@ from gateway.errors import ParkgateError
 EXIT_INVALID = 2
 
 
+def not_starting(exc: ConfigProblems, config: str) -> int:
+    """Print a config's problems and why the agent does not start; the exit code."""
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    print(f"parkgate: {len(exc.problems)} problem(s) in {config}; not starting",
+          file=sys.stderr)
+    return EXIT_INVALID
+
+
 def _run(args: argparse.Namespace) -> int:
     from gateway.agent import run_file  # noqa: PLC0415 - `check` and `schema` stay light
 
     try:
         return run_file(Path(args.config), debug=args.debug)
     except ConfigProblems as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"parkgate: {len(exc.problems)} problem(s) in {args.config}; not starting",
-              file=sys.stderr)
-        return EXIT_INVALID
+        return not_starting(exc, args.config)
 
 
 def _check(args: argparse.Namespace) -> int:

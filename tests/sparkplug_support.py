@@ -14,6 +14,7 @@ import paho.mqtt.client as paho
 
 from gateway.uplink.dialects.sparkplug import codec
 from gateway.uplink.dialects.sparkplug import sparkplug_b_pb2 as pb
+from tests.support import wait_on
 
 
 @dataclass
@@ -81,14 +82,7 @@ class Host:
             self.lock.notify_all()
 
     def wait(self, predicate: Any, timeout: float = 20.0) -> bool:
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while not predicate(self):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.lock.wait(min(left, 0.2))
-        return True
+        return wait_on(self.lock, lambda: predicate(self), timeout)
 
     def of(self, kind: str) -> list[Message]:
         with self.lock:

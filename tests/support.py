@@ -124,6 +124,20 @@ class Mosquitto:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def wait_on(cond: threading.Condition, check: Callable[[], bool], timeout: float,
+            tick: float = 0.2) -> bool:
+    """Wait on `cond` (notified by a collector's callback) until `check()` holds, checking
+    at least every `tick` seconds; returns whether it held within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    with cond:
+        while not check():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            cond.wait(min(left, tick))
+    return True
+
+
 class Collector:
     """Subscribes to a topic filter and keeps every data payload (paho, its own thread)."""
 
@@ -169,14 +183,7 @@ class Collector:
 
     def wait_for(self, predicate: Any, timeout: float = 20.0) -> bool:
         """Wait until `predicate(self)` is true; returns whether it became true."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.2))
-        return True
+        return wait_on(self._cond, lambda: predicate(self), timeout)
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -82,6 +82,16 @@ def parse_template(text: str) -> Template:
     return Template(unescape(before), unescape(after), spec)
 
 
+def valid_regex(value: str | None) -> str | None:
+    """`value` if it is None or compiles as a regular expression (a field validator)."""
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+    return value
+
+
 class CommandOptions(StrictModel):
     """One named command: the bytes to send, the reply to expect, the values it takes."""
 
@@ -102,12 +112,7 @@ class CommandOptions(StrictModel):
     @field_validator("expect")
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
-        return value
+        return valid_regex(value)
 
     @model_validator(mode="after")
     def _limited(self) -> CommandOptions:

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from drivers.serial_line.commands import CommandOptions
+from drivers.serial_line.commands import CommandOptions, valid_regex
 from drivers.serial_line.framing import LineFramer
 from drivers.serial_line.parsers import (
     CsvParser,
@@ -75,12 +75,7 @@ class _ParserBase(StrictModel):
     @field_validator("ignore")
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
-        return value
+        return valid_regex(value)
 
 
 class RegexParserOptions(_ParserBase):

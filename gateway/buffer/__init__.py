@@ -11,9 +11,9 @@ from gateway.buffer.store import (
     TOTALS_SQL,
     StoredStats,
     file_bytes,
-    is_corruption,
     read_stats,
 )
+from gateway.sqlitedb import is_corruption
 
 __all__ = [
     "MAX_PENDING",

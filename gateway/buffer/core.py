@@ -31,10 +31,11 @@ from structlog.typing import FilteringBoundLogger
 from gateway import notices
 from gateway.buffer.encoder import ChunkEncoder, Row, encode_rows
 from gateway.buffer.source import Chunk
-from gateway.buffer.store import Store, is_corruption
+from gateway.buffer.store import Store
 from gateway.config import BufferSection
 from gateway.metrics import Metrics
 from gateway.model import Reading, now_ms
+from gateway.sqlitedb import is_corruption
 
 MAX_PENDING = 500_000
 """Readings held in memory while SQLite cannot write (disk full); beyond it the oldest go."""

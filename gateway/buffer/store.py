@@ -8,9 +8,7 @@ JSON text of its items, gateway/buffer/encoder.py); `meta.next_seq` is committed
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,6 @@ from structlog.typing import FilteringBoundLogger
 from gateway import notices
 from gateway.buffer.encoder import Row
 from gateway.buffer.seqfile import (
-    CREATE_PRIVATE,
     read_side_file,
     reserve,
     resume_seq,
@@ -31,6 +28,13 @@ from gateway.config import BufferSection
 from gateway.errors import FatalError
 from gateway.metrics import Metrics
 from gateway.model import now_ms
+from gateway.sqlitedb import (
+    connect_checked,
+    create_private,
+    is_corruption,
+    migrate,
+    move_aside,
+)
 
 SCHEMA_VERSION = 2
 TOTALS_SQL = ("SELECT COALESCE(SUM(last-first+1),0), COUNT(*), COALESCE(SUM(LENGTH(body)),0),"
@@ -69,14 +73,16 @@ def read_stats(db: sqlite3.Connection) -> StoredStats:
                        None if oldest is None else int(oldest), db_next, row is not None)
 
 
-class _Corrupt(sqlite3.DatabaseError):
-    """The integrity check failed."""
-
-
-def is_corruption(exc: sqlite3.DatabaseError) -> bool:
-    """Whether an SQLite error means the file is damaged (not busy, read-only or full)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(exc, _Corrupt) or code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+def _schema(db: sqlite3.Connection, version: int) -> None:
+    """The buffer's DDL from schema `version` up (inside `migrate`'s transaction)."""
+    if version < 1:
+        db.execute("CREATE TABLE IF NOT EXISTS chunks (first INTEGER PRIMARY KEY,"
+                   " last INTEGER NOT NULL, device TEXT NOT NULL,"
+                   " accepted INTEGER NOT NULL, body TEXT NOT NULL)")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY,"
+                   " value INTEGER NOT NULL)")
+    if version < 2:  # seqs dropped on purpose, until their notice is acknowledged
+        notices.create_table(db)
 
 
 class Store:
@@ -116,24 +122,15 @@ class Store:
     def _open_checked(self) -> None:
         fresh = not self.path.exists()
         if fresh:
-            # SQLite creates files 0644 (less the umask) and its -wal and -shm files copy
-            # the database's mode: create the database owner-only first, outside systemd too
-            with contextlib.suppress(FileExistsError):
-                os.close(os.open(self.path, CREATE_PRIVATE, 0o600))
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            create_private(self.path)
+        # Keep the WAL small: checkpoint every 256 pages (1 MiB) rather than SQLite's 4 MiB,
+        # and shrink the file back after a checkpoint. On a nearly full disk a large WAL
+        # fills it alone, and no checkpoint can then find room to free it.
+        db = connect_checked(self.path, check_same_thread=True, pragmas=(
+            f"synchronous={self.cfg.synchronous.upper()}", "busy_timeout=5000",
+            "wal_autocheckpoint=256", "journal_size_limit=2097152"))
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self.cfg.synchronous.upper()}")
-            db.execute("PRAGMA busy_timeout=5000")
-            # Keep the WAL small: checkpoint every 256 pages (1 MiB) rather than SQLite's 4 MiB,
-            # and shrink the file back after a checkpoint. On a nearly full disk a large WAL
-            # fills it alone, and no checkpoint can then find room to free it.
-            db.execute("PRAGMA wal_autocheckpoint=256")
-            db.execute("PRAGMA journal_size_limit=2097152")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise _Corrupt(f"quick_check: {check}")
-            self._migrate(db)
+            migrate(db, SCHEMA_VERSION, f"buffer {self.path}", _schema)
         except BaseException:
             db.close()
             raise
@@ -148,29 +145,6 @@ class Store:
         self.log.info("buffer opened", path=str(self.path), readings=self.readings,
                       next_seq=self.next_seq, fresh=fresh)
 
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
-            return
-        if version > SCHEMA_VERSION:
-            raise FatalError(f"buffer {self.path} has schema {version}, newer than this "
-                             f"parkgate understands ({SCHEMA_VERSION}); upgrade parkgate")
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if version < 1:
-                db.execute("CREATE TABLE IF NOT EXISTS chunks (first INTEGER PRIMARY KEY,"
-                           " last INTEGER NOT NULL, device TEXT NOT NULL,"
-                           " accepted INTEGER NOT NULL, body TEXT NOT NULL)")
-                db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY,"
-                           " value INTEGER NOT NULL)")
-            if version < 2:  # seqs dropped on purpose, until their notice is acknowledged
-                notices.create_table(db)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
     def recover(self, reason: str) -> None:
         """Close a damaged database, move it aside and open a new one (readings in it are
         not sent; seqs continue above the side file's reservation)."""
@@ -179,12 +153,7 @@ class Store:
         self.open()
 
     def _move_aside(self, reason: str) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                os.replace(src, Path(str(aside) + suffix))
+        aside = move_aside(self.path)
         self.metrics.buffer_corruptions.inc()
         self.log.error("buffer file is corrupt or unreadable: moved aside, starting a new one;"
                        " readings in it are not sent", reason=reason, moved_to=str(aside))

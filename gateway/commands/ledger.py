@@ -20,11 +20,8 @@ nobody can tell whether they ran.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import os
 import sqlite3
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +32,7 @@ from structlog.typing import FilteringBoundLogger
 from gateway.commands.request import Outcome, Request
 from gateway.errors import FatalError
 from gateway.model import now_ms
+from gateway.sqlitedb import connect_checked, create_private, is_corruption, migrate, move_aside
 
 SCHEMA_VERSION = 1
 MARGIN_MS = 3_600_000
@@ -43,13 +41,16 @@ PRUNE_EVERY_MS = 60_000
 T = TypeVar("T")
 
 
-class _Corrupt(sqlite3.DatabaseError):
-    """The integrity check failed."""
-
-
-def _corrupt(exc: sqlite3.DatabaseError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(exc, _Corrupt) or code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+def _schema(db: sqlite3.Connection, since: int) -> None:
+    """The ledger's DDL (inside `migrate`'s transaction); `since` starts its memory."""
+    db.execute("CREATE TABLE requests (id TEXT PRIMARY KEY, digest BLOB NOT NULL,"
+               " device TEXT NOT NULL, action TEXT NOT NULL, ts INTEGER NOT NULL,"
+               " received INTEGER NOT NULL, keep_until INTEGER NOT NULL,"
+               " outcome TEXT) WITHOUT ROWID")
+    db.execute("CREATE INDEX requests_keep ON requests (keep_until)")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    # a file at version 0 recorded no request yet (the schema commits first)
+    db.execute("INSERT INTO meta VALUES ('since', ?)", (since,))
 
 
 def ledger_path(buffer_path: Path) -> Path:
@@ -96,7 +97,7 @@ class Ledger:
             try:
                 self._open_checked()
             except sqlite3.DatabaseError as exc:
-                if not _corrupt(exc):
+                if not is_corruption(exc):
                     raise
                 self._move_aside(str(exc))
                 self._open_checked(since=self.clock())
@@ -107,17 +108,12 @@ class Ledger:
     def _open_checked(self, since: int = 0) -> None:
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            create_private(self.path)
+        db = connect_checked(self.path, check_same_thread=False,
+                             pragmas=("synchronous=FULL", "busy_timeout=2000"))
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=2000")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise _Corrupt(f"quick_check: {check}")
-            self._migrate(db, since)
+            migrate(db, SCHEMA_VERSION, f"command ledger {self.path}",
+                    lambda db, _version: _schema(db, since))
             self.since = int(db.execute("SELECT value FROM meta WHERE key='since'")
                              .fetchone()[0])
         except BaseException:
@@ -126,36 +122,8 @@ class Ledger:
         self._db = db
         self._prune()
 
-    def _migrate(self, db: sqlite3.Connection, since: int) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
-            return
-        if version > SCHEMA_VERSION:
-            raise FatalError(f"command ledger {self.path} has schema {version}, newer than "
-                             f"this parkgate understands ({SCHEMA_VERSION}); upgrade parkgate")
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("CREATE TABLE requests (id TEXT PRIMARY KEY, digest BLOB NOT NULL,"
-                       " device TEXT NOT NULL, action TEXT NOT NULL, ts INTEGER NOT NULL,"
-                       " received INTEGER NOT NULL, keep_until INTEGER NOT NULL,"
-                       " outcome TEXT) WITHOUT ROWID")
-            db.execute("CREATE INDEX requests_keep ON requests (keep_until)")
-            db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-            # a file at version 0 recorded no request yet (the schema commits first)
-            db.execute("INSERT INTO meta VALUES ('since', ?)", (since,))
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
     def _move_aside(self, reason: str) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                os.replace(src, Path(str(aside) + suffix))
+        aside = move_aside(self.path)
         self.log.error("command ledger is corrupt: moved aside, starting a new one; requests "
                        "signed before now are refused (whether they ran is unknown)",
                        reason=reason, moved_to=str(aside))

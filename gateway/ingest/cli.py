@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from gateway.config import ConfigProblems
+from gateway.corecli import not_starting
 from gateway.errors import ParkgateError
-
-EXIT_INVALID = 2
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,8 +22,4 @@ def run(args: argparse.Namespace) -> int:
     try:
         return run_file(Path(args.config), instance=args.instance, debug=args.debug)
     except ConfigProblems as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"parkgate: {len(exc.problems)} problem(s) in {args.config}; not starting",
-              file=sys.stderr)
-        return EXIT_INVALID
+        return not_starting(exc, args.config)

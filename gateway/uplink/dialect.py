@@ -133,6 +133,31 @@ class DialectSession(Protocol):
         ...
 
 
+class SessionDefaults:
+    """What most `DialectSession`s answer alike: the credentials given at open, no session
+    control in incoming messages, always ready, no device held on its own. Sessions
+    inherit it and override what differs."""
+
+    _credentials: Credentials
+
+    @property
+    def credentials(self) -> Credentials:
+        """As given when the session was opened."""
+        return self._credentials
+
+    def observe(self, msg: Incoming) -> Sequence[Outgoing]:
+        """No session control."""
+        return ()
+
+    def ready(self) -> bool:
+        """Always: no host to wait for."""
+        return True
+
+    def withheld(self) -> frozenset[str]:
+        """None: no device waits on its own."""
+        return frozenset()
+
+
 class Dialect(Protocol):
     """A wire format: opens per-connection sessions, decodes requests, encodes replies."""
 

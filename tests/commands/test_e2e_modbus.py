@@ -13,7 +13,7 @@ from emulators.modbus_meter import WRITE_FCS, MeterEmulator, points_of
 
 from gateway.commands.signing import keygen
 from tests.commands.operator import Operator
-from tests.modbus.conftest import LoopThread
+from tests.modbus.conftest import PLC_POINTS, PLC_VALUES, LoopThread
 from tests.support import (
     GatewayProcess,
     Mosquitto,
@@ -24,14 +24,6 @@ from tests.support import (
 
 pytestmark = pytest.mark.slow
 
-DEVICE = [  # what the emulated PLC holds
-    {"name": "setpoint", "table": "holding", "address": 30, "type": "int16", "scale": 0.1},
-    {"name": "flow_sp", "table": "holding", "address": 40, "type": "float32", "order": "CDAB"},
-    {"name": "flags", "table": "holding", "address": 50, "type": "uint16"},
-    {"name": "pump_on", "table": "coil", "address": 2},
-    {"name": "temp", "table": "input", "address": 0, "type": "int16", "scale": 0.1},
-]
-VALUES = {"setpoint": 20.0, "flow_sp": 1.5, "flags": 0xA5A1, "pump_on": False, "temp": 21.3}
 REGISTERS = [  # what the gateway is told
     {"name": "setpoint", "table": "holding", "address": 30, "type": "int16", "scale": 0.1,
      "write": {"min": 5, "max": 80}},
@@ -48,7 +40,7 @@ REGISTERS = [  # what the gateway is told
 class Plc:
     def __init__(self) -> None:
         self.loop = LoopThread()
-        self.emu = MeterEmulator(points_of(DEVICE), [1], values=VALUES)
+        self.emu = MeterEmulator(points_of(PLC_POINTS), [1], values=PLC_VALUES)
         self.port = self.loop.run(self.emu.start_tcp())
 
     def writes_on_the_wire(self) -> int:

@@ -36,6 +36,7 @@ from tests.support import (
     base_config,
     free_port,
     read_packet,
+    wait_on,
     write_config,
 )
 
@@ -134,14 +135,7 @@ class SeqCollector:
 
     def wait_for(self, predicate: Any, timeout: float) -> bool:
         """Wait until `predicate(self)` holds; returns whether it did."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.1))
-        return True
+        return wait_on(self._cond, lambda: predicate(self), timeout, tick=0.1)
 
     def wait_beyond(self, seq: int, timeout: float) -> float | None:
         """Seconds until a seq above `seq` arrives (None on timeout)."""

@@ -17,6 +17,14 @@ from tests.support import driver_context as make_ctx
 from tests.support import metric_value as sample
 
 T = TypeVar("T")
+PLC_POINTS = [  # what the emulated PLC of the write tests holds (tests/commands too)
+    {"name": "setpoint", "table": "holding", "address": 30, "type": "int16", "scale": 0.1},
+    {"name": "flow_sp", "table": "holding", "address": 40, "type": "float32", "order": "CDAB"},
+    {"name": "flags", "table": "holding", "address": 50, "type": "uint16"},
+    {"name": "pump_on", "table": "coil", "address": 2},
+    {"name": "temp", "table": "input", "address": 0, "type": "int16", "scale": 0.1},
+]
+PLC_VALUES = {"setpoint": 20.0, "flow_sp": 1.5, "flags": 0xA5A1, "pump_on": False, "temp": 21.3}
 
 
 class Rig:

@@ -12,16 +12,8 @@ from emulators.modbus_meter import WRITE_FCS, MeterEmulator, Request, points_of
 from drivers.modbus import ModbusDriver
 from gateway.errors import DeviceRejected, VerifyFailed, WriteRefused
 
-from .conftest import Rig, tcp
+from .conftest import PLC_POINTS, PLC_VALUES, Rig, tcp
 
-DEVICE = [  # what the emulated PLC has
-    {"name": "setpoint", "table": "holding", "address": 30, "type": "int16", "scale": 0.1},
-    {"name": "flow_sp", "table": "holding", "address": 40, "type": "float32", "order": "CDAB"},
-    {"name": "flags", "table": "holding", "address": 50, "type": "uint16"},
-    {"name": "pump_on", "table": "coil", "address": 2},
-    {"name": "temp", "table": "input", "address": 0, "type": "int16", "scale": 0.1},
-]
-VALUES = {"setpoint": 20.0, "flow_sp": 1.5, "flags": 0xA5A1, "pump_on": False, "temp": 21.3}
 CONFIG = [  # what the gateway is told
     {"name": "setpoint", "table": "holding", "address": 30, "type": "int16", "scale": 0.1,
      "unit": "°C", "write": {"min": -20, "max": 80}},
@@ -37,7 +29,7 @@ CONFIG = [  # what the gateway is told
 
 @pytest.fixture
 async def plc() -> AsyncIterator[tuple[MeterEmulator, int]]:
-    emu = MeterEmulator(points_of(DEVICE), [1, 2], values=VALUES)
+    emu = MeterEmulator(points_of(PLC_POINTS), [1, 2], values=PLC_VALUES)
     port = await emu.start_tcp()
     yield emu, port
     await emu.stop()

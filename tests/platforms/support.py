@@ -17,6 +17,7 @@ import paho.mqtt.client as paho
 
 from gateway.buffer.encoder import ChunkEncoder
 from gateway.model import Reading
+from tests.support import wait_on
 
 DIALECTS = ("thingsboard", "aliyun", "huawei")
 GW_PK, GW_DN = "a1GwProduct", "parkgate-gw"
@@ -148,14 +149,7 @@ class PlatformCollector:
 
     def wait_for(self, predicate: Any, timeout: float = 20.0) -> bool:
         """Wait until `predicate(self)` is true."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.2))
-        return True
+        return wait_on(self._cond, lambda: predicate(self), timeout)
 
     def ready(self) -> None:
         """Subscribed: a probe published to ourselves came back."""

@@ -18,7 +18,7 @@ from gateway.batching import max_payload
 from gateway.commands.request import BadRequest, load_document
 from gateway.config import GatewaySection, MqttSection
 from gateway.model import now_ms
-from gateway.uplink.dialect import Request
+from gateway.uplink.dialect import Request, SessionDefaults
 from gateway.uplink.messages import Credentials, Incoming, Outgoing, Subscription
 
 STATE_DEVICE = "status"
@@ -115,7 +115,7 @@ class ParkgateDialect:
                         json.dumps(doc, separators=(",", ":")).encode(), qos=1, retain=True)
 
 
-class ParkgateSession:
+class ParkgateSession(SessionDefaults):
     """One connection of the native dialect: no state beyond the broker's URL."""
 
     def __init__(self, dialect: ParkgateDialect, broker: str, credentials: Credentials) -> None:
@@ -124,11 +124,6 @@ class ParkgateSession:
         self._credentials = credentials
         self._will = Outgoing(dialect.status_topic, dialect.will_payload(), qos=1, retain=True)
         self._prefix_len = len(dialect.prefix) + len(SUFFIX)
-
-    @property
-    def credentials(self) -> Credentials:
-        """From `uplink.mqtt` (client_id, username, password)."""
-        return self._credentials
 
     @property
     def will(self) -> Outgoing:
@@ -144,18 +139,6 @@ class ParkgateSession:
         """Status online, retained."""
         d = self.dialect
         return [Outgoing(d.status_topic, d.status("online", self.broker), qos=1, retain=True)]
-
-    def observe(self, msg: Incoming) -> Sequence[Outgoing]:
-        """No session control in this dialect."""
-        return ()
-
-    def ready(self) -> bool:
-        """Always: the native dialect has no host to wait for."""
-        return True
-
-    def withheld(self) -> frozenset[str]:
-        """None: no device waits on its own."""
-        return frozenset()
 
     def topic(self, device: str) -> str:
         """The data topic of a device."""

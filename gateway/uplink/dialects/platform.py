@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from gateway.batching import max_payload
 from gateway.model import now_ms
+from gateway.uplink.dialect import SessionDefaults
 from gateway.uplink.messages import Credentials, Incoming, Outgoing
 
 T = TypeVar("T")
@@ -211,7 +212,7 @@ class PayloadDialect(Protocol):
         ...
 
 
-class PlatformSession:
+class PlatformSession(SessionDefaults):
     """What the platform sessions share: credentials signed at open, no will (platforms
     track the connection themselves), no session control, data as the dialect's payloads
     on the dialect's topic. Subclasses add subscriptions, announcements, drop notices."""
@@ -228,26 +229,9 @@ class PlatformSession:
         self.limit = Limit()
 
     @property
-    def credentials(self) -> Credentials:
-        """Signed when the session was opened."""
-        return self._credentials
-
-    @property
     def will(self) -> Outgoing | None:
         """None: the platform sees the connection go and marks the gateway offline."""
         return None
-
-    def observe(self, msg: Incoming) -> Sequence[Outgoing]:
-        """No session control."""
-        return ()
-
-    def ready(self) -> bool:
-        """Always."""
-        return True
-
-    def withheld(self) -> frozenset[str]:
-        """None: no device waits on its own."""
-        return frozenset()
 
     def topic(self, device: str) -> str:
         """Where `device`'s data goes."""

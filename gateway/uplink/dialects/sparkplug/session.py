@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from gateway import notices
 from gateway.batching import max_payload
 from gateway.model import now_ms
+from gateway.uplink.dialect import SessionDefaults
 from gateway.uplink.dialects.sparkplug import codec
 from gateway.uplink.dialects.sparkplug.registry import DROPPED, NODE_ALIASES
 from gateway.uplink.dialects.sparkplug.topics import parse_topic
@@ -32,7 +33,7 @@ FRAME_OVERHEAD = 16
 """Bytes of a DDATA payload besides its metrics: the payload timestamp and `seq`."""
 
 
-class SparkplugSession:
+class SparkplugSession(SessionDefaults):
     """One connection's Sparkplug state (gateway/uplink/dialect.py `DialectSession`)."""
 
     def __init__(self, dialect: SparkplugDialect, credentials: Credentials,
@@ -53,11 +54,6 @@ class SparkplugSession:
         for them (after a rebirth or the primary host's online, they go out one by one)."""
         self._will = Outgoing(dialect.topic_of("NDEATH"), codec.death(bd_seq, now_ms()),
                               qos=1, retain=False)
-
-    @property
-    def credentials(self) -> Credentials:
-        """From `uplink.mqtt`, asking for a clean start (Sparkplug requires one)."""
-        return self._credentials
 
     @property
     def will(self) -> Outgoing:
@@ -105,10 +101,6 @@ class SparkplugSession:
         """While the primary host (if any) is online and the last NBIRTH and its DBIRTHs
         have gone out."""
         return self.host_online and self.node_born and not self.unsent
-
-    def withheld(self) -> frozenset[str]:
-        """None: no device waits on its own."""
-        return frozenset()
 
     def topic(self, device: str) -> str:
         """DDATA of the device."""
