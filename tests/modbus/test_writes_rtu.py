@@ -11,8 +11,8 @@ from emulators.modbus_meter import MeterEmulator, Request, SerialLine, points_of
 
 from gateway.errors import DeviceRejected, WriteRefused
 
-from .conftest import Rig
-from .test_writes import CONFIG, DEVICE, VALUES
+from .conftest import PLC_POINTS, PLC_VALUES, Rig
+from .test_writes import CONFIG
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ async def line(tmp_path: Path) -> AsyncIterator[SerialLine]:
 
 
 async def test_writes_over_rtu_share_the_bus_with_polls(rig: Rig, line: SerialLine) -> None:
-    emu = MeterEmulator(points_of(DEVICE), [1, 2], values=VALUES)
+    emu = MeterEmulator(points_of(PLC_POINTS), [1, 2], values=PLC_VALUES)
     await emu.start_rtu(line.server_path)
     rtu = {"type": "rtu", "port": line.device_path, "baudrate": 9600, "delay": "5ms"}
     try:
