@@ -46,22 +46,34 @@ def replies(host: Host) -> dict[str, dict[str, Any]]:
     return out
 
 
-def test_signed_dcmd_writes_and_is_answered(tmp_path: Path, shared_broker: Mosquitto) -> None:
+def start_site(tmp_path: Path, broker: Mosquitto, device: dict[str, Any]
+               ) -> tuple[str, Signer, Host, GatewayProcess]:
+    """A Sparkplug gateway with `device` that takes commands signed by a fresh key, its
+    births seen by a decoding host: (group, signer, host, gateway)."""
     group = f"pg-{uuid.uuid4().hex[:10]}"
     pub, _ = keygen(tmp_path / "op.key")
-    signer = Signer.from_file(tmp_path / "op.key")
-    device = {"name": "boiler", "driver": "sim", "interval": "200ms", "points": 0,
-              "variables": [{"name": "setpoint", "initial": 20.0,
-                             "write": {"min": 5, "max": 80}}]}
-    cfg = base_config(tmp_path, shared_broker.port, [device],
+    cfg = base_config(tmp_path, broker.port, [device],
                       commands={"enabled": True, "verify_keys": [f"${{file:{pub}}}"]})
     cfg["uplink"]["mqtt"]["dialect"] = "sparkplug"
     cfg["uplink"]["mqtt"]["sparkplug"] = {"group": group, "node": NODE}
-    host = Host(shared_broker.port, group)
+    host = Host(broker.port, group)
     gw = GatewayProcess(write_config(tmp_path / "gw.yaml", cfg)).start()
     try:
         wait_metric(cfg["metrics"]["listen"], "parkgate_uplink_connected", lambda v: v == 1, 30)
-        assert host.wait(lambda h: h.of("DBIRTH"), 20)
+        assert host.wait(lambda h: h.of("DBIRTH"), 20), gw.output()[-2000:]
+    except BaseException:
+        gw.kill()
+        host.close()
+        raise
+    return group, Signer.from_file(tmp_path / "op.key"), host, gw
+
+
+def test_signed_dcmd_writes_and_is_answered(tmp_path: Path, shared_broker: Mosquitto) -> None:
+    device = {"name": "boiler", "driver": "sim", "interval": "200ms", "points": 0,
+              "variables": [{"name": "setpoint", "initial": 20.0,
+                             "write": {"min": 5, "max": 80}}]}
+    group, signer, host, gw = start_site(tmp_path, shared_broker, device)
+    try:
         topic = f"spBv1.0/{group}/DCMD/{NODE}/boiler"
         payload, rid = dcmd("boiler", "setpoint", 42.5, signer)
         host.send(topic, payload)
@@ -90,22 +102,16 @@ def test_dcmd_writes_a_modbus_register_and_refusals_leave_the_server_untouched(
     """Issue 14's Done-when: a DCMD write to a pymodbus server, allowed and refused."""
     from tests.commands.test_e2e_modbus import REGISTERS, Plc
 
-    group = f"pg-{uuid.uuid4().hex[:10]}"
-    pub, _ = keygen(tmp_path / "op.key")
-    signer = Signer.from_file(tmp_path / "op.key")
     plc = Plc()
     device = {"name": "plc", "driver": "modbus", "interval": "500ms", "unit": 1,
               "transport": {"type": "tcp", "host": "127.0.0.1", "port": plc.port},
               "registers": REGISTERS}
-    cfg = base_config(tmp_path, shared_broker.port, [device],
-                      commands={"enabled": True, "verify_keys": [f"${{file:{pub}}}"]})
-    cfg["uplink"]["mqtt"]["dialect"] = "sparkplug"
-    cfg["uplink"]["mqtt"]["sparkplug"] = {"group": group, "node": NODE}
-    host = Host(shared_broker.port, group)
-    gw = GatewayProcess(write_config(tmp_path / "gw.yaml", cfg)).start()
     try:
-        wait_metric(cfg["metrics"]["listen"], "parkgate_uplink_connected", lambda v: v == 1, 30)
-        assert host.wait(lambda h: h.of("DBIRTH"), 20), gw.output()[-2000:]
+        group, signer, host, gw = start_site(tmp_path, shared_broker, device)
+    except BaseException:
+        plc.close()
+        raise
+    try:
         topic = f"spBv1.0/{group}/DCMD/{NODE}/plc"
         payload, rid = dcmd("plc", "setpoint", 42.5, signer)
         host.send(topic, payload)
