@@ -308,6 +308,21 @@ if [ ! -d "$SITE/config/profiles" ] && [ -d "$PROFILES" ]; then
     install -m 0644 "$PROFILES"/*.yaml "$SITE/config/profiles/"
 fi
 
+# The units run Python with -OO (PYTHONOPTIMIZE=2) and PYTHONPYCACHEPREFIX=$OPT/venv/pycache:
+# compile that bytecode now, for the venv and for the standard library, as the services
+# will look for it (under the paths they import from: the console scripts run this venv's
+# own python, so its real directory). Read-only for the service; switched and rolled back
+# with the venv. A failure here costs start-up time and memory, not correctness.
+say "compiling bytecode (-OO) into $NEW/pycache"
+STDLIB=$("$NEW/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+if ! PYTHONPYCACHEPREFIX="$NEW/pycache" "$NEW/bin/python" -OO -m compileall -q -j 0 \
+        -x '/(test|tests|idlelib|tkinter|turtledemo|lib2to3|ensurepip|pydoc_data|site-packages|dist-packages)/' \
+        "$STDLIB" >/dev/null \
+   || ! PYTHONPYCACHEPREFIX="$NEW/pycache" "$NEW/bin/python" -OO -m compileall -q -j 0 \
+        -x '/(tests?)/' "$SITE" >/dev/null; then
+    say "warning: some modules did not compile; they will be compiled in memory at each start"
+fi
+
 # --- config --------------------------------------------------------------------------
 CONFIG=$ETC/parkgate.yaml
 example_config > "$ETC/parkgate.yaml.example"

@@ -165,6 +165,48 @@ def test_fresh_install_layout(installed: Path) -> None:
     assert sh(exe, "check", conf).returncode == 0
 
 
+def unit_environment(unit: Path) -> dict[str, str]:
+    """KEY=VALUE pairs of every `Environment=` line of a unit file."""
+    env: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            for pair in line.removeprefix("Environment=").split():
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+@BUNDLE
+def test_installed_venv_holds_the_units_bytecode(installed: Path) -> None:
+    """The unit runs Python with -OO from the venv's pycache: the installer compiled every
+    module `parkgate run` imports into it, standard library included, so the agent
+    compiles nothing at start (which would cost more memory than -OO saves)."""
+    unit_env = unit_environment(installed / "etc/systemd/system/parkgate.service")
+    assert unit_env["PYTHONOPTIMIZE"] == "2"
+    assert unit_env["PYTHONDONTWRITEBYTECODE"] == "1"  # so what is found below was installed
+    prefix = unit_env["PYTHONPYCACHEPREFIX"]
+    assert prefix == "/opt/parkgate/venv/pycache"
+    # the console script runs the venv's python by its real directory, as systemd would
+    venv = (installed / "opt/parkgate/venv").resolve()
+    env = {**os.environ, **unit_env, "PYTHONPYCACHEPREFIX": f"{installed}{prefix}"}
+    probe = """
+import os, sys
+import gateway.cli, gateway.corecli, gateway.config, gateway.agent, drivers.sim, drivers.modbus
+assert sys.flags.optimize == 2, sys.flags.optimize
+specs = [m.__spec__ for m in list(sys.modules.values()) if getattr(m, '__spec__', None)]
+sources = [s for s in specs if s.has_location and (s.origin or '').endswith('.py')]
+missing = [s.name for s in sources
+           if not (s.cached.endswith('.opt-2.pyc') and os.path.exists(s.cached))]
+print(len(sources), *missing)
+"""
+    res = subprocess.run([str(venv / "bin/python"), "-c", probe], env=env, cwd=installed,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    count, *missing = res.stdout.split()
+    assert int(count) > 300  # the whole run path was imported from source files
+    assert missing == [], f"compiled at start, not by the installer: {missing}"
+
+
 @BUNDLE
 def test_installed_gateway_can_use_the_opcua_and_bacnet_drivers(installed: Path,
                                                                 tmp_path: Path) -> None:
