@@ -19,10 +19,12 @@ Each agent row splits RSS into anonymous memory (the Python heap, allocator aren
 SQLite's page cache) and file-backed pages (libpython, OpenSSL, pydantic-core: shared with
 other processes and droppable by the kernel, but counted in RSS).
 
-Figures match an installed wheel: bytecode is compiled once into a private cache first
-(`PYTHONPYCACHEPREFIX`), as pip does at install time, so no row pays for compiling source.
-The agents run with the `Environment=` of systemd/parkgate.service (for example
-MALLOC_ARENA_MAX) unless `--no-unit-env`.
+Figures match what systemd/install.sh installs: every process runs in a throwaway venv
+without the checkout's editable-install hook, with the `Environment=` of
+systemd/parkgate.service (-OO through PYTHONOPTIMIZE) unless `--no-unit-env`, and the
+standard library, the dependencies and the project are compiled first into a private
+`PYTHONPYCACHEPREFIX` at that optimisation level, as the installer does, so no row pays
+for compiling source.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,29 +99,65 @@ def unit_environment() -> dict[str, str]:
     return env
 
 
-def prepare(tmp: Path, unit_env: bool) -> dict[str, str]:
-    """The environment for every measured process, with bytecode compiled beforehand."""
+def installed_python(tmp: Path) -> Path:
+    """A venv that imports what the project's venv has, as a wheel install would.
+
+    The project's own venv holds parkgate as an editable install, whose import hook (a
+    `.pth` file) loads pathlib, re, urllib.parse and ipaddress before anything else: 1 MiB
+    an installed agent does not pay. Here that venv's site-packages is a plain path entry,
+    so its `.pth` files are not run; `gateway` and `drivers` come from the checkout (the
+    working directory) and the entry points from the editable install's metadata.
+    """
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python3*/site-packages"))
+    deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    (site / "parkgate-deps.pth").write_text("\n".join(deps) + "\n")
+    return venv / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Runner:
+    """How every measured process is started: interpreter and environment."""
+
+    python: str
+    env: dict[str, str]
+
+
+def prepare(tmp: Path, unit_env: bool) -> Runner:
+    """The environment for every measured process, with bytecode compiled beforehand.
+
+    As systemd/install.sh does: the standard library, the dependencies and the project are
+    compiled into a private `PYTHONPYCACHEPREFIX` with the unit's optimisation level, so
+    no agent compiles anything (that would cost it more memory than -OO saves).
+    """
     env = {**os.environ, "PYTHONPYCACHEPREFIX": str(tmp / "pycache")}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "gateway", "drivers"],
-                   cwd=ROOT, env=env, check=True)
-    warm = ",".join(name for _t, names in IMPORT_ROWS for name in names)
-    subprocess.run([sys.executable, "-c", f"for m in {warm!r}.split(','): __import__(m)"],
-                   cwd=ROOT, env=env, check=True)
     if unit_env:
         env.update({k: v for k, v in unit_environment().items()
-                    if k != "PYTHONDONTWRITEBYTECODE"})  # bytecode is in place, as installed
-    return env
+                    if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")})
+    python = str(installed_python(tmp))
+    query = "import sysconfig; print(sysconfig.get_paths()['stdlib'])"
+    stdlib = subprocess.run([python, "-c", query],
+                            env=env, check=True, capture_output=True, text=True).stdout.strip()
+    deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    for skip, paths in (
+            ("/(test|tests|idlelib|tkinter|turtledemo|lib2to3|ensurepip|site-packages)/",
+             [stdlib]),
+            ("/(tests?)/", [*deps, "gateway", "drivers"])):
+        subprocess.run([python, "-m", "compileall", "-q", "-j", "0", "-x", skip, *paths],
+                       cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    return Runner(python, env)
 
 
-def imports(env: dict[str, str]) -> None:
+def imports(run: Runner) -> None:
     """The import table."""
     print("\n== imports on the `parkgate run` path (each row on top of the rows above)")
     print(f"{'row':52s} {'RSS MiB':>8s} {'anon':>6s} {'mods':>5s} {'total':>7s}")
     before: list[str] = []
     for title, row in IMPORT_ROWS:
         code = MEASURE % {"before": before, "row": row}
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
+        out = subprocess.run([run.python, "-c", code], cwd=ROOT, env=run.env, check=True,
                              capture_output=True, text=True).stdout.split()
         rss, anon, mods, total = float(out[0]), float(out[1]), int(out[2]), float(out[3])
         if not row:  # the interpreter row: its total is the cost
@@ -144,12 +183,12 @@ def scrape_total(listen: str, name: str) -> float:
                if line.startswith(name) and not line.startswith("#"))
 
 
-def run_agent(config: Path, listen: str, env: dict[str, str], seconds: float
+def run_agent(config: Path, listen: str, run: Runner, seconds: float
               ) -> dict[str, float]:
     """Start `parkgate run`, wait for published readings, sample memory over `seconds`."""
     log = config.with_suffix(".log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([run.python, "-m", "gateway", "run", "-c", str(config)],
+                            cwd=ROOT, env=run.env, stdout=log, stderr=subprocess.STDOUT)
     try:
         started = time.monotonic()
 
@@ -181,7 +220,7 @@ def show(title: str, m: dict[str, float]) -> None:
           f"first publish {m['first_publish_s']:5.1f} s")
 
 
-def idle(tmp: Path, env: dict[str, str], settle: float) -> None:
+def idle(tmp: Path, run: Runner, settle: float) -> None:
     broker = Mosquitto().start()
     try:
         cfg = base_config(tmp / "idle", broker.port, [
@@ -190,12 +229,12 @@ def idle(tmp: Path, env: dict[str, str], settle: float) -> None:
         (tmp / "idle").mkdir()
         path = write_config(tmp / "idle" / "parkgate.yaml", cfg)
         show("idle (1 sim device, 10 points, 1 s)",
-             run_agent(path, cfg["metrics"]["listen"], env, settle))
+             run_agent(path, cfg["metrics"]["listen"], run, settle))
     finally:
         broker.close()
 
 
-def meters(tmp: Path, env: dict[str, str], window: float, inline: bool,
+def meters(tmp: Path, run: Runner, window: float, inline: bool,
            devices: int = 100, registers: int = 100, per_port: int = 10) -> None:
     """100 x 100 against the Modbus emulator, the map in a profile file or inline."""
     work = tmp / ("inline" if inline else "profile")
@@ -210,7 +249,7 @@ def meters(tmp: Path, env: dict[str, str], window: float, inline: bool,
     emu = subprocess.Popen(
         [sys.executable, str(EMULATOR), "--profile", str(profile), "--tcp",
          f"127.0.0.1:{base}-{base + ports - 1}", "--units", f"1-{per_port}"],
-        stdout=emu_log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        stdout=emu_log, stderr=subprocess.STDOUT, cwd=ROOT)
     broker = Mosquitto().start()
     try:
         units = ["V", "A", "W", "Hz", "kWh", "%"]
@@ -240,7 +279,7 @@ def meters(tmp: Path, env: dict[str, str], window: float, inline: bool,
         wait_until(emulator_ready, 90, "the emulator")
         title = f"{devices} x {registers} at 1 s, " + ("inline registers" if inline
                                                      else "one profile file")
-        show(title, run_agent(path, cfg["metrics"]["listen"], env, window))
+        show(title, run_agent(path, cfg["metrics"]["listen"], run, window))
     finally:
         emu.terminate()
         emu.wait(10)
@@ -259,21 +298,21 @@ def main() -> int:
     only = set(args.only or ["imports", "idle", "profile", "inline"])
     with tempfile.TemporaryDirectory(prefix="pg-footprint-") as d:
         tmp = Path(d)
-        env = prepare(tmp, unit_env=not args.no_unit_env)
-        extra = {k: v for k, v in env.items() if os.environ.get(k) != v
+        run = prepare(tmp, unit_env=not args.no_unit_env)
+        extra = {k: v for k, v in run.env.items() if os.environ.get(k) != v
                  and k != "PYTHONPYCACHEPREFIX"}
         print(f"python {sys.version.split()[0]}; agent environment from the unit: "
               f"{' '.join(f'{k}={v}' for k, v in sorted(extra.items())) or '(none)'}")
         if "imports" in only:
-            imports(env)
+            imports(run)
         if only - {"imports"}:
             print("\n== agents (MiB; peak is VmHWM since start)")
         if "idle" in only:
-            idle(tmp, env, args.settle)
+            idle(tmp, run, args.settle)
         if "profile" in only:
-            meters(tmp, env, args.window, inline=False)
+            meters(tmp, run, args.window, inline=False)
         if "inline" in only:
-            meters(tmp, env, args.window, inline=True)
+            meters(tmp, run, args.window, inline=True)
     return 0
 
 
