@@ -28,7 +28,7 @@ from gateway.backoff import Backoff
 from gateway.ingest import mqttack
 from gateway.ingest.metrics import IngestMetrics
 from gateway.ingest.settings import SourceSection
-from gateway.uplink import Broker, tls_context
+from gateway.uplink import Broker, adapter, tls_context
 
 STABLE_S = 10.0
 
@@ -95,6 +95,7 @@ class Source:
             tls_insecure=(not self.cfg.tls.verify) if self.broker.tls else None,
         )
         mqttack.enable_manual_ack(client)
+        adapter.register_writes_safely(client)  # a drop mid-write: no stale writer
         return client
 
     async def run(self) -> None:

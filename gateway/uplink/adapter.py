@@ -120,6 +120,40 @@ class Connack:
         inner.on_connect = on_connect_hook
 
 
+def register_writes_safely(client: aiomqtt.Client) -> None:
+    """Watch paho's socket for writability only while it is still paho's open socket.
+
+    aiomqtt 2.x asks the loop to watch the socket in a later callback
+    (`call_soon_threadsafe(add_writer, fileno)`), but paho unregisters and closes the socket
+    synchronously. A broker that drops the connection in between left `add_writer` on a
+    closed descriptor: asyncio logged the EBADF as an unhandled exception (a flaky test),
+    and once the number was reused by another socket, the stale writer would fire on every
+    loop pass for a client that has no socket. The same callback as aiomqtt's, with the
+    check in the loop thread, where nothing can close the socket between check and watch.
+    """
+    inner = paho_client(client)
+    loop = asyncio.get_running_loop()
+    lost = disconnected(client)
+
+    def on_register_write(c: Any, _userdata: Any, sock: Any) -> None:
+        def writable() -> None:
+            # loop_write() raises on a broken pipe: the connection is over (as aiomqtt does)
+            try:
+                c.loop_write()
+            except Exception as exc:  # noqa: BLE001 - whatever broke the connection ends it
+                if not lost.done():
+                    lost.set_exception(exc)
+
+        def watch() -> None:
+            if c.socket() is sock and sock.fileno() != -1:
+                loop.add_writer(sock.fileno(), writable)
+
+        # paho calls this from aiomqtt's connect thread too: hand over to the loop
+        loop.call_soon_threadsafe(watch)
+
+    inner.on_socket_register_write = on_register_write
+
+
 # -- public paho API from here on: message properties ------------------------------------------
 def properties(out: Outgoing, v5: bool) -> Properties | None:
     """The MQTT 5 PUBLISH properties of `out` (None when it has none, or on 3.1.1)."""

@@ -271,6 +271,7 @@ class Uplink:
         client = self._client(broker, session)
         codes = adapter.PubackCodes(client)
         connack = adapter.Connack(client)
+        adapter.register_writes_safely(client)
         try:
             await self._connected(client, codes, connack, broker, session)
         except (aiomqtt.MqttError, OSError, TimeoutError) as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 from importlib.metadata import version
 
 import aiomqtt
@@ -70,3 +71,66 @@ async def test_hooks_see_the_connack_and_the_pubacks_of_a_real_broker() -> None:
     finally:
         broker.close()
     assert checked
+
+
+def _socket_pair_client() -> tuple[aiomqtt.Client, paho.Client, socket.socket, socket.socket]:
+    """An aiomqtt client whose paho client holds one end of a socket pair as its socket."""
+    client = aiomqtt.Client("127.0.0.1", 1, protocol=aiomqtt.ProtocolVersion.V5)
+    inner = adapter.paho_client(client)
+    ours, peer = socket.socketpair()
+    inner._sock = ours  # what paho's connect() sets; socket() returns it
+    return client, inner, ours, peer
+
+
+async def test_a_socket_closed_before_the_loop_watches_it_is_not_watched() -> None:
+    """Found: aiomqtt 2.x calls add_writer in a later loop callback, after a broker drop had
+    closed the socket: asyncio logged EBADF as an unhandled exception (1 run in ~10 of
+    test_broker_disconnects_leave_no_unretrieved_future)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        # aiomqtt's own callback, as it stands: the race reproduced
+        client, inner, ours, peer = _socket_pair_client()
+        assert list(inspect.signature(inner.on_socket_register_write).parameters) == [
+            "client", "userdata", "sock"]
+        inner.on_socket_register_write(inner, None, ours)
+        inner._sock = None  # paho's _sock_close(): unregister (nothing yet), then close
+        ours.close()
+        peer.close()
+        await asyncio.sleep(0.01)
+        assert errors and isinstance(errors[0].get("exception"), OSError), (
+            "aiomqtt no longer registers the socket late: "
+            "adapter.register_writes_safely may be dropped")
+        errors.clear()
+
+        # with the adapter's callback: nothing watched, nothing reported
+        client, inner, ours, peer = _socket_pair_client()
+        adapter.register_writes_safely(client)
+        inner.on_socket_register_write(inner, None, ours)
+        inner._sock = None
+        ours.close()
+        peer.close()
+        await asyncio.sleep(0.01)
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)
+
+
+async def test_an_open_socket_is_watched_until_paho_unregisters_it() -> None:
+    client, inner, ours, peer = _socket_pair_client()
+    adapter.register_writes_safely(client)
+    writes: list[int] = []
+    inner.loop_write = lambda: writes.append(1) or 0  # type: ignore[method-assign]
+    try:
+        inner.on_socket_register_write(inner, None, ours)
+        await asyncio.sleep(0.01)
+        assert writes, "a writable socket paho asked to watch was not watched"
+        inner.on_socket_unregister_write(inner, None, ours)  # aiomqtt's: remove_writer
+        seen = len(writes)
+        await asyncio.sleep(0.01)
+        assert len(writes) == seen
+    finally:
+        inner._sock = None
+        ours.close()
+        peer.close()
