@@ -22,7 +22,9 @@ a ThingsBoard server sends: the subscriber here answers it with empty limits (no
 limiting).
 
 ThingsBoard gateway runs with its shipped defaults (memory storage, ON_RECEIVED reporting)
-plus the Modbus connector generated here; parkgate with its defaults. The last lines are a
+plus the Modbus connector generated here; parkgate with its defaults, as installed
+(bench/footprint.py's `prepare`: no editable-install hook, the systemd unit's environment,
+bytecode compiled beforehand). The last lines are a
 markdown table of every run, for README.md.
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -48,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "hardware-in-loop")]
 
 import paho.mqtt.client as paho  # noqa: E402
+from footprint import Runner, prepare  # noqa: E402
 from procfs import cpu_seconds, rss_mib, terminate  # noqa: E402
 
 from tests.support import Mosquitto, free_port, write_config  # noqa: E402
@@ -166,8 +170,9 @@ class Subscriber:
 
 # --- the two gateways -------------------------------------------------------------------------
 
-def parkgate_cmd(tmp: Path, broker: int, devices: int, registers: int, port0: int
-                 ) -> tuple[list[str], dict[str, str], Path]:
+def parkgate_cmd(run: Runner, tmp: Path, broker: int, devices: int, registers: int,
+                 port0: int) -> tuple[list[str], dict[str, str], Path]:
+    """parkgate as installed: the unit's environment (-OO), bytecode compiled beforehand."""
     regs = [{"name": f"r{i}", "table": "holding", "address": i, "type": "uint16"}
             for i in range(registers)]
     cfg = {"gateway": {"id": "bench-gw", "site": "bench"},
@@ -179,7 +184,7 @@ def parkgate_cmd(tmp: Path, broker: int, devices: int, registers: int, port0: in
                         "transport": {"type": "tcp", "host": "127.0.0.1", "port": port0 + i},
                         "registers": regs} for i in range(devices)]}
     path = write_config(tmp / "parkgate.yaml", cfg)
-    return [sys.executable, "-m", "gateway", "run", "-c", str(path)], {}, ROOT
+    return [run.python, "-m", "gateway", "run", "-c", str(path)], run.env, ROOT
 
 
 def thingsboard_cmd(tmp: Path, broker: int, devices: int, registers: int, port0: int
@@ -435,10 +440,13 @@ def main(argv: list[str] | None = None) -> int:
         print("ThingsBoard gateway not installed: bash bench/thingsboard/setup.sh",
               file=sys.stderr)
         return 2
+    installed = Path(tempfile.mkdtemp(prefix="pg-vs-tb-"))
+    run = prepare(installed, unit_env=True)  # as systemd/install.sh and the unit run it
     broker = Mosquitto(persistent=True)
     broker.start()
     sub = Subscriber(broker.port)
-    gateways = [("parkgate", parkgate_cmd), ("thingsboard", thingsboard_cmd)]
+    gateways = [("parkgate", functools.partial(parkgate_cmd, run)),
+                ("thingsboard", thingsboard_cmd)]
     if args.only:
         gateways = [g for g in gateways if g[0] == args.only]
     rows: list[Row] = []
@@ -470,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sub.close()
         broker.close()
+        shutil.rmtree(installed, ignore_errors=True)
     print()
     print("\n".join(table(rows)))
     print()
