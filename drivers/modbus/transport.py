@@ -38,6 +38,7 @@ from .classify import (
     worth_retrying,
 )
 from .link import LinkSettings, Tally
+from .replies import REPLIES
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -106,6 +107,8 @@ class Bus:
         _install_log_filter()
         self._client = self._make_client()
         c = self._client
+        for reply in REPLIES:  # read replies decoded in one call (replies.py)
+            c.register(reply)
         self._calls: dict[str, Callable[..., Awaitable[Any]]] = {
             "holding": c.read_holding_registers, "input": c.read_input_registers,
             "coil": c.read_coils, "discrete": c.read_discrete_inputs}
