@@ -50,8 +50,12 @@ __all__ = ["BUSY_CODES", "EXCEPTION_NAMES", "GATEWAY_CODES", "Bus", "BusHold",
 
 TCP_DEAD_AFTER = 3
 """Consecutive unanswered requests after which a TCP link is presumed half-open."""
-PYMODBUS_TIMEOUT = 3600.0
-"""pymodbus's own response timeout: out of the way, `asyncio.timeout` bounds every call."""
+PYMODBUS_TIMEOUT = None
+"""pymodbus's own response (and connect) timeout: none, `asyncio.timeout` bounds every call.
+
+Without one, pymodbus awaits the reply's future itself rather than through
+`asyncio.wait_for` (a timer, a waiter future and one more loop pass per request): 13 % of
+the client's instructions per read (callgrind, 100 meters x 100 registers)."""
 
 _OURS: contextvars.ContextVar[bool] = contextvars.ContextVar("parkgate_modbus_bus",
                                                              default=False)

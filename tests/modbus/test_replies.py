@@ -86,3 +86,12 @@ async def test_a_bus_client_decodes_replies_with_our_classes() -> None:
     assert isinstance(pdu, HoldingRegisters)
     assert pdu.registers == [0x1234, 0xFFFF]
     await bus.aclose()
+
+
+async def test_pymodbus_awaits_replies_without_a_timeout_of_its_own() -> None:
+    # pins pymodbus internals: its response timeout is comm_params.timeout_connect, given to
+    # asyncio.wait_for, which awaits the future directly when it is None; the Bus bounds
+    # every request with asyncio.timeout (the silent-unit tests)
+    bus = Bus(LinkSettings("tcp", "127.0.0.1", port=1))
+    assert bus._client.ctx.comm_params.timeout_connect is None
+    await bus.aclose()
