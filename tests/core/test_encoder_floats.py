@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.buffer.encoder import FLOAT_TEXTS, ChunkEncoder
+from gateway.buffer.encoder import FLOAT_RELEARN, FLOAT_TEXTS, ChunkEncoder
 from gateway.model import Reading
 
 VALUE = re.compile(r'"value":([^,]*),')
@@ -28,9 +28,16 @@ def test_repeated_values_are_written_as_repr_including_both_zeros() -> None:
     assert texts(enc, VALUES[::-1]) == [repr(v) for v in VALUES[::-1]]
 
 
-def test_more_distinct_values_than_kept_stay_exact_and_bounded() -> None:
+def test_more_distinct_values_than_kept_stay_exact_bounded_and_are_learnt_again() -> None:
     enc = ChunkEncoder()
     values = [i / 10 + 0.05 for i in range(FLOAT_TEXTS + 500)]
-    for _ in range(2):
-        assert texts(enc, values) == [repr(v) for v in values]
-        assert 0 < len(enc._floats) <= FLOAT_TEXTS
+    assert texts(enc, values) == [repr(v) for v in values]
+    assert len(enc._floats) == FLOAT_TEXTS
+    assert enc._floats[values[0]] == repr(values[0])
+    later = [v + 1000 for v in values[:100]]
+    while enc._since_learnt + len(later) < FLOAT_RELEARN:  # full: nothing new is kept
+        assert texts(enc, later) == [repr(v) for v in later]
+    assert later[0] not in enc._floats
+    assert texts(enc, later) == [repr(v) for v in later]  # relearning begins after this
+    assert texts(enc, later) == [repr(v) for v in later]
+    assert set(enc._floats) == set(later)
