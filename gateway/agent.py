@@ -254,10 +254,11 @@ GC_YOUNG = 20_000
 """Container allocations (net) between young collections, for a running agent (default 700).
 
 Readings are tuples the collector tracks (a NamedTuple is never untracked like a plain
-tuple of atoms), alive until their commit, 0.15-1 s. At 10,000 readings/s the default
-threshold ran a young collection every few dozen ms, each walking thousands of pending
-readings, and promoted them into older generations walked again: 7 % of the event loop's
-CPU at 100 meters x 100 registers (bench/modbus.py, gc callbacks). Garbage cycles (rare
+tuple of atoms) and live until their commit, 0.15-1 s, so with the default the pending
+readings kept triggering collections that walked them and promoted them into older
+generations, walked again: at 100 meters x 100 registers 3-4 collections a second and a
+full one (30 ms) about every 20 s, 7 % of the event loop's CPU (gc callbacks timed with
+thread CPU time, bench/modbus.py); with 20,000 none in steady state. Garbage cycles (rare
 here) wait a little longer to be freed."""
 
 
