@@ -6,9 +6,13 @@
 The emulator runs in its own process (ten TCP "gateways" of ten meters each by default),
 the agent in another, publishing to a private Mosquitto. After a warm-up the script
 samples the agent's CPU time from /proc/PID/stat and its /metrics over the window, then
-prints: CPU % of one core, requests per poll, polls late or skipped
-(parkgate_poll_overruns_total), poll durations, readings per second in and out.
+prints: CPU % of one core (and the event loop's share next to the other threads', where
+SQLite commits), requests per poll, polls late or skipped (parkgate_poll_overruns_total),
+poll durations, readings per second in and out, messages and commits per second.
 Target (issue 11): agent at 6 % of one core or less with no skipped polls (issue 3: 12 %).
+
+    python bench/modbus.py --profile /tmp/p.txt   # pyinstrument over the window only
+    BENCH_PROFILE_CLOCK=cpu python bench/modbus.py --profile /tmp/p.txt   # by CPU time
 """
 
 from __future__ import annotations
