@@ -6,9 +6,13 @@
 The emulator runs in its own process (ten TCP "gateways" of ten meters each by default),
 the agent in another, publishing to a private Mosquitto. After a warm-up the script
 samples the agent's CPU time from /proc/PID/stat and its /metrics over the window, then
-prints: CPU % of one core, requests per poll, polls late or skipped
-(parkgate_poll_overruns_total), poll durations, readings per second in and out.
+prints: CPU % of one core (and the event loop's share next to the other threads', where
+SQLite commits), requests per poll, polls late or skipped (parkgate_poll_overruns_total),
+poll durations, readings per second in and out, messages and commits per second.
 Target (issue 11): agent at 6 % of one core or less with no skipped polls (issue 3: 12 %).
+
+    python bench/modbus.py --profile /tmp/p.txt   # pyinstrument over the window only
+    BENCH_PROFILE_CLOCK=cpu python bench/modbus.py --profile /tmp/p.txt   # by CPU time
 """
 
 from __future__ import annotations
@@ -110,9 +114,10 @@ def main() -> int:
                    help="the same number of readings from the sim driver, no Modbus: what "
                         "the rest of the agent (buffer, uplink) costs")
     p.add_argument("--profile", metavar="FILE", type=Path, default=None,
-                   help="run the agent under pyinstrument (sampling) and write its text "
-                        "report here; profiling costs CPU, the figures are then not "
-                        "comparable")
+                   help="run the agent under pyinstrument (sampling) over the measured "
+                        "window and write its text report here (a call tree, then self "
+                        "time by function; FILE.all has the full tree); profiling costs "
+                        "CPU, the figures are then not comparable")
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="pg-bench-modbus-"))
@@ -147,13 +152,17 @@ def main() -> int:
         start_gateway(gw, listen, emu, tmp / "emulator.log", 20)
         assert gw.proc is not None
         time.sleep(args.warmup)
+        if isinstance(gw, Profiled):
+            gw.begin()
         m0, c0, e0, t0 = scrape(listen), cpu_seconds(gw.proc.pid), cpu_seconds(emu.pid), \
             time.monotonic()
         u0, s0 = user_system(gw.proc.pid)
+        th0 = thread_seconds(gw.proc.pid)
         time.sleep(args.window)
         m1, c1, e1, t1 = scrape(listen), cpu_seconds(gw.proc.pid), cpu_seconds(emu.pid), \
             time.monotonic()
         u1, s1 = user_system(gw.proc.pid)
+        th1 = thread_seconds(gw.proc.pid)
         wall = t1 - t0
 
         def delta(name: str) -> float:
@@ -177,9 +186,14 @@ def main() -> int:
                                            / polls, 2) if polls else None,
             "readings_per_s": round(delta("parkgate_readings_total") / wall),
             "published_per_s": round(delta("parkgate_uplink_published_readings_total") / wall),
+            "messages_per_s": round(delta("parkgate_uplink_published_messages_total") / wall,
+                                    1),
+            "commits_per_s": round(delta("parkgate_buffer_commits_total") / wall, 1),
             "event_loop_lag_s": max(values(m1, "parkgate_event_loop_lag_seconds") or [0.0]),
             "agent_user_percent": round(100 * (u1 - u0) / wall, 1),
             "agent_system_percent": round(100 * (s1 - s0) / wall, 1),
+            "agent_threads_percent": {name: round(100 * (th1[name] - th0.get(name, 0.0)) / wall,
+                                                  1) for name in sorted(th1)},
             "agent_cpu_ms_per_1000_readings": round(
                 1000 * (c1 - c0) / max(1.0, delta("parkgate_readings_total")) * 1000, 2),
             "agent_rss_mb": round(rss_mib(gw.proc.pid)[0], 1),
@@ -205,19 +219,34 @@ def main() -> int:
 PROFILE_RUNNER = """
 import os, signal, sys
 from pyinstrument import Profiler
+from pyinstrument.renderers import ConsoleRenderer
 report = sys.argv.pop(1)
 profiler = Profiler(interval=0.0005, async_mode="disabled")
+if os.environ.get("BENCH_PROFILE_CLOCK") == "cpu":
+    # sample by the event loop thread's CPU time: waits, preemption and GIL hand-overs
+    # drop out (each sample then costs a clock_gettime system call)
+    import time
+    from pyinstrument.stack_sampler import get_stack_sampler
+    get_stack_sampler().timer_func = time.thread_time
+
+def begin(*_):
+    # the measured window starts: start-up and warm-up stay out of the report
+    profiler.start()
 
 def done(*_):
-    # write the report and leave at once: the measured window is over
-    profiler.stop()
+    # write the reports and leave at once: the measured window is over
+    session = profiler.stop()
     with open(report, "w") as f:
         f.write(profiler.output_text(unicode=False, color=False, show_all=False))
+        f.write("\\n\\nSelf time by function (all frames):\\n")
+        f.write(ConsoleRenderer(flat=True, show_all=True).render(session))
+    with open(report + ".all", "w") as f:
+        f.write(ConsoleRenderer(show_all=True).render(session))
     os._exit(0)
 
+signal.signal(signal.SIGUSR2, begin)
 signal.signal(signal.SIGUSR1, done)
 from gateway.cli import main
-profiler.start()
 main(sys.argv[1:])
 """
 
@@ -237,6 +266,11 @@ class Profiled(GatewayProcess):
             cwd=ROOT)
         return self
 
+    def begin(self) -> None:
+        """Start sampling (the measured window begins)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGUSR2)
+
     def stop(self, timeout: float = 20.0) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGUSR1)
@@ -248,6 +282,21 @@ def user_system(pid: int) -> tuple[float, float]:
     stat = Path(f"/proc/{pid}/stat").read_text()
     f = stat[stat.rindex(")") + 2:].split()
     return int(f[11]) / CLK_TCK, int(f[12]) / CLK_TCK
+
+
+def thread_seconds(pid: int) -> dict[str, float]:
+    """utime + stime of the event loop (the main thread) and of all other threads together
+    (SQLite commits run in the buffer's thread)."""
+    out = {"loop": 0.0, "threads": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        f = stat[stat.rindex(")") + 2:].split()
+        out["loop" if task.name == str(pid) else "threads"] += (int(f[11]) + int(f[12])) \
+            / CLK_TCK
+    return out
 
 
 def _busy(port: int) -> bool:

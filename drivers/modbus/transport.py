@@ -38,6 +38,7 @@ from .classify import (
     worth_retrying,
 )
 from .link import LinkSettings, Tally
+from .replies import REPLIES
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -49,8 +50,12 @@ __all__ = ["BUSY_CODES", "EXCEPTION_NAMES", "GATEWAY_CODES", "Bus", "BusHold",
 
 TCP_DEAD_AFTER = 3
 """Consecutive unanswered requests after which a TCP link is presumed half-open."""
-PYMODBUS_TIMEOUT = 3600.0
-"""pymodbus's own response timeout: out of the way, `asyncio.timeout` bounds every call."""
+PYMODBUS_TIMEOUT = None
+"""pymodbus's own response (and connect) timeout: none, `asyncio.timeout` bounds every call.
+
+Without one, pymodbus awaits the reply's future itself rather than through
+`asyncio.wait_for` (a timer, a waiter future and one more loop pass per request): 13 % of
+the client's instructions per read (callgrind; 100 units on 10 TCP links, 100 registers)."""
 
 _OURS: contextvars.ContextVar[bool] = contextvars.ContextVar("parkgate_modbus_bus",
                                                              default=False)
@@ -106,6 +111,8 @@ class Bus:
         _install_log_filter()
         self._client = self._make_client()
         c = self._client
+        for reply in REPLIES:  # read replies decoded in one call (replies.py)
+            c.register(reply)
         self._calls: dict[str, Callable[..., Awaitable[Any]]] = {
             "holding": c.read_holding_registers, "input": c.read_input_registers,
             "coil": c.read_coils, "discrete": c.read_discrete_inputs}
