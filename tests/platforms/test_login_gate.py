@@ -226,10 +226,22 @@ async def test_aliyun_a_refused_login_holds_that_device_until_a_login_succeeds(
         names = {s["identity"]["deviceName"] for _a, _t, d in platform.on(data)
                  for s in d["params"]["subDevices"]}
         assert names == {"meter-c1"}  # meter-c2 is still refused: its readings wait
-        await g.src.settle()
-        assert {c.device for c in g.src.chunks()} == {"meter-c2"}
+        await left_only(g, {"meter-c2"})
     finally:
         platform.close()
+
+
+async def left_only(g: Gateway, devices: set[str], timeout: float = 10.0) -> None:
+    """Wait until the buffer holds chunks of `devices` only: the platform's subscriber can
+    see a report before the gateway has its PUBACK and deletes the chunk (found flaky)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        await g.src.settle()
+        left = {c.device for c in g.src.chunks()}
+        if left == devices:
+            return
+        assert time.monotonic() < deadline, f"still buffered: {sorted(left)}"
+        await asyncio.sleep(0.05)
 
 
 async def test_huawei_data_waits_for_the_add_response(start: Callable[..., Gateway]) -> None:
@@ -248,8 +260,7 @@ async def test_huawei_data_waits_for_the_add_response(start: Callable[..., Gatew
         assert first > replied
         await platform.wait(lambda p: sum(len(d["devices"]) for _a, t, d in p.on(
             lambda t: t.endswith("/sub_devices/properties/report"))) >= len(devices))
-        await g.src.settle()
-        assert g.src.chunks() == []
+        await left_only(g, set())
     finally:
         platform.close()
 
