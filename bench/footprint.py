@@ -99,7 +99,7 @@ def unit_environment() -> dict[str, str]:
     return env
 
 
-def installed_python(tmp: Path) -> Path:
+def installed_python(tmp: Path, deps: list[str]) -> Path:
     """A venv that imports what the project's venv has, as a wheel install would.
 
     The project's own venv holds parkgate as an editable install, whose import hook (a
@@ -111,7 +111,6 @@ def installed_python(tmp: Path) -> Path:
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next(venv.glob("lib/python3*/site-packages"))
-    deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
     (site / "parkgate-deps.pth").write_text("\n".join(deps) + "\n")
     return venv / "bin" / "python"
 
@@ -136,11 +135,11 @@ def prepare(tmp: Path, unit_env: bool) -> Runner:
     if unit_env:
         env.update({k: v for k, v in unit_environment().items()
                     if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")})
-    python = str(installed_python(tmp))
+    deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    python = str(installed_python(tmp, deps))
     query = "import sysconfig; print(sysconfig.get_paths()['stdlib'])"
     stdlib = subprocess.run([python, "-c", query],
                             env=env, check=True, capture_output=True, text=True).stdout.strip()
-    deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
     for skip, paths in (
             ("/(test|tests|idlelib|tkinter|turtledemo|lib2to3|ensurepip|site-packages)/",
              [stdlib]),
